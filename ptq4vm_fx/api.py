@@ -1,0 +1,84 @@
+"""prepare / convert: the user-facing quantization workflow."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+import torch.fx
+from torch import nn
+
+from .capture import capture, check_supported
+from .config import QuantConfig, resolve_config
+from .passes.fold_smoothing import fold_smoothing
+from .passes.insert_observers import insert_observers, remove_observers
+from .passes.jlss import run_jlss
+from .passes.pack_weights import pack_weights
+from .passes.quantize_linears import quantize_linears
+from .passes.record_inputs import RECORDER, insert_input_recorder, remove_input_recorder
+from .progress import log
+
+
+def prepare(model: nn.Module, example_inputs, config: QuantConfig | str | None = None) -> torch.fx.GraphModule:
+    """Capture ``model`` and insert calibration observers.
+
+    example_inputs: a (batch, C, H, W) tensor or a 1-tuple of one, at the image size the model will
+    be calibrated and run at. Run calibration batches through the returned module under
+    ``torch.no_grad()``, then call :func:`convert`.
+    """
+    config = resolve_config(config)
+    check_supported(model)
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not isinstance(example_inputs, (tuple, list)) or len(example_inputs) != 1:
+        raise ValueError("example_inputs must be one image batch tensor (or a 1-tuple of one)")
+    model.eval()
+    with torch.no_grad():
+        model(*example_inputs)  # validates the input shape with a clear error
+    gm = capture(model)
+    if insert_observers(gm, config.linears) == 0:
+        raise ValueError(f"nothing to quantize: the model has no linear named one of {config.linears} in a block")
+    insert_input_recorder(gm, keep=config.grid_search or config.jlss)
+    gm.meta["quant_config"] = config.to_dict()
+    gm.meta["stage"] = "prepared"
+    return gm
+
+
+def convert(prepared: torch.fx.GraphModule, simulate: bool = False) -> torch.fx.GraphModule:
+    """Quantize a calibrated ``prepare()`` result (which is left unchanged).
+
+    Returns the integer model (int8 weights, ``ptq4vm::qlinear``), or with ``simulate=True`` the
+    fake-quant model built from the same state.
+    """
+    if not isinstance(prepared, torch.fx.GraphModule) or prepared.meta.get("stage") != "prepared":
+        raise ValueError("convert() takes the module returned by ptq4vm_fx.prepare()")
+    recorder = prepared.get_submodule(RECORDER)
+    if recorder.batches == 0:
+        raise RuntimeError(
+            "convert() needs calibration: run the prepared model on calibration batches "
+            "(under torch.no_grad()) before converting"
+        )
+    config = QuantConfig.from_dict(prepared.meta["quant_config"])
+    start = time.perf_counter()
+    qgm = copy.deepcopy(prepared)
+    images = recorder.images() if recorder.keep else None
+    remove_input_recorder(qgm)
+    quantize_linears(qgm, config)
+    stats = {}
+    if config.grid_search or config.jlss:
+        fgm = copy.deepcopy(prepared)
+        remove_input_recorder(fgm)
+        remove_observers(fgm)
+        stats = run_jlss(qgm, fgm, images, config)
+    folded = fold_smoothing(qgm) if config.smooth else 0
+    packed = 0 if simulate else pack_weights(qgm)
+    qgm.meta.update(
+        stage="simulated" if simulate else "quantized",
+        block_stats=stats,
+        folded=folded,
+        packed=packed,
+        convert_seconds=time.perf_counter() - start,
+    )
+    log.info("converted %s: %d smoothing scales folded, %d linears packed", config.name, folded, packed)
+    return qgm

@@ -1,0 +1,119 @@
+"""QuantConfig: what to quantize and how. Frozen, self-validating, round-trips to a dict."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Activation granularity and calibration of each method (see README "Methods").
+METHODS = {
+    # method: (activation granularity, smoothing, grid-search init, JLSS)
+    "minmax": ("per_tensor", False, False, False),
+    "dynamic": ("per_token_dynamic", False, False, False),
+    "smoothquant": ("per_tensor", True, False, False),
+    "pts": ("per_token", False, False, False),
+    "pts_smooth": ("per_token", True, False, False),
+    "ptq4vm": ("per_token", True, True, True),
+}
+PRESETS = {
+    "w8a8": (8, 8),
+    "w6a6": (6, 6),
+    "w4a8": (4, 8),
+    "w4a4": (4, 4),
+}
+# The linears of a Vim mixer that are quantized (DESIGN.md section 4).
+DEFAULT_LINEARS = ("in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Bit widths, method and JLSS hyper-parameters.
+
+    ``alpha`` is SmoothQuant's migration strength (0.5 for Vim). JLSS trains step sizes and
+    smoothing scales block by block for ``jlss_epochs`` passes over the calibration set.
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    method: str = "ptq4vm"
+    alpha: float = 0.5
+    linears: tuple[str, ...] = DEFAULT_LINEARS
+    grid_candidates: int = 100
+    grid_norm: float = 2.4
+    grid_samples: int = 64
+    jlss_epochs: int = 5
+    jlss_batch_size: int = 32
+    jlss_lr: float = 5e-3
+    jlss_weight_decay: float = 0.0
+    seed: int = 0
+    preset: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("weight_bits", "act_bits"):
+            bits = getattr(self, name)
+            if not isinstance(bits, int) or not 2 <= bits <= 8:
+                raise ValueError(f"{name} must be an int in [2, 8], got {bits!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        unknown = set(self.linears) - set(DEFAULT_LINEARS)
+        if unknown or not self.linears:
+            raise ValueError(f"linears must be a non-empty subset of {DEFAULT_LINEARS}, got {self.linears}")
+        if self.grid_candidates < 1 or self.grid_samples < 1 or self.jlss_epochs < 0 or self.jlss_batch_size < 1:
+            raise ValueError("grid_candidates, grid_samples, jlss_batch_size must be >= 1 and jlss_epochs >= 0")
+        object.__setattr__(self, "linears", tuple(self.linears))
+
+    @property
+    def granularity(self) -> str:
+        return METHODS[self.method][0]
+
+    @property
+    def smooth(self) -> bool:
+        return METHODS[self.method][1]
+
+    @property
+    def grid_search(self) -> bool:
+        return METHODS[self.method][2]
+
+    @property
+    def jlss(self) -> bool:
+        return METHODS[self.method][3] and self.jlss_epochs > 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}-w{self.weight_bits}a{self.act_bits}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown QuantConfig fields: {sorted(unknown)}")
+        d = dict(d)
+        if "linears" in d:
+            d["linears"] = tuple(d["linears"])
+        return cls(**d)
+
+    @classmethod
+    def preset_config(cls, preset: str, method: str = "ptq4vm", **overrides) -> "QuantConfig":
+        """``QuantConfig.preset_config("w4a4", "smoothquant")``."""
+        key = preset.lower()
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        w, a = PRESETS[key]
+        return cls(weight_bits=w, act_bits=a, method=method, preset=key, **overrides)
+
+
+def resolve_config(config: "QuantConfig | str | None") -> QuantConfig:
+    """A QuantConfig from a QuantConfig, a preset name ("w8a8") or None (W8A8 PTQ4VM)."""
+    if config is None:
+        return QuantConfig.preset_config("w8a8")
+    if isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, str):
+        return QuantConfig.preset_config(config)
+    raise TypeError(f"config must be a QuantConfig or a preset name, got {type(config).__name__}")

@@ -1,0 +1,123 @@
+"""Shared pieces of the Triton kernels: the rounding / quantization device helpers and
+host-side argument validation.
+
+Numerics contract shared by every kernel that quantizes activations (see ``quantize.py``):
+
+    q = clamp(round((x[c] * inv_smooth[c]) * inv_scale[t]) + zp[t], -2^(b-1), 2^(b-1) - 1)
+
+evaluated in fp32 in exactly that order, with round = round half to even (``torch.round``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# --------------------------------------------------------------------------------------------
+# Device helpers
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _round_half_even(v):
+    """Round an fp32 tensor to the nearest integer, ties to even, without libdevice.
+
+    ``v`` is first clamped to [-2^22, 2^22]; adding then subtracting 1.5 * 2^23 forces the
+    fp32 adder to round at the units place with the hardware's round-to-nearest-even mode.
+    The clamp also keeps the add from being contracted into an FMA with the product that
+    produced ``v``. Every caller saturates to at most 8 bits afterwards, so the clamp never
+    changes a result.
+    """
+    v = tl.minimum(tl.maximum(v, -4194304.0), 4194304.0)
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _quantize_values(x, inv_smooth, inv_scale, zp, qmin, qmax):
+    """Quantize an fp32 tile with the contract above; all operands broadcast against ``x``.
+
+    ``inv_smooth`` / ``inv_scale``: fp32, ``zp``: int32, ``qmin`` / ``qmax``: fp32 scalars (the
+    host passes them as Python floats so that no value gets specialized). Returns int8.
+    """
+    p = x * inv_smooth
+    v = p * inv_scale
+    q = _round_half_even(v) + zp.to(tl.float32)
+    q = tl.minimum(tl.maximum(q, qmin), qmax)
+    return q.to(tl.int8)
+
+
+# --------------------------------------------------------------------------------------------
+# Host helpers
+# --------------------------------------------------------------------------------------------
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (read at call time)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_tensor(name, t, *, ndim=None, shape=None, dtypes=None, allow_none=False):
+    """Validate one argument, raising ``ValueError`` that names the offending argument."""
+    if t is None:
+        if allow_none:
+            return
+        raise ValueError(f"{name} must be a tensor, got None")
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
+
+
+def check_devices(**tensors) -> torch.device:
+    """All given (non-None) tensors must share one device, usable by Triton."""
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {v.device for v in present.values()}
+    if len(devices) != 1:
+        desc = ", ".join(f"{k}={v.device}" for k, v in present.items())
+        raise ValueError(f"all tensors must be on the same device, got {desc}")
+    device = devices.pop()
+    if device.type == "cpu" and not interpret_mode():
+        raise ValueError("tensors are on the CPU: Triton kernels need a GPU device, or TRITON_INTERPRET=1 "
+                         "set before triton is imported")
+    return device
+
+
+def check_int(name, value, lo, hi=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be in {rng}, got {value}")
+
+
+def check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, channels):
+    """Validate the static per-token quantization parameters.
+
+    inv_smooth: (channels,) fp32 or None; inv_scale: (tokens,) fp32; zero_point: (tokens,) int32;
+    bits: int in [2, 8]; tokens: int >= 1.
+    """
+    check_int("tokens", tokens, 1)
+    check_int("bits", bits, 2, 8)
+    check_tensor("inv_smooth", inv_smooth, shape=(channels,), dtypes=(torch.float32,), allow_none=True)
+    check_tensor("inv_scale", inv_scale, shape=(tokens,), dtypes=(torch.float32,))
+    check_tensor("zero_point", zero_point, shape=(tokens,), dtypes=(torch.int32,))
+
+
+def qrange(bits: int) -> tuple[float, float]:
+    """Signed integer range of a ``bits``-bit code, as floats (kernel arguments)."""
+    return float(-(1 << (bits - 1))), float((1 << (bits - 1)) - 1)
+
+
+def vec(t):
+    """A contiguous view of a small 1-D parameter (None passes through)."""
+    return None if t is None else t.contiguous()

@@ -1,0 +1,188 @@
+"""INT8 x INT8 -> INT32 GEMM with the static per-token / per-channel dequantization epilogue.
+
+    acc[m, n] = sum_k xq[m, k] * wq[n, k]                                   (int32, exact)
+    y[m, n]   = float32(acc[m, n] - zp[t] * w_colsum[n]) * x_scale[t] * w_scale[n] + bias[n]
+
+with t = m % tokens (rows of the activation matrix are (sample, token) pairs, token-minor).
+The zero-point correction is done in int32 before the conversion; the float part is evaluated
+in fp32 in the order written (the kernel is compiled without FMA contraction, so on a GPU the
+result is the same fp32 value as the reference's) and cast to ``out_dtype`` at the store.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check_devices, check_int, check_tensor, interpret_mode
+
+
+@triton.jit
+def _int8_linear_kernel(
+    xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+    M, N, K, L,
+    stride_xm, stride_xk,
+    stride_wn, stride_wk,
+    stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Grouped ("super-row") launch order so consecutive programs reuse the same W panels in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows / columns past the edge wrap around (their results are masked at the store), so the
+    # main-loop loads only need the K mask.
+    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M).to(tl.int64)
+    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N).to(tl.int64)
+    x_ptrs = xq_ptr + rm[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = wq_ptr + rn[None, :] * stride_wn + offs_k[:, None] * stride_wk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for kb in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - kb * BLOCK_K
+        a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0)
+        b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += BLOCK_K * stride_wk
+
+    # Epilogue: int32 zero-point correction, then fp32 dequantization.
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    tok = offs_m % L
+    zp = tl.load(zp_ptr + tok, mask=mask_m, other=0)
+    xs = tl.load(x_scale_ptr + tok, mask=mask_m, other=0.0)
+    colsum = tl.load(colsum_ptr + offs_n, mask=mask_n, other=0)
+    ws = tl.load(w_scale_ptr + offs_n, mask=mask_n, other=0.0)
+    acc = acc - zp[:, None] * colsum[None, :]
+    y = acc.to(tl.float32) * xs[:, None]
+    y = y * ws[None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
+        y = y + bias[None, :]
+
+    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+# --------------------------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------------------------
+
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
+]
+
+# One small fixed configuration for the CPU interpreter (autotuning there would only cost time).
+_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}
+
+_int8_linear_kernel_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["M", "N", "K"])(_int8_linear_kernel)
+
+_OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------------------------
+# Public op
+# --------------------------------------------------------------------------------------------
+
+
+def _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype):
+    check_tensor("xq", xq, ndim=2, dtypes=(torch.int8,))
+    check_tensor("wq", wq, ndim=2, dtypes=(torch.int8,))
+    M, K = xq.shape
+    N, Kw = wq.shape
+    if Kw != K:
+        raise ValueError(f"wq must have shape (N, {K}) to match xq (M, K)={tuple(xq.shape)}, got {tuple(wq.shape)}")
+    check_int("tokens", tokens, 1)
+    check_tensor("w_colsum", w_colsum, shape=(N,), dtypes=(torch.int32,))
+    check_tensor("w_scale", w_scale, shape=(N,), dtypes=(torch.float32,))
+    check_tensor("x_scale", x_scale, shape=(tokens,), dtypes=(torch.float32,))
+    check_tensor("x_zero_point", x_zero_point, shape=(tokens,), dtypes=(torch.int32,))
+    check_tensor("bias", bias, shape=(N,), dtypes=(torch.float32,), allow_none=True)
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of float32, float16, bfloat16, got {out_dtype}")
+    return M, N, K
+
+
+def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32):
+    """Quantized linear layer ``y = dequant(xq) @ dequant(wq).T + bias`` on integer tensor cores.
+
+    Args:
+        xq: (M, K) int8 activation codes, M = batch * tokens, row m belongs to token m % tokens.
+        wq: (N, K) int8 weight codes, one row per output channel (symmetric, per-channel).
+        w_colsum: (N,) int32, ``wq.sum(1)`` (used to fold the activation zero point).
+        w_scale: (N,) fp32 per-output-channel weight scale.
+        x_scale: (tokens,) fp32 per-token activation scale.
+        x_zero_point: (tokens,) int32 per-token activation zero point (signed range).
+        bias: (N,) fp32 or None.
+        tokens: int, number of tokens per sample (L).
+        out_dtype: torch.float32 / float16 / bfloat16 (math is fp32, cast at the store).
+
+    Returns:
+        y: (M, N) tensor of ``out_dtype`` on the inputs' device.
+    """
+    M, N, K = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    check_devices(xq=xq, wq=wq, w_colsum=w_colsum, w_scale=w_scale, x_scale=x_scale,
+                  x_zero_point=x_zero_point, bias=bias)
+    y = torch.empty((M, N), dtype=out_dtype, device=xq.device)
+    if M == 0 or N == 0:
+        return y
+    if K == 0:
+        return int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+
+    w_colsum, w_scale = w_colsum.contiguous(), w_scale.contiguous()
+    x_scale, x_zero_point = x_scale.contiguous(), x_zero_point.contiguous()
+    bias_arg = bias.contiguous() if bias is not None else w_scale  # dummy pointer, never read
+    args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias_arg, y,
+            M, N, K, tokens,
+            xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1))
+
+    if interpret_mode():
+        cfg = _INTERPRET_CONFIG
+        grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+        _int8_linear_kernel[grid](*args, HAS_BIAS=bias is not None, **cfg, num_warps=4, num_stages=1)
+    else:
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+        _int8_linear_kernel_tuned[grid](*args, HAS_BIAS=bias is not None, enable_fp_fusion=False)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------------
+
+
+def int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32):
+    """Pure-PyTorch specification of :func:`int8_linear` (same arguments, same result).
+
+    The integer accumulator is computed exactly through a float64 matmul (|acc| <= 127*128*K is
+    far below 2^53) and converted to int32.
+    """
+    M, N, K = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    acc = (xq.double() @ wq.double().t()).to(torch.int32)
+    tok = torch.arange(M, device=xq.device) % tokens
+    acc = acc - x_zero_point[tok][:, None] * w_colsum[None, :]
+    y = acc.float() * x_scale[tok][:, None]
+    y = y * w_scale[None, :]
+    if bias is not None:
+        y = y + bias[None, :]
+    return y.to(out_dtype)

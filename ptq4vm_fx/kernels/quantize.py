@@ -1,0 +1,392 @@
+"""Static per-token activation quantization, alone and fused into its producers.
+
+Contract (every kernel here follows it bit for bit): a value x of channel c belonging to token
+position t is quantized to ``bits`` bits as
+
+    q = clamp(round((float32(x) * inv_smooth[c]) * inv_scale[t]) + zp[t], -2^(bits-1), 2^(bits-1)-1)
+
+in fp32, in that order, round = round half to even; stored as int8. ``inv_smooth`` (channels,)
+fp32 (None = no smoothing), ``inv_scale`` (tokens,) fp32 = 1 / scale computed by torch on the
+host, ``zero_point`` (tokens,) int32 already in the signed range.
+
+Kernels:
+    * ``quantize_per_token``  - (M, K) activations, row m is token m % tokens.
+    * ``add_rmsnorm_quantize`` - residual add + RMSNorm + quantization (Vim's fused_add_norm).
+    * ``conv1d_silu_quantize`` - Vim's depthwise causal (or anticausal) conv1d + SiLU, writing the
+      fp32 result and its token-major quantization.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._common import (
+    FLOAT_DTYPES,
+    _quantize_values,
+    check_devices,
+    check_int,
+    check_quant_params,
+    check_tensor,
+    interpret_mode,
+    qrange,
+    vec,
+)
+
+# ============================================================================================
+# quantize_per_token
+# ============================================================================================
+
+
+@triton.jit
+def _quantize_per_token_kernel(
+    x_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, zp_ptr,
+    M, K, L,
+    stride_xm, stride_xk, stride_qm, stride_qk,
+    qmin, qmax,
+    HAS_SMOOTH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_m = offs_m < M
+    mask_k = offs_k < K
+    mask = mask_m[:, None] & mask_k[None, :]
+    rows = offs_m.to(tl.int64)
+
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    tok = offs_m % L
+    inv_scale = tl.load(inv_scale_ptr + tok, mask=mask_m, other=0.0)
+    zp = tl.load(zp_ptr + tok, mask=mask_m, other=0)
+    if HAS_SMOOTH:
+        inv_smooth = tl.load(inv_smooth_ptr + offs_k, mask=mask_k, other=0.0)
+    else:
+        inv_smooth = tl.full((BLOCK_K,), 1.0, tl.float32)
+    q = _quantize_values(x, inv_smooth[None, :], inv_scale[:, None], zp[:, None], qmin, qmax)
+    tl.store(q_ptr + rows[:, None] * stride_qm + offs_k[None, :] * stride_qk, q, mask=mask)
+
+
+def _quantize_per_token_config(M, K):
+    """Tile sizes / warps for the elementwise quantizer (memory bound: ~4K elements a program)."""
+    if interpret_mode():
+        return {"BLOCK_M": 8, "BLOCK_K": 32}, 1
+    block_k = min(triton.next_power_of_2(K), 512)
+    block_m = max(1, min(4096 // block_k, triton.next_power_of_2(M)))
+    return {"BLOCK_M": block_m, "BLOCK_K": block_k}, 4
+
+
+def quantize_per_token(x, inv_smooth, inv_scale, zero_point, bits, tokens):
+    """Static per-token quantization of an activation matrix.
+
+    Args:
+        x: (M, K) fp32 / fp16 / bf16; row m belongs to token position m % tokens.
+        inv_smooth: (K,) fp32 per-channel smoothing factor (1 / s), or None.
+        inv_scale: (tokens,) fp32, 1 / scale per token.
+        zero_point: (tokens,) int32 per-token zero point (signed range).
+        bits: int in [2, 8].
+        tokens: int, tokens per sample (L).
+
+    Returns:
+        (M, K) int8 codes.
+    """
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    M, K = x.shape
+    check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, K)
+    check_devices(x=x, inv_smooth=inv_smooth, inv_scale=inv_scale, zero_point=zero_point)
+    q = torch.empty((M, K), dtype=torch.int8, device=x.device)
+    if M == 0 or K == 0:
+        return q
+    inv_smooth, inv_scale, zero_point = vec(inv_smooth), vec(inv_scale), vec(zero_point)
+    qmin, qmax = qrange(bits)
+    cfg, num_warps = _quantize_per_token_config(M, K)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_K"]))
+    _quantize_per_token_kernel[grid](
+        x, q, inv_smooth if inv_smooth is not None else inv_scale, inv_scale, zero_point,
+        M, K, tokens,
+        x.stride(0), x.stride(1), q.stride(0), q.stride(1),
+        qmin, qmax,
+        HAS_SMOOTH=inv_smooth is not None, **cfg, num_warps=num_warps, enable_fp_fusion=False,
+    )
+    return q
+
+
+def quantize_per_token_ref(x, inv_smooth, inv_scale, zero_point, bits, tokens):
+    """Pure-PyTorch specification of :func:`quantize_per_token`."""
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    M, K = x.shape
+    check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, K)
+    qmin, qmax = qrange(bits)
+    p = x.float()
+    if inv_smooth is not None:
+        p = p * inv_smooth[None, :]
+    tok = torch.arange(M, device=x.device) % tokens
+    v = p * inv_scale[tok][:, None]
+    q = torch.round(v) + zero_point[tok][:, None]
+    return q.clamp(qmin, qmax).to(torch.int8)
+
+
+# ============================================================================================
+# add_rmsnorm_quantize
+# ============================================================================================
+
+
+@triton.jit
+def _add_rmsnorm_quantize_kernel(
+    x_ptr, res_ptr, w_ptr, res_out_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, zp_ptr,
+    M, K, L, eps,
+    stride_xm, stride_rm, stride_om, stride_qm,
+    qmin, qmax,
+    HAS_RESIDUAL: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    BLOCK_K: tl.constexpr, ROWS: tl.constexpr,
+):
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_k = offs_k < K
+    w = tl.load(w_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    if HAS_SMOOTH:
+        inv_smooth = tl.load(inv_smooth_ptr + offs_k, mask=mask_k, other=0.0)
+    else:
+        inv_smooth = tl.full((BLOCK_K,), 1.0, tl.float32)
+
+    for i in tl.static_range(ROWS):
+        row = tl.program_id(0) * ROWS + i
+        if row < M:
+            row64 = row.to(tl.int64)
+            r = tl.load(x_ptr + row64 * stride_xm + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                r = r + tl.load(res_ptr + row64 * stride_rm + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            tl.store(res_out_ptr + row64 * stride_om + offs_k, r, mask=mask_k)
+
+            mean_sq = tl.sum(r * r, axis=0) / K
+            # IEEE sqrt and division: 1 / sqrt(.) rounded like torch.rsqrt on the CPU (no libdevice)
+            rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_sq + eps))
+            normed = (r * rstd) * w
+
+            tok = row % L
+            inv_scale = tl.load(inv_scale_ptr + tok)
+            zp = tl.load(zp_ptr + tok)
+            q = _quantize_values(normed, inv_smooth, inv_scale, zp, qmin, qmax)
+            tl.store(q_ptr + row64 * stride_qm + offs_k, q, mask=mask_k)
+
+
+def _add_rmsnorm_config(M, K):
+    """(BLOCK_K, ROWS per program, num_warps): whole rows in registers, ~8 fp32 a thread."""
+    block_k = triton.next_power_of_2(K)
+    if interpret_mode():
+        return block_k, 2, 1
+    num_warps = min(max(block_k // 256, 1), 8)
+    rows = 4 if block_k <= 512 else (2 if block_k <= 1024 else 1)
+    return block_k, rows, num_warps
+
+
+def _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens):
+    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
+    M, K = x.shape
+    check_tensor("residual", residual, shape=(M, K), dtypes=FLOAT_DTYPES, allow_none=True)
+    check_tensor("weight", weight, shape=(K,), dtypes=FLOAT_DTYPES)
+    if not isinstance(eps, (float, int)) or isinstance(eps, bool) or eps < 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, K)
+    return M, K
+
+
+def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens):
+    """Fused residual add + RMSNorm + static per-token quantization (one row per step).
+
+        residual_out = float32(x) + float32(residual)            (= float32(x) if residual is None)
+        normed       = residual_out * rsqrt(mean(residual_out^2, over K) + eps) * weight
+        xq           = quantize(normed)                           (contract in the module docstring)
+
+    Args:
+        x: (M, K) fp32 / fp16 / bf16 block output; row m is token m % tokens.
+        residual: (M, K) fp32 / fp16 / bf16 running residual, or None.
+        weight: (K,) RMSNorm weight (any float dtype, used in fp32).
+        eps: float.
+        inv_smooth: (K,) fp32 or None; inv_scale: (tokens,) fp32; zero_point: (tokens,) int32.
+        bits: int in [2, 8]; tokens: int.
+
+    Returns:
+        (xq (M, K) int8, residual_out (M, K) fp32).
+    """
+    M, K = _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens)
+    check_devices(x=x, residual=residual, weight=weight, inv_smooth=inv_smooth, inv_scale=inv_scale,
+                  zero_point=zero_point)
+    q = torch.empty((M, K), dtype=torch.int8, device=x.device)
+    res_out = torch.empty((M, K), dtype=torch.float32, device=x.device)
+    if M == 0 or K == 0:
+        return q, res_out
+    # Rows must be unit-stride along K (row stride is free).
+    x = x if x.stride(1) == 1 else x.contiguous()
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    weight, inv_smooth, inv_scale, zero_point = vec(weight), vec(inv_smooth), vec(inv_scale), vec(zero_point)
+    qmin, qmax = qrange(bits)
+    block_k, rows, num_warps = _add_rmsnorm_config(M, K)
+    grid = (triton.cdiv(M, rows),)
+    _add_rmsnorm_quantize_kernel[grid](
+        x, residual if residual is not None else x, weight, res_out, q,
+        inv_smooth if inv_smooth is not None else inv_scale, inv_scale, zero_point,
+        M, K, tokens, float(eps),
+        x.stride(0), residual.stride(0) if residual is not None else 0, res_out.stride(0), q.stride(0),
+        qmin, qmax,
+        HAS_RESIDUAL=residual is not None, HAS_SMOOTH=inv_smooth is not None,
+        BLOCK_K=block_k, ROWS=rows, num_warps=num_warps, enable_fp_fusion=False,
+    )
+    return q, res_out
+
+
+def add_rmsnorm_quantize_ref(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens):
+    """Pure-PyTorch specification of :func:`add_rmsnorm_quantize`."""
+    _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens)
+    res_out = x.float()
+    if residual is not None:
+        res_out = res_out + residual.float()
+    rstd = torch.rsqrt(res_out.pow(2).mean(-1, keepdim=True) + eps)
+    normed = (res_out * rstd) * weight.float()
+    return quantize_per_token_ref(normed, inv_smooth, inv_scale, zero_point, bits, tokens), res_out
+
+
+# ============================================================================================
+# conv1d_silu_quantize
+# ============================================================================================
+
+
+@triton.jit
+def _conv1d_silu_quantize_kernel(
+    x_ptr, w_ptr, bias_ptr, u_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, zp_ptr,
+    D, L,
+    stride_xb, stride_xd, stride_xl,
+    stride_wd, stride_ww,
+    stride_ub, stride_ud, stride_ul,
+    stride_qb, stride_ql, stride_qd,
+    qmin, qmax,
+    WIDTH: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    pid_l = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_l = offs_l < L
+    mask_d = offs_d < D
+
+    if HAS_BIAS:
+        acc = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)[:, None] \
+            + tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+
+    x_base = x_ptr + b * stride_xb + offs_d[:, None] * stride_xd
+    for j in tl.static_range(WIDTH):
+        # causal: tap j reads t - (W-1) + j; anticausal (reverse): t + (W-1) - j
+        if REVERSE:
+            src = offs_l + (WIDTH - 1 - j)
+        else:
+            src = offs_l - (WIDTH - 1 - j)
+        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+        xv = tl.load(x_base + src[None, :] * stride_xl, mask=m, other=0.0).to(tl.float32)
+        wj = tl.load(w_ptr + offs_d * stride_wd + j * stride_ww, mask=mask_d, other=0.0).to(tl.float32)
+        acc += wj[:, None] * xv
+
+    u = acc / (1.0 + tl.exp(-acc))
+    mask = mask_d[:, None] & mask_l[None, :]
+    tl.store(u_ptr + b * stride_ub + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul, u, mask=mask)
+
+    inv_scale = tl.load(inv_scale_ptr + offs_l, mask=mask_l, other=0.0)
+    zp = tl.load(zp_ptr + offs_l, mask=mask_l, other=0)
+    if HAS_SMOOTH:
+        inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        inv_smooth = tl.full((BLOCK_D,), 1.0, tl.float32)
+    q = _quantize_values(u, inv_smooth[:, None], inv_scale[None, :], zp[None, :], qmin, qmax)
+    tl.store(q_ptr + b * stride_qb + offs_l[None, :] * stride_ql + offs_d[:, None] * stride_qd, q, mask=mask)
+
+
+def _conv1d_config(D, L):
+    if interpret_mode():
+        return {"BLOCK_D": 16, "BLOCK_L": 16}, 1
+    return {"BLOCK_D": 32, "BLOCK_L": 64}, 4
+
+
+def _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse):
+    check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES)
+    Bsz, D, L = x.shape
+    check_tensor("weight", weight, dtypes=FLOAT_DTYPES)
+    if weight.dim() == 3 and weight.shape[1] == 1:
+        weight = weight[:, 0, :]
+    if weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
+        raise ValueError(f"weight must have shape (D={D}, W) or (D, 1, W), got {tuple(weight.shape)}")
+    check_tensor("bias", bias, shape=(D,), dtypes=FLOAT_DTYPES, allow_none=True)
+    check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, D)
+    if not isinstance(reverse, bool):
+        raise ValueError(f"reverse must be a bool, got {type(reverse).__name__}")
+    return Bsz, D, L, weight
+
+
+def conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse=False):
+    """Depthwise conv1d (kernel width W, zero padded) + SiLU + token-major quantization.
+
+        forward (reverse=False), causal:   v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t-(W-1)+j]
+        reverse=True, anticausal:          v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t+(W-1)-j]
+        u = v / (1 + exp(-v));  xq[b,t,d] = quantize(u[b,d,t]) with channel d, token t.
+
+    reverse=True equals ``flip(conv(flip(x)))``: the input path of Vim's backward branch,
+    without the flip copies.
+
+    Args:
+        x: (B, D, L) fp32 / fp16 / bf16.
+        weight: (D, W) or (D, 1, W) depthwise kernel (any float dtype, used in fp32).
+        bias: (D,) or None.
+        inv_smooth: (D,) fp32 or None; inv_scale: (L,) fp32; zero_point: (L,) int32; bits in [2, 8].
+        reverse: bool.
+
+    Returns:
+        (u (B, D, L) fp32, xq (B, L, D) int8).
+    """
+    Bsz, D, L, weight = _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse)
+    check_devices(x=x, weight=weight, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
+                  zero_point=zero_point)
+    u = torch.empty((Bsz, D, L), dtype=torch.float32, device=x.device)
+    q = torch.empty((Bsz, L, D), dtype=torch.int8, device=x.device)
+    if u.numel() == 0:
+        return u, q
+    bias, inv_smooth, inv_scale, zero_point = vec(bias), vec(inv_smooth), vec(inv_scale), vec(zero_point)
+    qmin, qmax = qrange(bits)
+    cfg, num_warps = _conv1d_config(D, L)
+    grid = (triton.cdiv(L, cfg["BLOCK_L"]), triton.cdiv(D, cfg["BLOCK_D"]), Bsz)
+    _conv1d_silu_quantize_kernel[grid](
+        x, weight, bias if bias is not None else inv_scale, u, q,
+        inv_smooth if inv_smooth is not None else inv_scale, inv_scale, zero_point,
+        D, L,
+        x.stride(0), x.stride(1), x.stride(2),
+        weight.stride(0), weight.stride(1),
+        u.stride(0), u.stride(1), u.stride(2),
+        q.stride(0), q.stride(1), q.stride(2),
+        qmin, qmax,
+        WIDTH=weight.shape[1], REVERSE=reverse, HAS_BIAS=bias is not None, HAS_SMOOTH=inv_smooth is not None,
+        **cfg, num_warps=num_warps, enable_fp_fusion=False,
+    )
+    return u, q
+
+
+def conv1d_silu_quantize_ref(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse=False):
+    """Pure-PyTorch specification of :func:`conv1d_silu_quantize` (F.conv1d based)."""
+    Bsz, D, L, weight = _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse)
+    W = weight.shape[1]
+    w = weight.float()[:, None, :]
+    b = bias.float() if bias is not None else None
+    xf = x.float()
+    if reverse:
+        # anticausal: pad on the right and flip the taps
+        v = F.conv1d(F.pad(xf, (0, W - 1)), w.flip(-1), b, groups=D)
+    else:
+        v = F.conv1d(F.pad(xf, (W - 1, 0)), w, b, groups=D)
+    u = v / (1.0 + torch.exp(-v))
+    xq = quantize_per_token_ref(u.transpose(1, 2).reshape(Bsz * L, D), inv_smooth, inv_scale, zero_point,
+                                bits, L)
+    return u, xq.reshape(Bsz, L, D)

@@ -1,0 +1,443 @@
+"""Mamba selective scan (S6) forward, single direction and Vim's bidirectional combine.
+
+For one batch element, channel d and state index n (fp32 state, h_{-1} = 0):
+
+    dt_t   = delta_t + delta_bias                    (softplus(dt) = log1p(exp(dt)) if dt <= 20 else dt)
+    h_t    = exp(dt_t * A[d, n]) * h_{t-1} + (dt_t * u_t) * B_t[n]
+    y_t    = sum_n h_t[n] * C_t[n] + D[d] * u_t
+    y_t   *= silu(z_t) = z_t / (1 + exp(-z_t))      (if z is given)
+
+``reverse=True`` runs t = L-1 .. 0 from h_L = 0, i.e. ``flip(scan(flip(inputs)))`` without the
+flip copies (the backward branch of Vim's bidirectional Mamba block).
+
+Each program owns one batch element and a block of channels, keeps the (BLOCK_D, N) state in
+registers and walks the sequence; the N state values of a channel are reduced in registers.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    FLOAT_DTYPES,
+    _quantize_values,
+    check_devices,
+    check_quant_params,
+    check_tensor,
+    interpret_mode,
+    qrange,
+    vec,
+)
+
+@triton.jit
+def _softplus(x):
+    """log(1 + exp(x)) for x <= 20, x above; log1p evaluated accurately as log(w) * e / (w - 1)."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    tiny = w == 1.0
+    lp = tl.where(tiny, e, tl.log(w) * (e / tl.where(tiny, 1.0, w - 1.0)))
+    return tl.where(x <= 20.0, lp, x)
+
+
+@triton.jit
+def _scan_pass(
+    b, offs_d, mask_d, offs_n, mask_n, L,
+    u_ptr, s_ub, s_ud, s_ul,
+    dt_ptr, s_tb, s_td, s_tl,
+    A_ptr, s_ad, s_an,
+    B_ptr, s_bb, s_bn, s_bl,
+    C_ptr, s_cb, s_cn, s_cl,
+    D_ptr, dbias_ptr,
+    z_ptr, s_zb, s_zd, s_zl,
+    acc_ptr, s_ab, s_ad_, s_al,
+    out_ptr, s_ob, s_od, s_ol,
+    q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, MODE: tl.constexpr, QUANT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One sequential pass over the L tokens for channels ``offs_d`` of batch ``b``.
+
+    MODE 0: out[t] = y_t; MODE 1: acc[t] = y_t (fp32 scratch, first pass of the bidirectional
+    kernel); MODE 2: out[t] = (acc[t] + y_t) / 2. QUANT (modes 0 / 2): also store the token-major
+    quantization of out[t] as stored.
+    """
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    # exp(dt * A) == exp2(dt * (A * log2(e)))
+    A2 = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn, other=0.0)
+    A2 = A2.to(tl.float32) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DBIAS:
+        dbias = tl.load(dbias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    u_base = u_ptr + b * s_ub + offs_d * s_ud
+    dt_base = dt_ptr + b * s_tb + offs_d * s_td
+    B_base = B_ptr + b * s_bb + offs_n * s_bn
+    C_base = C_ptr + b * s_cb + offs_n * s_cn
+    z_base = z_ptr + b * s_zb + offs_d * s_zd
+    acc_base = acc_ptr + b * s_ab + offs_d * s_ad_
+    out_base = out_ptr + b * s_ob + offs_d * s_od
+    q_base = q_ptr + b * s_qb + offs_d * s_qd
+
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for i in range(0, L):
+        if REVERSE:
+            t = L - 1 - i
+        else:
+            t = i
+        u = tl.load(u_base + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+        dt = tl.load(dt_base + t * s_tl, mask=mask_d, other=0.0).to(tl.float32)
+        Bt = tl.load(B_base + t * s_bl, mask=mask_n, other=0.0).to(tl.float32)
+        Ct = tl.load(C_base + t * s_cl, mask=mask_n, other=0.0).to(tl.float32)
+        if HAS_DBIAS:
+            dt = dt + dbias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+
+        dA = tl.exp2(dt[:, None] * A2)
+        h = dA * h + (dt * u)[:, None] * Bt[None, :]
+        y = tl.sum(h * Ct[None, :], axis=1)
+        if HAS_D:
+            y = y + Dv * u
+        if HAS_Z:
+            zt = tl.load(z_base + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+            y = y * (zt / (1.0 + tl.exp(-zt)))
+
+        if MODE == 1:
+            tl.store(acc_base + t * s_al, y, mask=mask_d)
+        else:
+            if MODE == 2:
+                y = (tl.load(acc_base + t * s_al, mask=mask_d, other=0.0) + y) * 0.5
+            y_out = y.to(out_ptr.dtype.element_ty)
+            tl.store(out_base + t * s_ol, y_out, mask=mask_d)
+            if QUANT:
+                # quantize the value as stored (after rounding to the output dtype)
+                inv_scale = tl.load(inv_scale_ptr + t)
+                zp = tl.load(zp_ptr + t)
+                q = _quantize_values(y_out.to(tl.float32), inv_smooth, inv_scale, zp, qmin, qmax)
+                tl.store(q_base + t * s_ql, q, mask=mask_d)
+
+
+@triton.jit
+def _selective_scan_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, out_ptr,
+    Dm, N, L,
+    s_ub, s_ud, s_ul,
+    s_tb, s_td, s_tl,
+    s_ad, s_an,
+    s_bb, s_bn, s_bl,
+    s_cb, s_cn, s_cl,
+    s_zb, s_zd, s_zl,
+    s_ob, s_od, s_ol,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < Dm
+    mask_n = offs_n < N
+    _scan_pass(
+        b, offs_d, mask_d, offs_n, mask_n, L,
+        u_ptr, s_ub, s_ud, s_ul,
+        dt_ptr, s_tb, s_td, s_tl,
+        A_ptr, s_ad, s_an,
+        B_ptr, s_bb, s_bn, s_bl,
+        C_ptr, s_cb, s_cn, s_cl,
+        D_ptr, dbias_ptr,
+        z_ptr, s_zb, s_zd, s_zl,
+        out_ptr, 0, 0, 0,  # no scratch
+        out_ptr, s_ob, s_od, s_ol,
+        out_ptr, 0, 0, 0, 1.0, dbias_ptr, dbias_ptr, 0.0, 0.0,  # no quantization
+        HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, REVERSE, 0, False,
+        BLOCK_D, BLOCK_N,
+    )
+
+
+@triton.jit
+def _bidirectional_scan_kernel(
+    uf_ptr, dtf_ptr, Af_ptr, Bf_ptr, Cf_ptr, Df_ptr, dbf_ptr,
+    ub_ptr, dtb_ptr, Ab_ptr, Bb_ptr, Cb_ptr, Db_ptr, dbb_ptr,
+    z_ptr, acc_ptr, out_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, zp_ptr,
+    Dm, N, L,
+    s_ufb, s_ufd, s_ufl, s_tfb, s_tfd, s_tfl, s_afd, s_afn,
+    s_bfb, s_bfn, s_bfl, s_cfb, s_cfn, s_cfl,
+    s_ubb, s_ubd, s_ubl, s_tbb, s_tbd, s_tbl, s_abd, s_abn,
+    s_bbb, s_bbn, s_bbl, s_cbb, s_cbn, s_cbl,
+    s_zb, s_zd, s_zl,
+    s_ab, s_ad, s_al,
+    s_ob, s_od, s_ol,
+    s_qb, s_ql, s_qd,
+    qmin, qmax,
+    HAS_DF: tl.constexpr, HAS_DBF: tl.constexpr, HAS_DB: tl.constexpr, HAS_DBB: tl.constexpr,
+    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < Dm
+    mask_n = offs_n < N
+    if HAS_SMOOTH:
+        inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        inv_smooth = tl.full((BLOCK_D,), 1.0, tl.float32)
+
+    # pass 1: forward branch, gated output kept in fp32 in the scratch tile
+    _scan_pass(
+        b, offs_d, mask_d, offs_n, mask_n, L,
+        uf_ptr, s_ufb, s_ufd, s_ufl,
+        dtf_ptr, s_tfb, s_tfd, s_tfl,
+        Af_ptr, s_afd, s_afn,
+        Bf_ptr, s_bfb, s_bfn, s_bfl,
+        Cf_ptr, s_cfb, s_cfn, s_cfl,
+        Df_ptr, dbf_ptr,
+        z_ptr, s_zb, s_zd, s_zl,
+        acc_ptr, s_ab, s_ad, s_al,
+        out_ptr, s_ob, s_od, s_ol,
+        q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
+        HAS_DF, HAS_Z, HAS_DBF, SOFTPLUS, False, 1, False,
+        BLOCK_D, BLOCK_N,
+    )
+    tl.debug_barrier()
+    # pass 2: backward branch (anticausal), averaged with pass 1, optionally quantized
+    _scan_pass(
+        b, offs_d, mask_d, offs_n, mask_n, L,
+        ub_ptr, s_ubb, s_ubd, s_ubl,
+        dtb_ptr, s_tbb, s_tbd, s_tbl,
+        Ab_ptr, s_abd, s_abn,
+        Bb_ptr, s_bbb, s_bbn, s_bbl,
+        Cb_ptr, s_cbb, s_cbn, s_cbl,
+        Db_ptr, dbb_ptr,
+        z_ptr, s_zb, s_zd, s_zl,
+        acc_ptr, s_ab, s_ad, s_al,
+        out_ptr, s_ob, s_od, s_ol,
+        q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
+        HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS, True, 2, QUANT,
+        BLOCK_D, BLOCK_N,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------------------------
+
+
+def _scan_config(batch, Dm, N):
+    """(BLOCK_D, BLOCK_N, num_warps). The sequential loop is latency bound, so prefer enough
+    programs to fill the GPU (several per SM) over wide channel blocks."""
+    block_n = triton.next_power_of_2(N)
+    if interpret_mode():
+        return 8, block_n, 1
+    for block_d in (64, 32, 16):
+        if batch * triton.cdiv(Dm, block_d) >= 512:
+            break
+    num_warps = max(1, min(8, block_d * block_n // 256))
+    return block_d, block_n, num_warps
+
+
+def _check_scan_args(prefix, u, delta, A, B, C, D, z, delta_bias):
+    check_tensor(f"{prefix}u", u, ndim=3, dtypes=FLOAT_DTYPES)
+    Bsz, Dm, L = u.shape
+    check_tensor(f"{prefix}delta", delta, shape=(Bsz, Dm, L), dtypes=FLOAT_DTYPES)
+    check_tensor(f"{prefix}A", A, ndim=2, dtypes=(torch.float32,))
+    if A.shape[0] != Dm or A.shape[1] < 1:
+        raise ValueError(f"{prefix}A must have shape (Dm={Dm}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    check_tensor(f"{prefix}B", B, shape=(Bsz, N, L), dtypes=FLOAT_DTYPES)
+    check_tensor(f"{prefix}C", C, shape=(Bsz, N, L), dtypes=FLOAT_DTYPES)
+    check_tensor(f"{prefix}D", D, shape=(Dm,), dtypes=(torch.float32,), allow_none=True)
+    check_tensor("z", z, shape=(Bsz, Dm, L), dtypes=FLOAT_DTYPES, allow_none=True)
+    check_tensor(f"{prefix}delta_bias", delta_bias, shape=(Dm,), dtypes=(torch.float32,), allow_none=True)
+    return Bsz, Dm, L, N
+
+
+def _check_flag(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _s3(t):
+    return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Public ops
+# --------------------------------------------------------------------------------------------
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """Selective scan forward (module docstring has the math).
+
+    Args:
+        u: (Bsz, Dm, L) fp32 / fp16 / bf16 input.
+        delta: (Bsz, Dm, L) fp32 / fp16 / bf16 time steps (before bias / softplus).
+        A: (Dm, N) fp32 state matrix (negative real).
+        B, C: (Bsz, N, L) fp32 / fp16 / bf16 input-dependent projections.
+        D: (Dm,) fp32 skip, or None.
+        z: (Bsz, Dm, L) gate, or None.
+        delta_bias: (Dm,) fp32 or None.
+        delta_softplus: bool. reverse: bool (anticausal scan, t = L-1 .. 0).
+        Any strides are accepted for the 3-D tensors.
+
+    Returns:
+        out: (Bsz, Dm, L), dtype of ``u``.
+    """
+    Bsz, Dm, L, N = _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
+    _check_flag("delta_softplus", delta_softplus)
+    _check_flag("reverse", reverse)
+    check_devices(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    out = torch.empty((Bsz, Dm, L), dtype=u.dtype, device=u.device)
+    if out.numel() == 0:
+        return out
+    D, delta_bias = vec(D), vec(delta_bias)
+    block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
+    grid = (Bsz, triton.cdiv(Dm, block_d))
+    _selective_scan_kernel[grid](
+        u, delta, A, B, C,
+        D if D is not None else A, delta_bias if delta_bias is not None else A, z if z is not None else u, out,
+        Dm, N, L,
+        *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z), *_s3(out),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps, num_stages=2,
+    )
+    return out
+
+
+def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                               u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
+                               z=None, delta_softplus=False,
+                               inv_smooth=None, inv_scale=None, zero_point=None, bits=8):
+    """Vim bidirectional SSM output ``(scan_f + scan_b) / 2`` in one launch.
+
+    ``scan_f = selective_scan(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)`` and
+    ``scan_b = selective_scan(u_b, ..., z, delta_bias_b, delta_softplus, reverse=True)``; both
+    directions are gated by the same ``z``. Each program runs the forward pass (fp32 partial
+    results in a scratch buffer) and then the reverse pass that combines them.
+
+    Args:
+        *_f / *_b: the forward / backward branch's tensors, shapes and dtypes as in
+            :func:`selective_scan` (u: (Bsz, Dm, L), A: (Dm, N), B / C: (Bsz, N, L), D and
+            delta_bias: (Dm,) fp32 or None); both branches share Bsz, Dm, L and N.
+        z: (Bsz, Dm, L) or None.
+        delta_softplus: bool, applied to both branches.
+        inv_smooth, inv_scale, zero_point, bits: optional fused static quantization of the
+            output (``inv_scale`` given turns it on): inv_smooth (Dm,) fp32 or None,
+            inv_scale (L,) fp32, zero_point (L,) int32, bits in [2, 8]; token index = t.
+
+    Returns:
+        out (Bsz, Dm, L) in ``u_f``'s dtype, or ``(out, xq)`` with xq (Bsz, L, Dm) int8 — the
+        token-major quantization of ``out`` as stored (after rounding to its dtype).
+    """
+    Bsz, Dm, L, N = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
+    Bb, Dmb, Lb, Nb = _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
+    if (Bb, Dmb, Lb, Nb) != (Bsz, Dm, L, N):
+        raise ValueError(f"backward branch has (Bsz, Dm, L, N)={(Bb, Dmb, Lb, Nb)}, "
+                         f"forward branch has {(Bsz, Dm, L, N)}")
+    _check_flag("delta_softplus", delta_softplus)
+    quant = inv_scale is not None
+    if quant:
+        check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, Dm)
+    elif inv_smooth is not None or zero_point is not None:
+        raise ValueError("inv_smooth / zero_point given without inv_scale: pass inv_scale to quantize the output")
+    check_devices(u_f=u_f, delta_f=delta_f, A_f=A_f, B_f=B_f, C_f=C_f, D_f=D_f, delta_bias_f=delta_bias_f,
+                  u_b=u_b, delta_b=delta_b, A_b=A_b, B_b=B_b, C_b=C_b, D_b=D_b, delta_bias_b=delta_bias_b,
+                  z=z, inv_smooth=inv_smooth, inv_scale=inv_scale, zero_point=zero_point)
+
+    dev = u_f.device
+    out = torch.empty((Bsz, Dm, L), dtype=u_f.dtype, device=dev)
+    acc = out if out.dtype == torch.float32 else torch.empty((Bsz, Dm, L), dtype=torch.float32, device=dev)
+    xq = torch.empty((Bsz, L, Dm), dtype=torch.int8, device=dev) if quant else None
+    if out.numel() == 0:
+        return (out, xq) if quant else out
+
+    D_f, delta_bias_f, D_b, delta_bias_b = vec(D_f), vec(delta_bias_f), vec(D_b), vec(delta_bias_b)
+    inv_smooth, inv_scale, zero_point = vec(inv_smooth), vec(inv_scale), vec(zero_point)
+    qmin, qmax = qrange(bits) if quant else (0.0, 0.0)
+    dummy = A_f
+    block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
+    grid = (Bsz, triton.cdiv(Dm, block_d))
+    _bidirectional_scan_kernel[grid](
+        u_f, delta_f, A_f, B_f, C_f, D_f if D_f is not None else dummy,
+        delta_bias_f if delta_bias_f is not None else dummy,
+        u_b, delta_b, A_b, B_b, C_b, D_b if D_b is not None else dummy,
+        delta_bias_b if delta_bias_b is not None else dummy,
+        z if z is not None else u_f, acc, out, xq if quant else acc,
+        inv_smooth if inv_smooth is not None else dummy,
+        inv_scale if quant else dummy, zero_point if quant else dummy,
+        Dm, N, L,
+        *_s3(u_f), *_s3(delta_f), A_f.stride(0), A_f.stride(1), *_s3(B_f), *_s3(C_f),
+        *_s3(u_b), *_s3(delta_b), A_b.stride(0), A_b.stride(1), *_s3(B_b), *_s3(C_b),
+        *_s3(z), *_s3(acc), *_s3(out), *_s3(xq),
+        qmin, qmax,
+        HAS_DF=D_f is not None, HAS_DBF=delta_bias_f is not None,
+        HAS_DB=D_b is not None, HAS_DBB=delta_bias_b is not None,
+        HAS_Z=z is not None, SOFTPLUS=delta_softplus, QUANT=quant, HAS_SMOOTH=inv_smooth is not None,
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps, num_stages=2,
+    )
+    return (out, xq) if quant else out
+
+
+# --------------------------------------------------------------------------------------------
+# References
+# --------------------------------------------------------------------------------------------
+
+
+def _selective_scan_ref_fp32(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    """fp32 result of the scan; a plain loop over tokens, vectorized over batch/channel/state."""
+    u = u.float()
+    dt = delta.float()
+    if delta_bias is not None:
+        dt = dt + delta_bias.float()[None, :, None]
+    if delta_softplus:
+        dt = torch.where(dt <= 20.0, torch.log1p(torch.exp(dt)), dt)
+    Bf = B.float()
+    Cf = C.float()
+    Af = A.float()
+    Bsz, Dm, L = u.shape
+    h = u.new_zeros((Bsz, Dm, Af.shape[1]))
+    ys = [None] * L
+    steps = range(L - 1, -1, -1) if reverse else range(L)
+    for t in steps:
+        dt_t = dt[:, :, t]
+        dA = torch.exp(dt_t[:, :, None] * Af[None])
+        h = dA * h + (dt_t * u[:, :, t])[:, :, None] * Bf[:, None, :, t]
+        ys[t] = (h * Cf[:, None, :, t]).sum(-1)
+    y = torch.stack(ys, dim=-1)
+    if D is not None:
+        y = y + D.float()[None, :, None] * u
+    if z is not None:
+        zf = z.float()
+        y = y * (zf / (1.0 + torch.exp(-zf)))
+    return y
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """Pure-PyTorch specification of :func:`selective_scan`."""
+    _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
+    _check_flag("delta_softplus", delta_softplus)
+    _check_flag("reverse", reverse)
+    return _selective_scan_ref_fp32(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse).to(u.dtype)
+
+
+def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                                   u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
+                                   z=None, delta_softplus=False,
+                                   inv_smooth=None, inv_scale=None, zero_point=None, bits=8):
+    """Pure-PyTorch specification of :func:`bidirectional_scan_combine`."""
+    from .quantize import quantize_per_token_ref
+
+    Bsz, Dm, L, N = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
+    _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
+    out_f = _selective_scan_ref_fp32(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
+    out_b = _selective_scan_ref_fp32(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True)
+    out = ((out_f + out_b) * 0.5).to(u_f.dtype)
+    if inv_scale is None:
+        return out
+    xq = quantize_per_token_ref(out.transpose(1, 2).reshape(Bsz * L, Dm), inv_smooth, inv_scale, zero_point,
+                                bits, L)
+    return out, xq.reshape(Bsz, L, Dm)

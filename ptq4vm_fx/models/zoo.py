@@ -1,0 +1,81 @@
+"""Named Vim configurations, registered with timm (``timm.create_model("vim_tiny_patch16_224")``).
+
+Importing this module registers the names with timm's registry, as every timm model module does.
+Keyword arguments override the configuration (``depth=2, img_size=64, num_classes=10``).
+"""
+
+from __future__ import annotations
+
+from timm.models import register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from .vim import VisionMamba
+
+_BASE = dict(img_size=224, patch_size=16, stride=16, depth=24, d_state=16)
+VIM_CONFIGS = {
+    "vim_tiny_patch16_224": dict(_BASE, embed_dim=192),
+    "vim_small_patch16_224": dict(_BASE, embed_dim=384),
+    "vim_base_patch16_224": dict(_BASE, embed_dim=768),
+    # the small model bundled with the package, trained on scikit-learn's 8x8 digits
+    "vim_digits": dict(img_size=8, patch_size=1, stride=1, depth=4, embed_dim=48, d_state=16, channels=1,
+                       num_classes=10, drop_path_rate=0.0),
+}
+# hustvl/Vim's names for the same models
+OFFICIAL_ALIASES = {
+    "vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2": "vim_tiny_patch16_224",
+    "vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2": "vim_small_patch16_224",
+    "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2":
+        "vim_base_patch16_224",
+}
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+
+
+def model_names() -> list[str]:
+    return sorted(VIM_CONFIGS) + sorted(OFFICIAL_ALIASES)
+
+
+def create_vim(name: str, pretrained: bool = False, **overrides) -> VisionMamba:
+    """Build a named Vim. ``in_chans`` is accepted as timm's name for ``channels``."""
+    canonical = OFFICIAL_ALIASES.get(name, name)
+    if canonical not in VIM_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    if pretrained:
+        raise ValueError(
+            f"{name}: no weights are downloaded; build with pretrained=False and load an official "
+            "checkpoint with ptq4vm_fx.models.load_checkpoint(model, path)"
+        )
+    for key in _TIMM_ONLY_KWARGS:
+        overrides.pop(key, None)
+    if "in_chans" in overrides:
+        overrides["channels"] = overrides.pop("in_chans")
+    config = dict(VIM_CONFIGS[canonical], **overrides)
+    model = VisionMamba(**config)
+    model.model_name = canonical
+    size = model.patch_embed.img_size
+    model.pretrained_cfg = dict(
+        input_size=(config.get("channels", 3), *size),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        num_classes=model.num_classes,
+    )
+    return model
+
+
+def _registered(name: str):
+    def create(pretrained: bool = False, **kwargs) -> VisionMamba:
+        return create_vim(name, pretrained=pretrained, **kwargs)
+
+    create.__name__ = name
+    create.__qualname__ = name
+    create.__doc__ = f"Vim model {name!r}; keyword arguments override its configuration."
+    return register_model(create)
+
+
+vim_tiny_patch16_224 = _registered("vim_tiny_patch16_224")
+vim_small_patch16_224 = _registered("vim_small_patch16_224")
+vim_base_patch16_224 = _registered("vim_base_patch16_224")
+vim_digits = _registered("vim_digits")
+for _alias in OFFICIAL_ALIASES:
+    globals()[_alias] = _registered(_alias)

@@ -1,0 +1,78 @@
+"""Pass: fold a quantized linear's 1/m into its producer where that is exact (DESIGN.md section 4).
+
+* producer is an RMSNorm used only by this linear: divide the norm weight by m (in_proj);
+* producer is a column slice ``y[..., a:b]`` of another linear used only by this linear: divide
+  rows a:b of that linear (weight, bias and, if quantized, weight step size) by m (dt_proj).
+Elsewhere (x_proj after conv+SiLU, out_proj after the scan) the quantizer keeps the explicit 1/m,
+which the lowering fuses into the producing kernel.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+from torch import nn
+
+from ..capture import blocks
+from ..models.vim import RMSNorm
+from ..quant.linear import FakeQuantLinear
+
+
+def _column_slice(node: torch.fx.Node) -> tuple[torch.fx.Node, slice] | None:
+    """(source, slice) when ``node`` is ``source[..., a:b]``."""
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return None
+    source, index = node.args
+    if (
+        isinstance(source, torch.fx.Node)
+        and isinstance(index, tuple)
+        and len(index) == 2
+        and index[0] is Ellipsis
+        and isinstance(index[1], slice)
+        and index[1].step is None
+    ):
+        return source, index[1]
+    return None
+
+
+@torch.no_grad()
+def _fold_into_rows(producer: nn.Module, rows: slice, m: torch.Tensor) -> None:
+    if isinstance(producer, FakeQuantLinear):
+        producer.weight[rows] /= m[:, None]
+        producer.log_w_scale[rows] -= torch.log(m)
+    else:
+        producer.weight[rows] /= m[:, None].to(producer.weight.dtype)
+    if producer.bias is not None:
+        producer.bias[rows] /= m.to(producer.bias.dtype)
+
+
+@torch.no_grad()
+def fold_smoothing(gm: torch.fx.GraphModule) -> int:
+    """In place; returns how many smoothing scales were folded into a producer."""
+    count = 0
+    for _, block in blocks(gm):
+        for node in block.graph.nodes:
+            if node.op != "call_module":
+                continue
+            linear = block.get_submodule(node.target)
+            if not isinstance(linear, FakeQuantLinear) or bool(linear.input_folded):
+                continue
+            source = node.args[0]
+            m = linear.smooth.detach()
+            if len(source.users) != 1:
+                continue
+            if source.op == "call_module" and isinstance(block.get_submodule(source.target), RMSNorm):
+                norm = block.get_submodule(source.target)
+                norm.weight /= m.to(norm.weight.dtype)
+            elif (sliced := _column_slice(source)) is not None and sliced[0].op == "call_module":
+                producer = block.get_submodule(sliced[0].target)
+                if not isinstance(producer, (nn.Linear, FakeQuantLinear)):
+                    continue
+                _fold_into_rows(producer, sliced[1], m)
+            else:
+                continue
+            linear.input_folded.fill_(True)
+            count += 1
+    return count

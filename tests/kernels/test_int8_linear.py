@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from ptq4vm_fx.kernels.int8_linear import int8_linear, int8_linear_ref
+
+
+def _make(M, K, N, tokens, seed=0, bias=True, zp_range=8):
+    g = torch.Generator().manual_seed(seed)
+    xq = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=g)
+    wq = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    w_colsum = wq.sum(1, dtype=torch.int32)
+    w_scale = torch.rand(N, generator=g) * 0.02 + 1e-3
+    x_scale = torch.rand(tokens, generator=g) * 0.1 + 1e-3
+    zp = torch.randint(-zp_range, zp_range + 1, (tokens,), dtype=torch.int32, generator=g)
+    b = torch.randn(N, generator=g) if bias else None
+    return xq, wq, w_colsum, w_scale, x_scale, zp, b
+
+
+def _to(args, device):
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+
+
+@pytest.mark.parametrize("M,tokens", [(1, 1), (7, 3), (10, 5)])
+@pytest.mark.parametrize("K", [12, 33])
+@pytest.mark.parametrize("N", [5, 44])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_ref_fp32(device, M, tokens, K, N, bias):
+    args = _make(M, K, N, tokens, seed=M * 1000 + K * 10 + N, bias=bias)
+    y = int8_linear(*_to(args, device), tokens)
+    y_ref = int8_linear_ref(*args, tokens)
+    assert y.shape == (M, N) and y.dtype == torch.float32
+    # exact integer accumulation + the same fp32 epilogue (no FMA contraction) -> bit exact
+    assert torch.equal(y.cpu(), y_ref)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.bfloat16])
+def test_out_dtypes(device, out_dtype):
+    args = _make(10, 33, 44, 5, seed=3)
+    y = int8_linear(*_to(args, device), 5, out_dtype=out_dtype)
+    y_ref = int8_linear_ref(*args, 5, out_dtype=out_dtype)
+    assert y.dtype == out_dtype
+    if out_dtype == torch.bfloat16 and device.type == "cpu":
+        # the Triton interpreter converts fp32 -> bf16 by truncation (GPUs round to nearest even):
+        # allow one bf16 ulp there
+        torch.testing.assert_close(y.float(), y_ref.float(), rtol=2**-7, atol=0)
+    else:
+        assert torch.equal(y.cpu(), y_ref)
+
+
+def test_extreme_codes_and_zero_points(device):
+    """Largest |acc| and zero-point corrections: the int32 path must not lose anything."""
+    M, K, N, L = 6, 70, 9, 3
+    xq = torch.full((M, K), -128, dtype=torch.int8)
+    xq[1::2] = 127
+    wq = torch.full((N, K), 127, dtype=torch.int8)
+    wq[::3] = -127
+    w_colsum = wq.sum(1, dtype=torch.int32)
+    w_scale = torch.full((N,), 1.0)
+    x_scale = torch.tensor([1.0, 0.5, 0.25])
+    zp = torch.tensor([-128, 127, 0], dtype=torch.int32)
+    args = (xq, wq, w_colsum, w_scale, x_scale, zp, None)
+    y = int8_linear(*_to(args, device), L)
+    acc = (xq.long()[:, None, :] * wq.long()[None]).sum(-1)
+    tok = torch.arange(M) % L
+    expect = (acc - zp.long()[tok][:, None] * w_colsum.long()[None]).double() * x_scale.double()[tok][:, None]
+    assert torch.equal(y.cpu().double(), expect)
+    assert torch.equal(y.cpu(), int8_linear_ref(*args, L))
+
+
+def test_ref_integer_part_is_exact():
+    """The spec's accumulator (float64 matmul) equals an int64 sum of products."""
+    xq, wq, w_colsum, _, _, zp, _ = _make(10, 33, 44, 5, seed=11)
+    ones = torch.ones(44)
+    y = int8_linear_ref(xq, wq, w_colsum, ones, torch.ones(5), zp, None, 5)
+    acc = (xq.long()[:, None, :] * wq.long()[None]).sum(-1)
+    tok = torch.arange(10) % 5
+    assert torch.equal(y.double(), (acc - zp.long()[tok][:, None] * w_colsum.long()[None]).double())
+
+
+def test_strided_activations(device):
+    xq, wq, w_colsum, w_scale, x_scale, zp, b = _make(10, 33, 5, 5, seed=5)
+    big = torch.zeros(10, 50, dtype=torch.int8)
+    big[:, 7:40] = xq
+    view = big[:, 7:40]  # row stride 50
+    y = int8_linear(*_to((view, wq, w_colsum, w_scale, x_scale, zp, b), device), 5)
+    assert torch.equal(y.cpu(), int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, zp, b, 5))
+
+
+def test_bad_inputs():
+    xq, wq, w_colsum, w_scale, x_scale, zp, b = _make(10, 12, 5, 5)
+    with pytest.raises(ValueError, match="xq"):
+        int8_linear(xq.float(), wq, w_colsum, w_scale, x_scale, zp, b, 5)
+    with pytest.raises(ValueError, match="wq"):
+        int8_linear(xq, wq[:, :11], w_colsum, w_scale, x_scale, zp, b, 5)
+    with pytest.raises(ValueError, match="w_colsum"):
+        int8_linear(xq, wq, w_colsum.long(), w_scale, x_scale, zp, b, 5)
+    with pytest.raises(ValueError, match="x_scale"):
+        int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b, 4)
+    with pytest.raises(ValueError, match="x_zero_point"):
+        int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp.float(), b, 5)
+    with pytest.raises(ValueError, match="bias"):
+        int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b[:4], 5)
+    with pytest.raises(ValueError, match="out_dtype"):
+        int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b, 5, out_dtype=torch.int32)
+    with pytest.raises(ValueError, match="tokens"):
+        int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b, 0)
+    with pytest.raises(ValueError, match="xq"):
+        int8_linear_ref(xq[0], wq, w_colsum, w_scale, x_scale, zp, b, 5)

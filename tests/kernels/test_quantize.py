@@ -1,0 +1,208 @@
+import pytest
+import torch
+
+from ptq4vm_fx.kernels.quantize import (
+    add_rmsnorm_quantize,
+    add_rmsnorm_quantize_ref,
+    conv1d_silu_quantize,
+    conv1d_silu_quantize_ref,
+    quantize_per_token,
+    quantize_per_token_ref,
+)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _qparams(K, tokens, bits, seed, smooth=True, amax=3.0):
+    """Scales that put the data in range (with some clipping) and zero points in the signed range."""
+    g = torch.Generator().manual_seed(seed)
+    qmax = 2 ** (bits - 1) - 1
+    scale = (torch.rand(tokens, generator=g) + 0.5) * amax / qmax
+    inv_scale = 1.0 / scale
+    zp = torch.randint(-(qmax // 2), qmax // 2 + 1, (tokens,), dtype=torch.int32, generator=g)
+    inv_smooth = (torch.rand(K, generator=g) + 0.5) if smooth else None
+    return inv_smooth, inv_scale, zp
+
+
+def _to(args, device):
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+
+
+# --------------------------------------------------------------------------------------------
+# quantize_per_token
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("M,tokens", [(1, 1), (7, 7), (10, 5)])
+@pytest.mark.parametrize("K", [12, 33])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,smooth", [(8, True), (4, False), (2, True)])
+def test_quantize_per_token_exact(device, M, tokens, K, dtype, bits, smooth):
+    seed = M * 100 + K + bits
+    x = (torch.randn(M, K, generator=torch.Generator().manual_seed(seed)) * 2).to(dtype)
+    params = _qparams(K, tokens, bits, seed, smooth)
+    q = quantize_per_token(*_to((x, *params), device), bits, tokens)
+    q_ref = quantize_per_token_ref(x, *params, bits, tokens)
+    assert q.dtype == torch.int8 and q.shape == (M, K)
+    assert torch.equal(q.cpu(), q_ref)
+
+
+def test_quantize_ties_round_to_even_and_saturation(device):
+    vals = torch.tensor([[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e9, -1e9, float("inf"), -float("inf"), 0.49999997]])
+    inv_scale = torch.ones(1)
+    zp = torch.tensor([3], dtype=torch.int32)
+    expect = torch.tensor([[-2, -2, 0, 0, 2, 2, 4, 127, -128, 127, -128, 0]]) + torch.tensor(
+        [[3] * 7 + [0, 0, 0, 0, 3]])
+    q = quantize_per_token(vals.to(device), None, inv_scale.to(device), zp.to(device), 8, 1)
+    q_ref = quantize_per_token_ref(vals, None, inv_scale, zp, 8, 1)
+    assert torch.equal(q_ref, expect.to(torch.int8))
+    assert torch.equal(q.cpu(), q_ref)
+
+
+def test_quantize_products_near_ties(device):
+    """Inputs whose scaled value lands within an ulp of a .5 tie: the fp32 evaluation order
+    (x * inv_smooth) * inv_scale, then round, must be followed exactly."""
+    g = torch.Generator().manual_seed(7)
+    k = torch.randint(-60, 60, (16, 32), generator=g).float() + 0.5
+    inv_scale = torch.tensor([3.0, 1 / 3, 0.1, 7.0], dtype=torch.float32)
+    inv_smooth = torch.tensor([1.0, 1.1, 0.9, 3.0] * 8)
+    x = (k / inv_scale.repeat(4)[:, None] / inv_smooth[None, :]).float()
+    x = torch.stack([x, x.nextafter(torch.tensor(1e9)), x.nextafter(torch.tensor(-1e9))]).reshape(48, 32)
+    zp = torch.tensor([0, 1, -1, 2], dtype=torch.int32)
+    q = quantize_per_token(*_to((x, inv_smooth, inv_scale, zp), device), 8, 4)
+    assert torch.equal(q.cpu(), quantize_per_token_ref(x, inv_smooth, inv_scale, zp, 8, 4))
+
+
+def test_quantize_strided_input(device):
+    x = torch.randn(33, 10, generator=torch.Generator().manual_seed(1)).t()  # (10, 33), column-major
+    params = _qparams(33, 5, 8, 1)
+    q = quantize_per_token(*_to((x, *params), device), 8, 5)
+    assert torch.equal(q.cpu(), quantize_per_token_ref(x, *params, 8, 5))
+
+
+def test_quantize_bad_inputs():
+    x = torch.randn(10, 12)
+    inv_smooth, inv_scale, zp = _qparams(12, 5, 8, 0)
+    with pytest.raises(ValueError, match="x must have dtype"):
+        quantize_per_token(x.double(), inv_smooth, inv_scale, zp, 8, 5)
+    with pytest.raises(ValueError, match="x must be 2-D"):
+        quantize_per_token(x[0], inv_smooth, inv_scale, zp, 8, 5)
+    with pytest.raises(ValueError, match="inv_smooth"):
+        quantize_per_token(x, inv_smooth[:5], inv_scale, zp, 8, 5)
+    with pytest.raises(ValueError, match="inv_scale"):
+        quantize_per_token(x, inv_smooth, inv_scale.half(), zp, 8, 5)
+    with pytest.raises(ValueError, match="zero_point"):
+        quantize_per_token(x, inv_smooth, inv_scale, zp.to(torch.int8), 8, 5)
+    with pytest.raises(ValueError, match="inv_scale must have shape"):
+        quantize_per_token(x, inv_smooth, inv_scale, zp, 8, 4)
+    with pytest.raises(ValueError, match="bits"):
+        quantize_per_token(x, inv_smooth, inv_scale, zp, 9, 5)
+    with pytest.raises(ValueError, match="bits"):
+        quantize_per_token_ref(x, inv_smooth, inv_scale, zp, 1, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# add_rmsnorm_quantize
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("M,tokens", [(1, 1), (7, 7), (10, 5)])
+@pytest.mark.parametrize("K", [12, 33])
+@pytest.mark.parametrize("dtype,has_res", [(torch.float32, True), (torch.float16, True), (torch.bfloat16, False)])
+def test_add_rmsnorm_quantize(device, M, tokens, K, dtype, has_res):
+    g = torch.Generator().manual_seed(M * 10 + K)
+    x = (torch.randn(M, K, generator=g) * 2).to(dtype)
+    res = torch.randn(M, K, generator=g) if has_res else None
+    weight = torch.rand(K, generator=g) + 0.5
+    params = _qparams(K, tokens, 8, M + K)
+    q, res_out = add_rmsnorm_quantize(*_to((x, res, weight, 1e-5, *params), device), 8, tokens)
+    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, weight, 1e-5, *params, 8, tokens)
+    assert res_out.dtype == torch.float32 and q.dtype == torch.int8
+    assert torch.equal(res_out.cpu(), res_ref)  # one fp32 add: exact
+    # normed values agree to ~1 ulp (different summation order for the mean): codes may differ
+    # by one, and only rarely
+    diff = (q.cpu().int() - q_ref.int()).abs()
+    assert diff.max() <= 1
+    assert diff.float().mean() <= 0.02
+
+
+def test_add_rmsnorm_quantize_bad_inputs():
+    x = torch.randn(10, 12)
+    params = _qparams(12, 5, 8, 0)
+    w = torch.ones(12)
+    with pytest.raises(ValueError, match="residual"):
+        add_rmsnorm_quantize(x, torch.randn(10, 11), w, 1e-5, *params, 8, 5)
+    with pytest.raises(ValueError, match="weight"):
+        add_rmsnorm_quantize(x, None, torch.ones(13), 1e-5, *params, 8, 5)
+    with pytest.raises(ValueError, match="x must have dtype"):
+        add_rmsnorm_quantize(x.to(torch.int32), None, w, 1e-5, *params, 8, 5)
+    with pytest.raises(ValueError, match="eps"):
+        add_rmsnorm_quantize(x, None, w, -1.0, *params, 8, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# conv1d_silu_quantize
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("Bsz,D,L", [(1, 5, 1), (2, 12, 7), (1, 20, 19)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("W,bias,smooth,dtype", [(4, True, True, torch.float32), (2, False, False, torch.bfloat16)])
+def test_conv1d_silu_quantize(device, Bsz, D, L, reverse, W, bias, smooth, dtype):
+    g = torch.Generator().manual_seed(Bsz * 100 + D * 10 + L)
+    x = torch.randn(Bsz, D, L, generator=g).to(dtype)
+    weight = torch.randn(D, W, generator=g) * 0.5
+    b = torch.randn(D, generator=g) if bias else None
+    params = _qparams(D, L, 8, D + L, smooth, amax=2.0)
+    u, q = conv1d_silu_quantize(*_to((x, weight, b, *params), device), 8, reverse=reverse)
+    u_ref, q_ref = conv1d_silu_quantize_ref(x, weight, b, *params, 8, reverse=reverse)
+    u, q = u.cpu(), q.cpu()
+    assert u.shape == (Bsz, D, L) and u.dtype == torch.float32
+    assert q.shape == (Bsz, L, D) and q.dtype == torch.int8
+    torch.testing.assert_close(u, u_ref, rtol=1e-5, atol=1e-6)
+    # the codes are exactly the quantization of the kernel's own u ...
+    q_own = quantize_per_token_ref(u.transpose(1, 2).reshape(Bsz * L, D), *params, 8, L).reshape(Bsz, L, D)
+    assert torch.equal(q, q_own)
+    # ... and agree with the reference's wherever the floats agree
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1
+    same_float = (u == u_ref).transpose(1, 2)
+    assert torch.equal(q[same_float], q_ref[same_float])
+
+
+def test_conv1d_reverse_is_flipped_forward():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 9, generator=g)
+    weight = torch.randn(6, 4, generator=g)
+    b = torch.randn(6, generator=g)
+    params = _qparams(6, 9, 8, 3)
+    flipped = (params[0], params[1].flip(0), params[2].flip(0))
+    u_r, q_r = conv1d_silu_quantize_ref(x, weight, b, *params, 8, reverse=True)
+    u_f, q_f = conv1d_silu_quantize_ref(x.flip(-1), weight, b, *flipped, 8, reverse=False)
+    torch.testing.assert_close(u_r, u_f.flip(-1), rtol=1e-6, atol=1e-7)
+    assert (q_r.int() - q_f.flip(1).int()).abs().max() <= 1
+
+
+def test_conv1d_weight_with_channel_axis(device):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 8, 6, generator=g)
+    weight = torch.randn(8, 1, 4, generator=g)  # nn.Conv1d(groups=D) layout
+    params = _qparams(8, 6, 8, 4)
+    u, q = conv1d_silu_quantize(*_to((x, weight, None, *params), device), 8)
+    u2, q2 = conv1d_silu_quantize(*_to((x, weight[:, 0], None, *params), device), 8)
+    assert torch.equal(u, u2) and torch.equal(q, q2)
+
+
+def test_conv1d_bad_inputs():
+    x = torch.randn(2, 6, 9)
+    params = _qparams(6, 9, 8, 0)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        conv1d_silu_quantize(x, torch.randn(5, 4), None, *params, 8)
+    with pytest.raises(ValueError, match="x must be 3-D"):
+        conv1d_silu_quantize(x[0], torch.randn(6, 4), None, *params, 8)
+    with pytest.raises(ValueError, match="bias"):
+        conv1d_silu_quantize(x, torch.randn(6, 4), torch.randn(5), *params, 8)
+    with pytest.raises(ValueError, match="inv_scale must have shape"):
+        conv1d_silu_quantize(x[..., :8], torch.randn(6, 4), None, *params, 8)
+    with pytest.raises(ValueError, match="reverse"):
+        conv1d_silu_quantize(x, torch.randn(6, 4), None, *params, 8, reverse=1)

@@ -1,0 +1,209 @@
+import math
+
+import pytest
+import torch
+
+from ptq4vm_fx.kernels.quantize import quantize_per_token_ref
+from ptq4vm_fx.kernels.selective_scan import (
+    bidirectional_scan_combine,
+    bidirectional_scan_combine_ref,
+    selective_scan,
+    selective_scan_ref,
+)
+
+
+def _inputs(Bsz, Dm, L, N, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(Bsz, Dm, L, generator=g).to(dtype)
+    delta = (torch.randn(Bsz, Dm, L, generator=g) * 0.5 - 1.0).to(dtype)
+    A = -(torch.rand(Dm, N, generator=g) * 2 + 0.1)
+    B = torch.randn(Bsz, N, L, generator=g).to(dtype)
+    C = torch.randn(Bsz, N, L, generator=g).to(dtype)
+    D = torch.randn(Dm, generator=g)
+    z = torch.randn(Bsz, Dm, L, generator=g).to(dtype)
+    delta_bias = torch.randn(Dm, generator=g) * 0.5
+    return u, delta, A, B, C, D, z, delta_bias
+
+
+def _to(args, device):
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+
+
+def _tol(dtype):
+    return dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# reference self-checks
+# --------------------------------------------------------------------------------------------
+
+
+def test_ref_matches_scalar_definition():
+    """The vectorized reference against a literal float64 transcription of the recurrence."""
+    u, delta, A, B, C, D, z, db = _inputs(1, 2, 5, 3, seed=1)
+    for reverse in (False, True):
+        out = selective_scan_ref(u, delta, A, B, C, D, z, db, True, reverse)
+        for d in range(2):
+            h = [0.0] * 3
+            ts = range(4, -1, -1) if reverse else range(5)
+            for t in ts:
+                dt = float(delta[0, d, t]) + float(db[d])
+                dt = math.log1p(math.exp(dt)) if dt <= 20 else dt
+                y = 0.0
+                for n in range(3):
+                    h[n] = math.exp(dt * float(A[d, n])) * h[n] + dt * float(u[0, d, t]) * float(B[0, n, t])
+                    y += h[n] * float(C[0, n, t])
+                y += float(D[d]) * float(u[0, d, t])
+                zz = float(z[0, d, t])
+                y *= zz / (1 + math.exp(-zz))
+                assert abs(out[0, d, t].item() - y) <= 1e-5 * (1 + abs(y))
+
+
+def test_ref_reverse_is_flip_of_forward():
+    u, delta, A, B, C, D, z, db = _inputs(2, 3, 6, 4, seed=2)
+    rev = selective_scan_ref(u, delta, A, B, C, D, z, db, True, reverse=True)
+    f = [t.flip(-1) for t in (u, delta, B, C, z)]
+    fwd = selective_scan_ref(f[0], f[1], A, f[2], f[3], D, f[4], db, True, reverse=False)
+    assert torch.equal(rev, fwd.flip(-1))
+
+
+# --------------------------------------------------------------------------------------------
+# selective_scan
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("Bsz,Dm,L", [(1, 5, 1), (2, 12, 7)])
+@pytest.mark.parametrize("N", [16, 5])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("full", [True, False])
+def test_selective_scan_fp32(device, Bsz, Dm, L, N, reverse, full):
+    u, delta, A, B, C, D, z, db = _inputs(Bsz, Dm, L, N, seed=Bsz + Dm + L + N)
+    if not full:
+        D = z = db = None
+        delta = delta.abs() * 0.3  # no softplus: keep dt positive
+    args = (u, delta, A, B, C, D, z, db)
+    out = selective_scan(*_to(args, device), delta_softplus=full, reverse=reverse)
+    ref = selective_scan_ref(*args, delta_softplus=full, reverse=reverse)
+    assert out.shape == (Bsz, Dm, L) and out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_selective_scan_half(device, dtype):
+    args = _inputs(2, 12, 7, 16, seed=9, dtype=dtype)
+    out = selective_scan(*_to(args, device), delta_softplus=True)
+    ref = selective_scan_ref(*args, delta_softplus=True)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.cpu().float(), ref.float(), **_tol(dtype))
+
+
+def test_selective_scan_strided_bc(device):
+    """B and C as channel slices of one projection (Vim's x_dbl split), u as a transposed view."""
+    Bsz, Dm, L, N, R = 2, 6, 7, 16, 3
+    g = torch.Generator().manual_seed(5)
+    x_dbl = torch.randn(Bsz, R + 2 * N, L, generator=g)
+    B, C = x_dbl[:, R:R + N], x_dbl[:, R + N:]
+    u = torch.randn(Bsz, L, Dm, generator=g).transpose(1, 2)
+    _, delta, A, _, _, D, z, db = _inputs(Bsz, Dm, L, N, seed=5)
+    args = (u, delta, A, B, C, D, z, db)
+    out = selective_scan(*_to(args, device), delta_softplus=True, reverse=True)
+    ref = selective_scan_ref(*[a.contiguous() for a in args], delta_softplus=True, reverse=True)
+    torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
+
+
+def test_selective_scan_bad_inputs():
+    u, delta, A, B, C, D, z, db = _inputs(2, 4, 5, 8, seed=0)
+    with pytest.raises(ValueError, match="A must have dtype"):
+        selective_scan(u, delta, A.half(), B, C)
+    with pytest.raises(ValueError, match="A must have shape"):
+        selective_scan(u, delta, A[:3], B, C)
+    with pytest.raises(ValueError, match="B must have shape"):
+        selective_scan(u, delta, A, B[:, :4], C)
+    with pytest.raises(ValueError, match="delta must have shape"):
+        selective_scan(u, delta[..., :4], A, B, C)
+    with pytest.raises(ValueError, match="u must be 3-D"):
+        selective_scan(u[0], delta, A, B, C)
+    with pytest.raises(ValueError, match="z must have shape"):
+        selective_scan(u, delta, A, B, C, D, z[:1])
+    with pytest.raises(ValueError, match="D must have dtype"):
+        selective_scan(u, delta, A, B, C, D.double())
+    with pytest.raises(ValueError, match="delta_softplus"):
+        selective_scan(u, delta, A, B, C, delta_softplus="yes")
+    with pytest.raises(ValueError, match="delta_bias"):
+        selective_scan_ref(u, delta, A, B, C, delta_bias=db[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# bidirectional_scan_combine
+# --------------------------------------------------------------------------------------------
+
+
+def _bidir_inputs(Bsz, Dm, L, N, seed, dtype=torch.float32):
+    uf, df, Af, Bf, Cf, Df, z, dbf = _inputs(Bsz, Dm, L, N, seed, dtype)
+    ub, db_, Ab, Bb, Cb, Db, _, dbb = _inputs(Bsz, Dm, L, N, seed + 1, dtype)
+    return (uf, df, Af, Bf, Cf, Df, dbf, ub, db_, Ab, Bb, Cb, Db, dbb), z
+
+
+def _out_qparams(Dm, L, seed, smooth=True):
+    g = torch.Generator().manual_seed(seed)
+    inv_scale = 127.0 / ((torch.rand(L, generator=g) + 0.5) * 2.0)
+    zp = torch.randint(-10, 11, (L,), dtype=torch.int32, generator=g)
+    inv_smooth = torch.rand(Dm, generator=g) + 0.5 if smooth else None
+    return inv_smooth, inv_scale, zp
+
+
+@pytest.mark.parametrize("Bsz,Dm,L,N", [(1, 5, 1, 16), (2, 12, 7, 16), (1, 9, 6, 5)])
+@pytest.mark.parametrize("with_z", [True, False])
+def test_bidirectional_fp32(device, Bsz, Dm, L, N, with_z):
+    branches, z = _bidir_inputs(Bsz, Dm, L, N, seed=Dm * L + N)
+    z = z if with_z else None
+    out = bidirectional_scan_combine(*_to(branches, device), z=z if z is None else z.to(device),
+                                     delta_softplus=True)
+    ref = bidirectional_scan_combine_ref(*branches, z=z, delta_softplus=True)
+    torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
+    # the spec itself: (forward scan + reverse scan) / 2
+    uf, df, Af, Bf, Cf, Df, dbf, ub, db_, Ab, Bb, Cb, Db, dbb = branches
+    two = (selective_scan_ref(uf, df, Af, Bf, Cf, Df, z, dbf, True)
+           + selective_scan_ref(ub, db_, Ab, Bb, Cb, Db, z, dbb, True, reverse=True)) / 2
+    torch.testing.assert_close(ref, two, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype,smooth,bits", [(torch.float32, True, 8), (torch.float16, False, 8),
+                                               (torch.bfloat16, True, 4)])
+def test_bidirectional_quantized(device, dtype, smooth, bits):
+    Bsz, Dm, L, N = 2, 12, 7, 16
+    branches, z = _bidir_inputs(Bsz, Dm, L, N, seed=21, dtype=dtype)
+    # no D / delta_bias on the backward branch: exercises the optional arguments
+    branches = branches[:12] + (None, None)
+    qp = _out_qparams(Dm, L, seed=22, smooth=smooth)
+    out, xq = bidirectional_scan_combine(*_to(branches, device), z.to(device), True, *_to(qp, device), bits)
+    out_ref, xq_ref = bidirectional_scan_combine_ref(*branches, z, True, *qp, bits)
+    out, xq = out.cpu(), xq.cpu()
+    assert out.dtype == dtype and xq.dtype == torch.int8 and xq.shape == (Bsz, L, Dm)
+    torch.testing.assert_close(out.float(), out_ref.float(), **_tol(dtype))
+    # codes: exactly the quantization of the kernel's own (stored) output ...
+    own = quantize_per_token_ref(out.transpose(1, 2).reshape(Bsz * L, Dm), *qp, bits, L).reshape(Bsz, L, Dm)
+    assert torch.equal(xq, own)
+    # ... and the reference's codes wherever the outputs agree
+    same = (out == out_ref).transpose(1, 2)
+    assert torch.equal(xq[same], xq_ref[same])
+    assert (xq.int() - xq_ref.int()).abs().max() <= 1
+
+
+def test_bidirectional_bad_inputs():
+    branches, z = _bidir_inputs(2, 4, 5, 8, seed=0)
+    qp = _out_qparams(4, 5, seed=0)
+    bad = list(branches)
+    bad[7] = bad[7][:, :, :4]  # u_b shorter
+    with pytest.raises(ValueError, match="backward"):
+        bidirectional_scan_combine(*bad, z=None)
+    bad = list(branches)
+    bad[9] = bad[9].half()  # A_b
+    with pytest.raises(ValueError, match="backward A must have dtype"):
+        bidirectional_scan_combine(*bad, z=z)
+    with pytest.raises(ValueError, match="inv_scale"):
+        bidirectional_scan_combine(*branches, z, True, qp[0], None, qp[2], 8)
+    with pytest.raises(ValueError, match="zero_point"):
+        bidirectional_scan_combine(*branches, z, True, qp[0], qp[1], qp[2].float(), 8)
+    with pytest.raises(ValueError, match="inv_scale must have shape"):
+        bidirectional_scan_combine(*branches, z, True, qp[0], qp[1][:4], qp[2], 8)
