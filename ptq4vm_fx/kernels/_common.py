@@ -68,7 +68,7 @@ def check_tensor(name, t, *, ndim=None, shape=None, dtypes=None, allow_none=Fals
             return
         raise ValueError(f"{name} must be a tensor, got None")
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")  # noqa: TRY004 (API: ValueError)
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
     if shape is not None and tuple(t.shape) != tuple(shape):
@@ -94,7 +94,7 @@ def check_devices(**tensors) -> torch.device:
 
 def check_int(name, value, lo, hi=None):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")  # noqa: TRY004 (API: ValueError)
     if value < lo or (hi is not None and value > hi):
         rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be in {rng}, got {value}")

@@ -50,7 +50,7 @@ def _int8_linear_kernel(
     w_ptrs = wq_ptr + rn[None, :] * stride_wn + offs_k[:, None] * stride_wk
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for kb in range(0, tl.cdiv(K, BLOCK_K)):
+    for kb in range(tl.cdiv(K, BLOCK_K)):
         k_left = K - kb * BLOCK_K
         a = tl.load(x_ptrs, mask=offs_k[None, :] < k_left, other=0)
         b = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0)
@@ -109,7 +109,8 @@ def _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
     M, K = xq.shape
     N, Kw = wq.shape
     if Kw != K:
-        raise ValueError(f"wq must have shape (N, {K}) to match xq (M, K)={tuple(xq.shape)}, got {tuple(wq.shape)}")
+        raise ValueError(f"wq must have shape (N, {K}) to match xq (M, K)={tuple(xq.shape)}, "
+                         f"got {tuple(wq.shape)}")
     check_int("tokens", tokens, 1)
     check_tensor("w_colsum", w_colsum, shape=(N,), dtypes=(torch.int32,))
     check_tensor("w_scale", w_scale, shape=(N,), dtypes=(torch.float32,))
@@ -177,7 +178,7 @@ def int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, toke
     The integer accumulator is computed exactly through a float64 matmul (|acc| <= 127*128*K is
     far below 2^53) and converted to int32.
     """
-    M, N, K = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    M, _, _ = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
     acc = (xq.double() @ wq.double().t()).to(torch.int32)
     tok = torch.arange(M, device=xq.device) % tokens
     acc = acc - x_zero_point[tok][:, None] * w_colsum[None, :]

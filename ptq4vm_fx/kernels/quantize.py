@@ -27,7 +27,6 @@ from ._common import (
     FLOAT_DTYPES,
     _quantize_values,
     check_devices,
-    check_int,
     check_quant_params,
     check_tensor,
     interpret_mode,
@@ -324,7 +323,7 @@ def _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, r
     check_tensor("bias", bias, shape=(D,), dtypes=FLOAT_DTYPES, allow_none=True)
     check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, D)
     if not isinstance(reverse, bool):
-        raise ValueError(f"reverse must be a bool, got {type(reverse).__name__}")
+        raise ValueError(f"reverse must be a bool, got {type(reverse).__name__}")  # noqa: TRY004 (API: ValueError)
     return Bsz, D, L, weight
 
 

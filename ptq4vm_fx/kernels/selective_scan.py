@@ -31,6 +31,7 @@ from ._common import (
     vec,
 )
 
+
 @triton.jit
 def _softplus(x):
     """log(1 + exp(x)) for x <= 20, x above; log1p evaluated accurately as log(w) * e / (w - 1)."""
@@ -83,7 +84,7 @@ def _scan_pass(
     q_base = q_ptr + b * s_qb + offs_d * s_qd
 
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for i in range(0, L):
+    for i in range(L):
         if REVERSE:
             t = L - 1 - i
         else:
@@ -258,7 +259,7 @@ def _check_scan_args(prefix, u, delta, A, B, C, D, z, delta_bias):
 
 def _check_flag(name, value):
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {type(value).__name__}")
+        raise ValueError(f"{name} must be a bool, got {type(value).__name__}")  # noqa: TRY004 (API: ValueError)
 
 
 def _s3(t):
@@ -299,7 +300,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     grid = (Bsz, triton.cdiv(Dm, block_d))
     _selective_scan_kernel[grid](
         u, delta, A, B, C,
-        D if D is not None else A, delta_bias if delta_bias is not None else A, z if z is not None else u, out,
+        D if D is not None else A, delta_bias if delta_bias is not None else A,
+        z if z is not None else u, out,
         Dm, N, L,
         *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z), *_s3(out),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
@@ -343,7 +345,8 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     if quant:
         check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, Dm)
     elif inv_smooth is not None or zero_point is not None:
-        raise ValueError("inv_smooth / zero_point given without inv_scale: pass inv_scale to quantize the output")
+        raise ValueError("inv_smooth / zero_point given without inv_scale: "
+                         "pass inv_scale to quantize the output")
     check_devices(u_f=u_f, delta_f=delta_f, A_f=A_f, B_f=B_f, C_f=C_f, D_f=D_f, delta_bias_f=delta_bias_f,
                   u_b=u_b, delta_b=delta_b, A_b=A_b, B_b=B_b, C_b=C_b, D_b=D_b, delta_bias_b=delta_bias_b,
                   z=z, inv_smooth=inv_smooth, inv_scale=inv_scale, zero_point=zero_point)
@@ -416,7 +419,8 @@ def _selective_scan_ref_fp32(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return y
 
 
-def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       reverse=False):
     """Pure-PyTorch specification of :func:`selective_scan`."""
     _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
     _check_flag("delta_softplus", delta_softplus)
@@ -431,7 +435,7 @@ def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_
     """Pure-PyTorch specification of :func:`bidirectional_scan_combine`."""
     from .quantize import quantize_per_token_ref
 
-    Bsz, Dm, L, N = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
+    Bsz, Dm, L, _ = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
     _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
     out_f = _selective_scan_ref_fp32(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
     out_b = _selective_scan_ref_fp32(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import torch
@@ -10,11 +11,13 @@ from torch import nn
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict in ``path``: ``{'model': sd, ...}`` (hustvl/Vim, DeiT style), ``{'state_dict': sd}``
-    or a bare state dict. Never unpickles code (``weights_only=True``)."""
+    or a bare state dict. Never unpickles code: ``weights_only=True``, with argparse.Namespace (the
+    official files' ``args``) allowed as plain data."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a truncated or foreign file
         raise ValueError(f"cannot read checkpoint {path}: not a readable torch checkpoint ({exc})") from exc
     if isinstance(obj, dict):

@@ -192,7 +192,7 @@ class VisionMamba(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(p=drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        dpr = [0.0] + [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [0.0] + torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.layers = nn.ModuleList(
             [
                 Block(embed_dim, d_state, norm_epsilon, dpr[i], residual_in_fp32, if_divide_out)

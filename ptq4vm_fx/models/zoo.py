@@ -17,7 +17,7 @@ VIM_CONFIGS = {
     "vim_small_patch16_224": dict(_BASE, embed_dim=384),
     "vim_base_patch16_224": dict(_BASE, embed_dim=768),
     # the small model bundled with the package, trained on scikit-learn's 8x8 digits
-    "vim_digits": dict(img_size=8, patch_size=1, stride=1, depth=4, embed_dim=48, d_state=16, channels=1,
+    "vim_digits": dict(img_size=8, patch_size=2, stride=2, depth=4, embed_dim=48, d_state=16, channels=1,
                        num_classes=10, drop_path_rate=0.0),
 }
 # hustvl/Vim's names for the same models

@@ -10,7 +10,7 @@ import torch  # importing torch does not import triton
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 
 def _interpret() -> bool:

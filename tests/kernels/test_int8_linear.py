@@ -67,6 +67,27 @@ def test_extreme_codes_and_zero_points(device):
     assert torch.equal(y.cpu(), int8_linear_ref(*args, L))
 
 
+def test_multi_tile_grid(device):
+    """Several M and N tiles (grouped launch order), ragged on every edge, several K steps."""
+    args = _make(50, 70, 40, 10, seed=13)
+    y = int8_linear(*_to(args, device), 10)
+    assert torch.equal(y.cpu(), int8_linear_ref(*args, 10))
+
+
+def test_cpu_tensors_need_interpreter(monkeypatch):
+    args = _make(4, 12, 5, 2)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="CPU"):
+        int8_linear(*args, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
+def test_device_mismatch():
+    xq, wq, w_colsum, w_scale, x_scale, zp, b = _make(4, 12, 5, 2)
+    with pytest.raises(ValueError, match="same device"):
+        int8_linear(xq.cuda(), wq, w_colsum, w_scale, x_scale, zp, b, 2)
+
+
 def test_ref_integer_part_is_exact():
     """The spec's accumulator (float64 matmul) equals an int64 sum of products."""
     xq, wq, w_colsum, _, _, zp, _ = _make(10, 33, 44, 5, seed=11)

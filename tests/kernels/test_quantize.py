@@ -48,7 +48,8 @@ def test_quantize_per_token_exact(device, M, tokens, K, dtype, bits, smooth):
 
 
 def test_quantize_ties_round_to_even_and_saturation(device):
-    vals = torch.tensor([[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e9, -1e9, float("inf"), -float("inf"), 0.49999997]])
+    inf = float("inf")
+    vals = torch.tensor([[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e9, -1e9, inf, -inf, 0.49999997]])
     inv_scale = torch.ones(1)
     zp = torch.tensor([3], dtype=torch.int32)
     expect = torch.tensor([[-2, -2, 0, 0, 2, 2, 4, 127, -128, 127, -128, 0]]) + torch.tensor(
@@ -108,7 +109,8 @@ def test_quantize_bad_inputs():
 
 @pytest.mark.parametrize("M,tokens", [(1, 1), (7, 7), (10, 5)])
 @pytest.mark.parametrize("K", [12, 33])
-@pytest.mark.parametrize("dtype,has_res", [(torch.float32, True), (torch.float16, True), (torch.bfloat16, False)])
+@pytest.mark.parametrize("dtype,has_res",
+                         [(torch.float32, True), (torch.float16, True), (torch.bfloat16, False)])
 def test_add_rmsnorm_quantize(device, M, tokens, K, dtype, has_res):
     g = torch.Generator().manual_seed(M * 10 + K)
     x = (torch.randn(M, K, generator=g) * 2).to(dtype)
@@ -147,7 +149,8 @@ def test_add_rmsnorm_quantize_bad_inputs():
 
 @pytest.mark.parametrize("Bsz,D,L", [(1, 5, 1), (2, 12, 7), (1, 20, 19)])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("W,bias,smooth,dtype", [(4, True, True, torch.float32), (2, False, False, torch.bfloat16)])
+@pytest.mark.parametrize("W,bias,smooth,dtype",
+                         [(4, True, True, torch.float32), (2, False, False, torch.bfloat16)])
 def test_conv1d_silu_quantize(device, Bsz, D, L, reverse, W, bias, smooth, dtype):
     g = torch.Generator().manual_seed(Bsz * 100 + D * 10 + L)
     x = torch.randn(Bsz, D, L, generator=g).to(dtype)

@@ -30,7 +30,7 @@ def _to(args, device):
 
 
 def _tol(dtype):
-    return dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
 
 
 # --------------------------------------------------------------------------------------------
