@@ -7,6 +7,8 @@ node). Passes walk every graph; JLSS runs the block GraphModules one at a time.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.fx
 from torch import nn
@@ -36,9 +38,11 @@ def check_supported(model: nn.Module) -> None:
 
 
 def capture(model: nn.Module) -> torch.fx.GraphModule:
-    """Trace a supported model (eval mode) into a GraphModule with one GraphModule per block."""
+    """Trace a supported model into a GraphModule (eval mode) with one GraphModule per block.
+
+    The GraphModule owns a copy of the parameters: passes never touch the caller's model."""
     check_supported(model)
-    model.eval()
+    model = copy.deepcopy(model).eval()
     top = torch.fx.GraphModule(model, _TopTracer().trace(model), class_name="CapturedVim")
     for name, module in list(top.named_modules()):
         if isinstance(module, Block):

@@ -40,10 +40,10 @@ class QuantConfig:
     linears: tuple[str, ...] = DEFAULT_LINEARS
     grid_candidates: int = 100
     grid_norm: float = 2.4
-    grid_samples: int = 64
-    jlss_epochs: int = 5
-    jlss_batch_size: int = 32
-    jlss_lr: float = 5e-3
+    grid_samples: int = 256
+    jlss_epochs: int = 10
+    jlss_batch_size: int = 16
+    jlss_lr: float = 2e-3
     jlss_weight_decay: float = 0.0
     seed: int = 0
     preset: str = field(default="", compare=False)

@@ -119,7 +119,7 @@ def selective_scan_ref(
         y = y + D.float()[:, None] * u
     if z is not None:
         y = y * F.silu(z.float())
-    return y.to(dtype)
+    return y.to(dtype).contiguous()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,128 @@
+"""Rewrite: the in_proj input quantized by the residual add + RMSNorm kernel.
+
+    r  = hidden + residual                                          (fp32; optional)
+    xf = r (value-preserving casts)
+    y  = (xf * rsqrt(mean(xf ** 2, -1, keepdim=True) + eps)) * weight
+    xq = ptq4vm::quantize_per_token(y, inv_smooth, scale, zero_point, bits)
+ -> xq, r = ptq4vm_fused::add_rmsnorm_quantize(hidden, residual, weight, eps, inv_smooth, scale, ...)
+
+After convert the smoothing is folded into ``weight`` and ``inv_smooth`` is ones (an exact
+multiply). The normalised activations never reach memory in float. When the norm's input is not
+an fp32 add of two same-shaped tensors, the kernel normalises that input without the add.
+Anchored on the quantize call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch.fx import GraphModule, Node
+
+from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
+from . import report
+from .match import bind, norm_dim, strip_casts, tensor
+from .quantize_site import KERNEL_DTYPES, StaticQuantize, quantize_input, quantize_nodes, static_quantize
+from .rewrite import insert_call, placement_problem, unpack
+
+NAME = "add_rmsnorm_quantize"
+FUSED = torch.ops.ptq4vm_fused.add_rmsnorm_quantize
+
+
+def fuse_add_rmsnorm_quantize(gm: GraphModule) -> int:
+    """In place; returns the number of norm + quantize pairs fused."""
+    count = 0
+    for node in quantize_nodes(gm):
+        norm = _match_rmsnorm(strip_casts(quantize_input(node)))
+        if norm is None:
+            continue
+        site = static_quantize(node)
+        if isinstance(norm, str) or not isinstance(site, StaticQuantize):
+            report.skipped(NAME, norm if isinstance(norm, str) else site, node)
+            continue
+        source, weight, eps = norm
+        added = _fp32_add(source)
+        x, residual = (added["other"], added["input"]) if added else (source, None)
+        args = (x, residual, weight, eps, *site.qparams)
+        before = source.next if added else node
+        problem = placement_problem(args, before)
+        if problem is not None:
+            report.skipped(NAME, problem, node)
+            continue
+        xq, res_out = unpack(insert_call(before, FUSED.default, args), 2)
+        if added:
+            source.replace_all_uses_with(res_out)
+        node.replace_all_uses_with(xq)
+        report.applied(NAME)
+        count += 1
+    gm.graph.eliminate_dead_code()
+    return count
+
+
+def _match_rmsnorm(normed: Node) -> Union[None, str, tuple[Node, Node, float]]:
+    """For ``normed = (xf * rsqrt(mean(xf**2, -1, keepdim) + eps)) * weight``: (the source of xf,
+    weight, eps), a reason when it is an RMSNorm the kernel cannot compute, or None."""
+    scaled = bind(normed, "mul")
+    if scaled is None:
+        return None
+    for prod, weight in ((scaled["input"], scaled["other"]), (scaled["other"], scaled["input"])):
+        parts = _normalised(prod)
+        if parts is not None:
+            xf, eps = parts
+            break
+    else:
+        return None
+    weight = strip_casts(weight)
+    w, x, y = tensor(weight), tensor(xf), tensor(normed)
+    if w is None or x is None or tuple(w.shape) != (x.shape[-1],):
+        return "the norm weight is not a vector over the channels"
+    if x.dtype != torch.float32 or y.dtype != torch.float32:
+        return f"the norm is computed in {x.dtype} (the kernel computes in float32)"
+    return strip_casts(xf), weight, eps
+
+
+def _normalised(prod: Any) -> Optional[tuple[Node, float]]:
+    """For ``prod = xf * rsqrt(mean(xf ** 2, -1, keepdim=True) + eps)``: (xf, eps), else None."""
+    mul = bind(prod, "mul")
+    if mul is None:
+        return None
+    for xf, rstd in ((mul["input"], mul["other"]), (mul["other"], mul["input"])):
+        root = bind(rstd, "rsqrt")
+        shifted = root and bind(root["input"], "add")
+        if not shifted or shifted["alpha"] != 1:
+            continue
+        for mean_node, eps in ((shifted["input"], shifted["other"]), (shifted["other"], shifted["input"])):
+            mean = bind(mean_node, "mean")
+            if mean is None or not isinstance(eps, (int, float)) or isinstance(eps, bool):
+                continue
+            square = bind(mean["input"], "pow")
+            x = tensor(xf)
+            if (
+                square is not None
+                and square["exponent"] == 2
+                and strip_casts(square["input"]) is strip_casts(xf)
+                and x is not None
+                and mean["keepdim"] is True
+                and mean["dtype"] is None
+                and _last_dim(mean["dim"], x.dim())
+            ):
+                return xf, float(eps)
+    return None
+
+
+def _last_dim(dim: Any, ndim: int) -> bool:
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    return len(dims) == 1 and isinstance(dims[0], int) and norm_dim(dims[0], ndim) == ndim - 1
+
+
+def _fp32_add(source: Node) -> Optional[dict[str, Any]]:
+    """The arguments of ``source = a + b`` when the kernel's fp32 add reproduces it exactly."""
+    added = bind(source, "add")
+    if added is None or added["alpha"] != 1:
+        return None
+    out, a, b = tensor(source), tensor(added["input"]), tensor(added["other"])
+    if out is None or a is None or b is None or out.dtype != torch.float32:
+        return None
+    if a.shape != out.shape or b.shape != out.shape or not {a.dtype, b.dtype} <= set(KERNEL_DTYPES):
+        return None
+    return added

@@ -1,0 +1,127 @@
+"""Rewrite: the x_proj / x_proj_b input quantized by the depthwise conv1d + SiLU kernel.
+
+Causal (forward branch), either spelling:
+    v = conv1d(x, w, b, padding=W-1, groups=D)[..., :-(W-1)]     or  conv1d(pad(x, (W-1, 0)), w, b, groups=D)
+Anticausal (backward branch, no flips of the activations):
+    v = conv1d(pad(x, (0, W-1)), w.flip(-1), b, groups=D)
+then
+    u  = silu(v)                                                   (batch, D, L) fp32, also the scan's input
+    xq = ptq4vm::quantize_per_token(u.transpose(1, 2), inv_smooth, scale, zero_point, bits)
+ -> u, xq = ptq4vm_fused::conv1d_silu_quantize(x, w, b, inv_smooth, scale, zero_point, bits, reverse)
+
+``inv_smooth`` (x_proj's 1/m, which no producer weight can absorb) is applied in the kernel.
+Anchored on the quantize call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch.fx import GraphModule, Node
+
+from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
+from . import report
+from .match import bind, flip_dims, norm_dim, strip_casts, tensor
+from .quantize_site import KERNEL_DTYPES, StaticQuantize, quantize_input, quantize_nodes, static_quantize
+from .rewrite import insert_call, placement_problem, unpack
+
+NAME = "conv1d_silu_quantize"
+FUSED = torch.ops.ptq4vm_fused.conv1d_silu_quantize
+
+
+def fuse_conv1d_silu_quantize(gm: GraphModule) -> int:
+    """In place; returns the number of conv1d + SiLU + quantize chains fused."""
+    count = 0
+    for node in quantize_nodes(gm):
+        transposed = bind(strip_casts(quantize_input(node)), "transpose")
+        silu = transposed and bind(transposed["input"], "silu")
+        if not silu or silu["inplace"] or {norm_dim(transposed[k], 3) for k in ("dim0", "dim1")} != {1, 2}:
+            continue
+        conv = _match_conv(silu["input"])
+        if conv is None:
+            continue
+        site = static_quantize(node)
+        if isinstance(conv, str) or not isinstance(site, StaticQuantize):
+            report.skipped(NAME, conv if isinstance(conv, str) else site, node)
+            continue
+        u_node = transposed["input"]
+        x, weight, bias, reverse = conv
+        args = (x, weight, bias, *site.qparams, reverse)
+        problem = placement_problem(args, u_node)
+        if problem is not None:
+            report.skipped(NAME, problem, node)
+            continue
+        u, xq = unpack(insert_call(u_node, FUSED.default, args), 2)
+        u_node.replace_all_uses_with(u)
+        node.replace_all_uses_with(xq)
+        report.applied(NAME)
+        count += 1
+    gm.graph.eliminate_dead_code()
+    return count
+
+
+def _match_conv(v: Any) -> Union[None, str, tuple[Node, Node, Any, bool]]:
+    """For ``v`` a causal / anticausal depthwise conv1d (module docstring): (x, w, b, reverse) with
+    w the unflipped (D, 1, W) weight, a reason the kernel cannot take it, or None."""
+    form = _conv_form(v)
+    if form is None:
+        return None
+    conv, x, weight, reverse = form
+    xt, wt, vt = tensor(x), tensor(weight), tensor(v)
+    if xt is None or wt is None or vt is None or xt.dim() != 3 or wt.dim() != 3:
+        return None
+    d = xt.shape[1]
+    if tuple(wt.shape[:2]) != (d, 1) or conv["groups"] != d or conv["dilation"] not in (1, (1,), [1]):
+        return "not a depthwise conv1d"
+    if conv["stride"] not in (1, (1,), [1]):
+        return "a strided conv1d"
+    if vt.dtype != torch.float32 or xt.dtype not in KERNEL_DTYPES:
+        return f"conv1d computed in {vt.dtype} (the kernel computes in float32)"
+    return x, weight, conv["bias"], reverse
+
+
+def _conv_form(v: Any) -> Optional[tuple[dict, Node, Node, bool]]:
+    """(conv1d arguments, x, unflipped weight, reverse) when ``v`` has one of the three forms."""
+    sliced = bind(v, "getitem")
+    if sliced is not None:  # conv1d(x, w, padding=W-1)[..., :-(W-1)]
+        conv = bind(sliced["input"], "conv1d")
+        width = _width(conv)
+        if width is None or width < 2 or _single(conv["padding"]) != width - 1:
+            return None
+        if not _drops_last(sliced["index"], width - 1):
+            return None
+        return conv, conv["input"], conv["weight"], False
+    conv = bind(v, "conv1d")
+    width = _width(conv)
+    padded = conv and bind(conv["input"], "pad")
+    if width is None or not padded or _single(conv["padding"]) != 0:
+        return None
+    if padded["mode"] != "constant" or padded["value"] not in (None, 0, 0.0):
+        return None
+    pad = tuple(padded["pad"]) if isinstance(padded["pad"], (tuple, list)) else None
+    if pad == (width - 1, 0):  # causal, explicit left padding
+        return conv, padded["input"], conv["weight"], False
+    if pad == (0, width - 1) and flip_dims(conv["weight"]) in ((-1,), (2,)):  # anticausal
+        return conv, padded["input"], conv["weight"].args[0], True
+    return None
+
+
+def _width(conv: Optional[dict]) -> Optional[int]:
+    w = tensor(conv["weight"]) if conv else None
+    return int(w.shape[-1]) if w is not None and w.dim() == 3 else None
+
+
+def _single(v: Any) -> Any:
+    return v[0] if isinstance(v, (tuple, list)) and len(v) == 1 else v
+
+
+def _drops_last(index: Any, n: int) -> bool:
+    """``index`` is ``[..., :-n]`` (or ``[:, :, :-n]``) on a 3-D tensor."""
+    if not isinstance(index, tuple) or not index:
+        return False
+    last, lead = index[-1], index[:-1]
+    full = slice(None, None, None)
+    if lead not in ((Ellipsis,), (full, full)):
+        return False
+    return isinstance(last, slice) and last.start in (None, 0) and last.stop == -n and last.step in (None, 1)

@@ -1,0 +1,59 @@
+"""Rewrite: ``ptq4vm::qlinear`` as the INT8 GEMM with dequantization in its epilogue.
+
+    y = ptq4vm::qlinear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias)   (..., L, N) fp32
+    y = y.to(dtype)                                                                (optional)
+ -> y = ptq4vm_fused::int8_linear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, dtype)
+
+The epilogue applies, per output tile, ``(acc - zp[t] * colsum[n]) * x_scale[t] * w_scale[n] + bias[n]``
+with t = row % L, and casts to the dtype of a cast that is the result's only use (fp16 / bf16
+models) so the fp32 result is never stored. Static per-token scales only: the kernel indexes them
+by token position.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule
+
+from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
+from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
+from . import report
+from .match import bind_custom, is_custom_op, only_user, tensor
+from .quantize_site import KERNEL_DTYPES
+from .rewrite import insert_call, placement_problem
+
+NAME = "int8_linear"
+QLINEAR = torch.ops.ptq4vm.qlinear
+FUSED = torch.ops.ptq4vm_fused.int8_linear
+_ARGS = ("xq", "x_scale", "x_zero_point", "wq", "w_scale", "w_colsum", "bias")
+_CASTS = frozenset({"to", "float", "half", "bfloat16", "type"})
+
+
+def fuse_int8_linear(gm: GraphModule) -> int:
+    """In place; returns the number of qlinear calls lowered."""
+    count = 0
+    for node in [n for n in gm.graph.nodes if is_custom_op(n, QLINEAR)]:
+        args = bind_custom(node, QLINEAR)
+        xq, x_scale, wq = (tensor(args[k]) for k in ("xq", "x_scale", "wq"))
+        if xq is None or x_scale is None or wq is None:
+            report.skipped(NAME, "operands without tensor metadata", node)
+            continue
+        if x_scale.dim() != 1 or xq.dim() < 2 or x_scale.shape[0] != xq.shape[-2]:
+            report.skipped(NAME, "dynamic (per-row) activation scales", node)
+            continue
+        cast = only_user(node)
+        out = tensor(cast)
+        if not (cast is not None and cast.op == "call_method" and cast.target in _CASTS
+                and out is not None and out.dtype in KERNEL_DTYPES
+                and out.shape == tensor(node).shape and out.device == tensor(node).device):
+            cast, out = node, tensor(node)
+        fused_args = (*(args[k] for k in _ARGS), out.dtype)
+        problem = placement_problem(fused_args, node)
+        if problem is not None:
+            report.skipped(NAME, problem, node)
+            continue
+        cast.replace_all_uses_with(insert_call(node, FUSED.default, fused_args))
+        report.applied(NAME)
+        count += 1
+    gm.graph.eliminate_dead_code()
+    return count

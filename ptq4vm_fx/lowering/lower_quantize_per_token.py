@@ -1,0 +1,36 @@
+"""Rewrite: the quantize calls no producer absorbed, as the standalone quantize kernel.
+
+    xq = ptq4vm::quantize_per_token(x, inv_smooth, scale, zero_point, bits)     static scales
+ -> xq = ptq4vm_fused::quantize_per_token(x, inv_smooth, scale, zero_point, bits)
+
+In Vim these are the dt_proj / dt_proj_b inputs (a column slice of x_proj's output, read in place
+through its strides). Runs last, after the producer fusions took theirs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule
+
+from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
+from . import report
+from .quantize_site import StaticQuantize, quantize_nodes, static_quantize
+from .rewrite import insert_call
+
+NAME = "quantize_per_token"
+FUSED = torch.ops.ptq4vm_fused.quantize_per_token
+
+
+def lower_quantize_per_token(gm: GraphModule) -> int:
+    """In place; returns the number of quantize calls lowered."""
+    count = 0
+    for node in quantize_nodes(gm):
+        site = static_quantize(node)
+        if not isinstance(site, StaticQuantize):
+            report.skipped(NAME, site, node)
+            continue
+        node.replace_all_uses_with(insert_call(node, FUSED.default, (site.x, *site.qparams)))
+        report.applied(NAME)
+        count += 1
+    gm.graph.eliminate_dead_code()
+    return count

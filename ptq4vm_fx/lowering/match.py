@@ -1,0 +1,140 @@
+"""Reading the torch-level FX graph Dynamo hands a backend: which op a node is, its arguments, its
+tensor metadata.
+
+Dynamo records the op as the program spelled it (``x.transpose(1, 2)`` is a ``call_method`` node,
+``torch.transpose(x, 1, 2)`` a ``call_function`` node, ``a + b`` an ``operator.add``), so ops are
+recognised by a canonical name over all of their spellings, and arguments are bound to the
+parameter names of the torch signature. Module parameters and buffers arrive as placeholders or
+as ``get_attr`` nodes; both are plain graph values here. Shapes and dtypes come from the fake
+tensor Dynamo stores in ``node.meta["example_value"]`` (a ``get_attr`` node without one is read
+from the module).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.fx import Node
+
+# canonical op -> (call_function targets, call_method names, parameters in order, defaults)
+_OPS: dict[str, tuple[frozenset, frozenset, tuple[str, ...], dict[str, Any]]] = {
+    "add": (frozenset({operator.add, torch.add}), frozenset({"add"}), ("input", "other"), {"alpha": 1}),
+    "mul": (frozenset({operator.mul, torch.mul}), frozenset({"mul"}), ("input", "other"), {}),
+    "div": (frozenset({operator.truediv, torch.div, torch.true_divide}), frozenset({"div", "true_divide"}),
+            ("input", "other"), {"rounding_mode": None}),
+    "pow": (frozenset({operator.pow, torch.pow}), frozenset({"pow"}), ("input", "exponent"), {}),
+    "mean": (frozenset({torch.mean}), frozenset({"mean"}), ("input", "dim", "keepdim"),
+             {"dim": None, "keepdim": False, "dtype": None}),
+    "rsqrt": (frozenset({torch.rsqrt}), frozenset({"rsqrt"}), ("input",), {}),
+    "transpose": (frozenset({torch.transpose}), frozenset({"transpose"}), ("input", "dim0", "dim1"), {}),
+    "silu": (frozenset({F.silu}), frozenset(), ("input", "inplace"), {"inplace": False}),
+    "conv1d": (frozenset({torch.conv1d}), frozenset(),
+               ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+               {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}),
+    "pad": (frozenset({F.pad, torch._C._nn.pad}), frozenset(), ("input", "pad", "mode", "value"),
+            {"mode": "constant", "value": None}),
+    "getitem": (frozenset({operator.getitem}), frozenset(), ("input", "index"), {}),
+}
+
+# methods that keep a tensor's values when its dtype, device and shape do not change
+_CASTS = frozenset({"float", "to", "type", "contiguous"})
+
+
+def is_op(node: Any, name: str) -> bool:
+    """True when ``node`` calls the canonical op ``name`` (any spelling)."""
+    if not isinstance(node, Node):
+        return False
+    functions, methods, _, _ = _OPS[name]
+    if node.op == "call_function":
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
+
+
+def bind(node: Any, name: str) -> Optional[dict[str, Any]]:
+    """The arguments of a call to canonical op ``name`` by parameter name, defaults filled in;
+    None when ``node`` is not that op or passes an argument the signature does not have."""
+    if not is_op(node, name):
+        return None
+    _, _, params, defaults = _OPS[name]
+    if len(node.args) > len(params) or set(node.kwargs) - set(params) - set(defaults):
+        return None
+    bound = dict(defaults)
+    bound.update(zip(params, node.args))
+    bound.update(node.kwargs)
+    return bound if all(p in bound for p in params) else None
+
+
+def flip_dims(node: Any) -> Optional[tuple[int, ...]]:
+    """The dims of ``x.flip(*dims)`` / ``torch.flip(x, dims)``; None for any other node."""
+    if not isinstance(node, Node) or not (
+        (node.op == "call_method" and node.target == "flip") or (node.op == "call_function" and node.target is torch.flip)
+    ):
+        return None
+    dims = list(node.args[1:]) + ([node.kwargs["dims"]] if "dims" in node.kwargs else [])
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = list(dims[0])
+    return tuple(dims) if all(isinstance(d, int) for d in dims) else None
+
+
+def is_custom_op(node: Any, packet: torch._ops.OpOverloadPacket) -> bool:
+    """True when ``node`` calls the custom op ``packet`` (the packet or its default overload)."""
+    return isinstance(node, Node) and node.op == "call_function" and node.target in (packet, packet.default)
+
+
+def bind_custom(node: Node, packet: torch._ops.OpOverloadPacket) -> dict[str, Any]:
+    """The arguments of a custom-op call by schema name, defaults filled in."""
+    schema = packet.default._schema
+    bound = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
+    bound.update(zip((a.name for a in schema.arguments), node.args))
+    bound.update(node.kwargs)
+    return bound
+
+
+def op_namespace(target: Any) -> Optional[str]:
+    """The library namespace of an OpOverload / OpOverloadPacket target, else None."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target.namespace
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name.split("::")[0]
+    return None
+
+
+def value(node: Any) -> Any:
+    """The example value of a graph value: the fake tensor of a node, a constant as is."""
+    if not isinstance(node, Node):
+        return node
+    if "example_value" in node.meta:
+        return node.meta["example_value"]
+    if "val" in node.meta:
+        return node.meta["val"]
+    if node.op == "get_attr":
+        return operator.attrgetter(node.target)(node.graph.owning_module)
+    return None
+
+
+def tensor(node: Any) -> Optional[torch.Tensor]:
+    """The example tensor of ``node``, or None when it is not a tensor (or has no metadata)."""
+    v = value(node)
+    return v if isinstance(v, torch.Tensor) else None
+
+
+def strip_casts(node: Any) -> Any:
+    """Walk up through casts that do not change the values (same dtype, device and shape)."""
+    while isinstance(node, Node) and node.op == "call_method" and node.target in _CASTS and node.args:
+        src, out = tensor(node.args[0]), tensor(node)
+        if src is None or out is None or (src.dtype, src.device, src.shape) != (out.dtype, out.device, out.shape):
+            break
+        node = node.args[0]
+    return node
+
+
+def only_user(node: Node) -> Optional[Node]:
+    """The single user of ``node``, or None when it has several or none."""
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def norm_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim

@@ -1,0 +1,73 @@
+"""Options of the ``ptq4vm`` backend: ``torch.compile(m, backend="ptq4vm", options={...})``.
+
+* ``fusions``: the rewrites to apply (default: all of :data:`FUSIONS`);
+* ``autotune``: Inductor's ``max_autotune`` for the float rest of the graph (default False). The
+  INT8 GEMM kernel tunes its tiles by itself on the GPU, once per problem shape;
+* ``inductor``: further Inductor config patches, e.g. ``{"triton.cudagraphs": True}``.
+
+``torch.compile(..., mode=...)`` adds that mode's Inductor options. Unknown names are errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch._inductor
+
+# in the order they run: the quantize fusions consume the scan fusion's output, and the
+# standalone quantizer takes whatever quantize calls no producer absorbed
+FUSIONS = (
+    "bidirectional_scan",
+    "scan_quantize",
+    "add_rmsnorm_quantize",
+    "conv1d_silu_quantize",
+    "int8_linear",
+    "quantize_per_token",
+)
+_KEYS = ("fusions", "autotune", "inductor")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    fusions: tuple[str, ...] = FUSIONS
+    autotune: bool = False
+    inductor: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.fusions, str) or not isinstance(self.fusions, Iterable):
+            raise ValueError(f"ptq4vm backend option 'fusions' must be a list of names, got {self.fusions!r}")
+        fusions = tuple(self.fusions)
+        unknown = [f for f in fusions if f not in FUSIONS]
+        if unknown:
+            raise ValueError(f"ptq4vm backend: unknown fusion(s) {unknown}; choose from {list(FUSIONS)}")
+        if "scan_quantize" in fusions and "bidirectional_scan" not in fusions:
+            raise ValueError("ptq4vm backend: fusion 'scan_quantize' quantizes in the epilogue of the "
+                             "'bidirectional_scan' kernel; enable both or neither")
+        object.__setattr__(self, "fusions", tuple(f for f in FUSIONS if f in fusions))
+        if not isinstance(self.autotune, bool):
+            raise ValueError(f"ptq4vm backend option 'autotune' must be a bool, got {self.autotune!r}")
+        if not isinstance(self.inductor, Mapping):
+            raise ValueError(f"ptq4vm backend option 'inductor' must be a dict, got {self.inductor!r}")
+        known = set(torch._inductor.list_options())
+        unknown = sorted(k for k in self.inductor if k not in known)
+        if unknown:
+            raise ValueError(f"ptq4vm backend option 'inductor': unknown Inductor config {unknown}")
+
+    @classmethod
+    def from_compile(cls, options: Optional[Mapping[str, Any]]) -> "BackendOptions":
+        """From the ``options`` dict of ``torch.compile`` (None: the defaults)."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(_KEYS))
+        if unknown:
+            raise ValueError(f"ptq4vm backend: unknown option(s) {unknown}; the options are {list(_KEYS)}")
+        return cls(**options)
+
+    def inductor_patches(self, mode: Optional[str]) -> dict[str, Any]:
+        """Inductor config patches for compile_fx: the mode's, then autotune, then ``inductor``."""
+        patches = dict(torch._inductor.list_mode_options(mode)) if mode else {}
+        if self.autotune:
+            patches["max_autotune"] = True
+        patches.update(self.inductor)
+        return patches

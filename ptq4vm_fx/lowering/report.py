@@ -1,0 +1,58 @@
+"""What the lowering did, in ``torch._dynamo.utils.counters``.
+
+* ``counters["ptq4vm"][rewrite]``: how many times each rewrite was applied (summed over the graphs
+  compiled since the counters were last cleared), plus ``graphs_lowered`` and
+  ``graphs_without_ptq4vm_ops``.
+* ``counters["ptq4vm_skipped"]["rewrite: reason"]``: candidates a kernel cannot take, left as the
+  reference ops. Each distinct reason is also logged once per process as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch._dynamo.utils import counters
+from torch.fx import Node
+
+APPLIED = "ptq4vm"
+SKIPPED = "ptq4vm_skipped"
+
+log = logging.getLogger("ptq4vm_fx.lowering")
+_warned: set[str] = set()
+
+
+def applied(rewrite: str) -> None:
+    counters[APPLIED][rewrite] += 1
+
+
+def skipped(rewrite: str, reason: str, node: Node) -> None:
+    key = f"{rewrite}: {reason}"
+    counters[SKIPPED][key] += 1
+    log.debug("ptq4vm lowering: %s not applied at node %s: %s", rewrite, node.name, reason)
+    _warn_once(key, "ptq4vm backend: %s not applied (%s); the reference op stays in the graph", rewrite, reason)
+
+
+def graph_lowered() -> None:
+    counters[APPLIED]["graphs_lowered"] += 1
+
+
+def graph_without_ptq4vm_ops() -> None:
+    counters[APPLIED]["graphs_without_ptq4vm_ops"] += 1
+    _warn_once("no ptq4vm ops", "ptq4vm backend: the graph has no ptq4vm ops (a float model?); compiling it "
+               "with Inductor as it is. Quantize it first with ptq4vm_fx.prepare / ptq4vm_fx.convert.")
+
+
+def lowering_counters() -> dict[str, int]:
+    """A copy of the applied-rewrite counters."""
+    return dict(counters[APPLIED])
+
+
+def skipped_counters() -> dict[str, int]:
+    """A copy of the skipped-candidate counters ("rewrite: reason" -> count)."""
+    return dict(counters[SKIPPED])
+
+
+def _warn_once(key: str, message: str, *args) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)

@@ -1,0 +1,68 @@
+"""Editing the graph: insert a fused-op call (with its fake-tensor metadata) where all of its inputs
+are available, and unpack a tuple-returning call."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Sequence
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.fx import Node
+
+from .match import value
+
+
+def placement_problem(args: Sequence[Any], before: Node) -> Optional[str]:
+    """Why a call with ``args`` cannot go right before ``before`` (None when it can): an input
+    computed later in the graph. Parameters read later by ``get_attr`` are moved up by :func:`insert_call`."""
+    earlier = _nodes_before(before)
+    late = [a for a in args if isinstance(a, Node) and a not in earlier and a.op != "get_attr"]
+    return f"input {late[0].name} is computed after {before.name}" if late else None
+
+
+def insert_call(before: Node, target: Any, args: Sequence[Any]) -> Node:
+    """``target(*args)`` as a new node right before ``before``, with ``meta["example_value"]``.
+
+    Check :func:`placement_problem` first."""
+    earlier = _nodes_before(before)
+    for a in args:
+        if isinstance(a, Node) and a.op == "get_attr" and a not in earlier:
+            before.prepend(a)
+    with before.graph.inserting_before(before):
+        node = before.graph.call_function(target, tuple(args))
+    node.meta["example_value"] = _fake_call(target, args)
+    return node
+
+
+def unpack(node: Node, count: int) -> list[Node]:
+    """``operator.getitem(node, i)`` nodes for i < count, right after ``node``."""
+    outputs, anchor = [], node
+    for i in range(count):
+        with node.graph.inserting_after(anchor):
+            anchor = node.graph.call_function(operator.getitem, (node, i))
+        anchor.meta["example_value"] = node.meta["example_value"][i]
+        outputs.append(anchor)
+    return outputs
+
+
+def _nodes_before(before: Node) -> set[Node]:
+    earlier = set()
+    for node in before.graph.nodes:
+        if node is before:
+            break
+        earlier.add(node)
+    return earlier
+
+
+def _fake_call(target: Any, args: Sequence[Any]) -> Any:
+    """Run ``target`` on the fake tensors of ``args`` (the mode Dynamo traced the graph with)."""
+    vals = [value(a) if isinstance(a, Node) else a for a in args]
+    fake_mode = next((v.fake_mode for v in vals if isinstance(v, FakeTensor)), None)
+    if fake_mode is None:
+        raise RuntimeError("ptq4vm lowering needs the fake-tensor metadata (node.meta['example_value']) "
+                           "that Dynamo records; the graph has none")
+    vals = [fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) and not isinstance(v, FakeTensor) else v
+            for v in vals]
+    with fake_mode:
+        return target(*vals)

@@ -1,0 +1,55 @@
+import argparse
+
+import pytest
+import torch
+
+from ptq4vm_fx.models import load_checkpoint, read_state_dict
+
+from ..conftest import tiny_vim
+
+
+def write_official_style(path, state_dict):
+    """Same structure as hustvl/Vim's released files (vim_t_midclstok_76p1acc.pth)."""
+    torch.save({
+        "model": state_dict,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
+        "lr_scheduler": {"base_lrs": [1e-3], "last_epoch": 300},
+        "epoch": 299,
+        "scaler": {"scale": 65536.0},
+        "args": argparse.Namespace(model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+                                   input_size=224, batch_size=128),
+    }, path)
+
+
+def test_official_style_checkpoint_loads_strictly(tmp_path):
+    source, target = tiny_vim(), tiny_vim()
+    torch.nn.init.normal_(source.head.weight)
+    write_official_style(tmp_path / "vim.pth", source.state_dict())
+    load_checkpoint(target, tmp_path / "vim.pth")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
+def test_wrong_keys_and_shapes_are_named(tmp_path):
+    sd = tiny_vim().state_dict()
+    sd["layers.0.mixer.extra"] = torch.zeros(1)
+    del sd["norm_f.weight"]
+    sd["head.weight"] = torch.zeros(5, 32)
+    torch.save({"model": sd}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(tiny_vim(), tmp_path / "bad.pth")
+    msg = str(err.value)
+    assert "missing keys (1): norm_f.weight" in msg
+    assert "unexpected keys (1): layers.0.mixer.extra" in msg
+    assert "head.weight: checkpoint (5, 32) vs model (10, 32)" in msg
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+        read_state_dict(tmp_path / "junk.pth")
+    with pytest.raises(FileNotFoundError):
+        read_state_dict(tmp_path / "nothing.pth")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="holds no state dict"):
+        read_state_dict(tmp_path / "list.pth")

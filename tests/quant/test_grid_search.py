@@ -1,0 +1,29 @@
+import torch
+
+from ptq4vm_fx.quant.fake_quant import act_qparams, fake_quant_act, fake_quant_weight
+from ptq4vm_fx.quant.grid_search import search_token_qparams, search_weight_scale
+
+
+def test_weight_search_beats_absmax_on_long_tails():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 256, generator=g)
+    w[:, 0] = 20.0  # one outlier per row
+    absmax = w.abs().amax(1) / 7
+    best = search_weight_scale(w, 4)
+    err = lambda s: (fake_quant_weight(w, s, 4) - w).abs().pow(2.4).sum(1)  # noqa: E731
+    assert torch.all(err(best) <= err(absmax))
+    assert torch.all(best <= absmax + 1e-12)
+
+
+def test_token_search_is_per_token_and_never_worse_than_minmax():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 5, 64, generator=g) * torch.tensor([0.1, 1, 10, 1, 0.5])[None, :, None]
+    x[0, 2, 0] = 500.0
+    ones = torch.ones(64)
+    scale, zp = search_token_qparams(x, ones, 4)
+    s0, z0 = act_qparams(x.amin((0, 2)), x.amax((0, 2)), 4)
+    err = lambda s, z: (fake_quant_act(x, ones, s, z, 4) - x).abs().pow(2.4).sum((0, 2))  # noqa: E731
+    assert torch.all(err(scale, zp) <= err(s0, z0))
+    assert scale[2] < s0[2]  # the outlier token got clipped
+    per_tensor, _ = search_token_qparams(x, ones, 4, per_token=False)
+    assert torch.all(per_tensor == per_tensor[0])

@@ -1,0 +1,63 @@
+"""The public workflow on the bundled model: faithfulness, accuracy, bad input."""
+
+import pytest
+import torch
+
+import ptq4vm_fx
+from ptq4vm_fx.evaluate import sqnr_db, topk_accuracy
+from ptq4vm_fx.quant.linear import QuantizedLinear
+
+# Integer vs fake-quant path of the same converted state: only float rounding differs.
+FAITHFUL_SQNR_DB = 40.0
+
+
+def test_integer_model_is_faithful_to_the_simulation(ptq4vm_w8a8, digits):
+    _, qmodel, sim = ptq4vm_w8a8
+    x = digits["test"].images
+    with torch.no_grad():
+        yq, ys = qmodel(x), sim(x)
+    assert sqnr_db(ys, yq) >= FAITHFUL_SQNR_DB
+    assert (yq.argmax(1) == ys.argmax(1)).float().mean().item() >= 0.995
+    packed = [m for m in qmodel.modules() if isinstance(m, QuantizedLinear)]
+    assert len(packed) == 24 and all(m.wq.dtype == torch.int8 for m in packed)
+
+
+def test_w8a8_ptq4vm_within_0p3_points_of_float(ptq4vm_w8a8, float_model, digits):
+    _, qmodel, _ = ptq4vm_w8a8
+    x, y = digits["test"].images, digits["test"].labels
+    with torch.no_grad():
+        float_top1, quant_top1 = topk_accuracy(float_model(x), y), topk_accuracy(qmodel(x), y)
+    assert quant_top1 >= float_top1 - 0.3
+
+
+def test_convert_leaves_the_prepared_model_reusable(ptq4vm_w8a8):
+    prepared, _, _ = ptq4vm_w8a8
+    assert prepared.meta["stage"] == "prepared"
+    with pytest.raises(ValueError, match="takes the module returned by ptq4vm_fx.prepare"):
+        ptq4vm_fx.convert(ptq4vm_w8a8[1])
+
+
+def test_wrong_image_size_after_quantization_is_named(ptq4vm_w8a8):
+    with pytest.raises(ValueError, match="input image size 16x16 does not match the model's 8x8"):
+        ptq4vm_w8a8[1](torch.randn(2, 1, 16, 16))
+
+
+def test_quantized_linear_refuses_another_token_count(ptq4vm_w8a8):
+    linear = ptq4vm_w8a8[1].get_submodule("layers.0").get_submodule("mixer.in_proj")
+    with pytest.raises(ValueError, match="calibrated for 17 tokens"):
+        linear(torch.randn(2, 65, 48))
+
+
+def test_unknown_preset_method_and_config_type():
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="unknown preset 'w3a3'"):
+        ptq4vm_fx.prepare(model, torch.randn(1, 2), "w3a3")
+    with pytest.raises(ValueError, match="unknown method 'gptq'"):
+        ptq4vm_fx.QuantConfig(method="gptq")
+    with pytest.raises(TypeError, match="unsupported model Linear"):
+        ptq4vm_fx.prepare(model, torch.randn(1, 2), "w8a8")
+
+
+def test_example_inputs_of_the_wrong_size_are_named(float_model):
+    with pytest.raises(ValueError, match="input image size 9x9"):
+        ptq4vm_fx.prepare(float_model, torch.randn(1, 1, 9, 9), "w8a8")

@@ -1,0 +1,108 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ptq4vm_fx import ops
+
+
+def naive_scan(u, delta, A, B, C, D, z, delta_bias, softplus):
+    """Mamba's selective scan written token by token in float64 (the definition)."""
+    delta = delta + delta_bias[:, None]
+    if softplus:
+        delta = F.softplus(delta)
+    h = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64)
+    ys = []
+    for t in range(u.shape[-1]):
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    return (torch.stack(ys, -1) + D[:, None] * u) * F.silu(z)
+
+
+def scan_args(batch=2, d=5, n=4, length=7, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    return [r(batch, d, length), r(batch, d, length), -torch.rand(d, n, generator=g, dtype=dtype),
+            r(batch, n, length), r(batch, n, length), r(d), r(batch, d, length), r(d)]
+
+
+@pytest.mark.parametrize("length", [1, 7])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_matches_definition_with_gradients(length, reverse):
+    args = scan_args(length=length)
+    flip = (lambda t: t.flip(-1)) if reverse else (lambda t: t)
+    a_ref = [t.clone().requires_grad_() for t in args]
+    a_new = [t.clone().requires_grad_() for t in args]
+    u, dl, A, B, C, D, z, db = a_ref
+    y_ref = flip(naive_scan(flip(u), flip(dl), A, flip(B), flip(C), D, flip(z), db, True))
+    y_new = ops.selective_scan_ref(*a_new, True, reverse)
+    torch.testing.assert_close(y_new.double(), y_ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(y_ref)
+    for g_ref, g_new in zip(torch.autograd.grad(y_ref, a_ref, grad), torch.autograd.grad(y_new, a_new, grad)):
+        torch.testing.assert_close(g_new.double(), g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_scan_custom_op_forward_and_backward_equal_reference():
+    args = [t.float() for t in scan_args()]
+    a_op = [t.clone().requires_grad_() for t in args]
+    a_ref = [t.clone().requires_grad_() for t in args]
+    y_op = torch.ops.ptq4vm.selective_scan(*a_op, True, True)
+    y_ref = ops.selective_scan_ref(*a_ref, True, True)
+    torch.testing.assert_close(y_op, y_ref)
+    y_op.sum().backward()
+    y_ref.sum().backward()
+    for a, b in zip(a_op, a_ref):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_ops_pass_opcheck():
+    args = [t.float() for t in scan_args()]
+    torch.library.opcheck(torch.ops.ptq4vm.selective_scan.default, (*args, True, False))
+    x = torch.randn(2, 5, 3)
+    torch.library.opcheck(torch.ops.ptq4vm.quantize_per_token.default,
+                          (x, torch.ones(3), torch.full((5,), 0.1), torch.zeros(5, dtype=torch.int32), 8))
+    xq = torch.randint(-128, 128, (2, 5, 3), dtype=torch.int8)
+    wq = torch.randint(-127, 128, (4, 3), dtype=torch.int8)
+    torch.library.opcheck(torch.ops.ptq4vm.qlinear.default,
+                          (xq, torch.rand(5), torch.zeros(5, dtype=torch.int32), wq, torch.rand(4),
+                           wq.int().sum(1), torch.randn(4)))
+
+
+def test_scan_rejects_wrong_shapes():
+    args = [t.float() for t in scan_args()]
+    args[3] = args[3][:, :, :3]
+    with pytest.raises(ValueError, match="B must have shape"):
+        torch.ops.ptq4vm.selective_scan(*args, True, False)
+
+
+def test_quantize_per_token_codes_follow_the_contract():
+    x = torch.tensor([[[0.25, -0.35, 1.0], [2.5, 0.5, -3.0]]])  # (1, L=2, C=3)
+    inv_smooth = torch.tensor([1.0, 2.0, 0.5])
+    scale = torch.tensor([0.5, 1.0])
+    zp = torch.tensor([3, -128], dtype=torch.int32)
+    q = torch.ops.ptq4vm.quantize_per_token(x, inv_smooth, scale, zp, 8)
+    # token 0: [0.5, -1.4, 1.0] -> round -> [0, -1, 1] + 3; token 1: [2.5, 1.0, -1.5] -> [2, 1, -2] - 128, clamped
+    assert q.dtype == torch.int8
+    assert q.tolist() == [[[3, 2, 4], [-126, -127, -128]]]
+
+
+def test_quantize_per_token_clamps_to_bits():
+    x = torch.full((1, 1, 4), 100.0)
+    q = torch.ops.ptq4vm.quantize_per_token(x, torch.ones(4), torch.ones(1), torch.zeros(1, dtype=torch.int32), 4)
+    assert q.unique().tolist() == [7]
+
+
+def test_qlinear_is_integer_exact():
+    g = torch.Generator().manual_seed(1)
+    xq = torch.randint(-128, 128, (3, 5, 1537), dtype=torch.int8, generator=g)
+    wq = torch.randint(-127, 128, (6, 1537), dtype=torch.int8, generator=g)
+    zp = torch.randint(-128, 128, (5,), dtype=torch.int32, generator=g)
+    colsum = wq.int().sum(1)
+    y = torch.ops.ptq4vm.qlinear(xq, torch.ones(5), zp, wq, torch.ones(6), colsum, None)
+    exact = (xq.long() - zp.long()[:, None]) @ wq.long().t()
+    assert torch.equal(y.double(), exact.double())
+
+
+def test_quantize_rejects_a_token_count_it_was_not_calibrated_for():
+    with pytest.raises(ValueError, match="calibrated for 5 tokens"):
+        torch.ops.ptq4vm.quantize_per_token(torch.randn(2, 7, 3), torch.ones(3), torch.ones(5),
+                                            torch.zeros(5, dtype=torch.int32), 8)
