@@ -26,8 +26,10 @@ class _Captured(Exception):
 
 @torch.no_grad()
 def first_block_inputs(gm: torch.fx.GraphModule, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
-    """Run the stem of ``gm`` on ``images`` (N, C, H, W); returns the first block's (hidden, residual)."""
-    name, first = blocks(gm)[0]
+    """Run the stem of ``gm`` on ``images`` (N, C, H, W; moved batch by batch to the model's device);
+    returns the first block's (hidden, residual), each (N, L, D)."""
+    _, first = blocks(gm)[0]
+    device = next(gm.parameters()).device
     chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def grab(module, args):
@@ -38,7 +40,7 @@ def first_block_inputs(gm: torch.fx.GraphModule, images: torch.Tensor, batch_siz
     try:
         for batch in images.split(batch_size):
             try:
-                gm(batch)
+                gm(batch.to(device))
             except _Captured:
                 pass
     finally:
@@ -53,8 +55,8 @@ def _run_block(block, hidden, residual, batch_size):
 
 
 @torch.no_grad()
-def _linear_input(block, target: str, hidden, residual) -> torch.Tensor:
-    """The input that the module ``target`` sees when ``block`` runs on (hidden, residual)."""
+def _linear_input(block, target: str, hidden, residual, batch_size: int) -> torch.Tensor:
+    """The input (N, L, C) that the module ``target`` sees when ``block`` runs on (hidden, residual)."""
     seen = []
 
     def grab(module, args):
@@ -63,12 +65,14 @@ def _linear_input(block, target: str, hidden, residual) -> torch.Tensor:
 
     handle = block.get_submodule(target).register_forward_pre_hook(grab)
     try:
-        block(hidden, residual)
-    except _Captured:
-        pass
+        for h, r in zip(hidden.split(batch_size), residual.split(batch_size)):
+            try:
+                block(h, r)
+            except _Captured:
+                pass
     finally:
         handle.remove()
-    return seen[0]
+    return torch.cat(seen)
 
 
 def fake_quant_nodes(block: torch.fx.GraphModule) -> list[str]:
@@ -79,7 +83,7 @@ def fake_quant_nodes(block: torch.fx.GraphModule) -> list[str]:
 
 
 @torch.no_grad()
-def grid_search_block(block: torch.fx.GraphModule, hidden, residual, config: QuantConfig) -> None:
+def grid_search_block(block: torch.fx.GraphModule, hidden, residual, config: QuantConfig, batch_size: int) -> None:
     """Stage 2 on one block, in graph order, from ``config.grid_samples`` calibration samples."""
     hidden, residual = hidden[: config.grid_samples], residual[: config.grid_samples]
     for target in fake_quant_nodes(block):
@@ -88,7 +92,7 @@ def grid_search_block(block: torch.fx.GraphModule, hidden, residual, config: Qua
             fq.effective_weight(), config.weight_bits, config.grid_candidates, config.grid_norm)))
         if fq.dynamic:
             continue
-        x = _linear_input(block, target, hidden, residual)
+        x = _linear_input(block, target, hidden, residual, batch_size)
         scale, zero_point = search_token_qparams(
             x.reshape(-1, *x.shape[-2:]), fq.inv_smooth(), config.act_bits, config.grid_candidates,
             config.grid_norm, per_token=config.granularity == "per_token")
@@ -144,7 +148,7 @@ def run_jlss(qgm: torch.fx.GraphModule, fgm: torch.fx.GraphModule, images: torch
         fblock = fgm.get_submodule(name)
         target, target_res = _run_block(fblock, hidden_fp, residual_fp, batch_size)
         if config.grid_search:
-            grid_search_block(qblock, hidden_q, residual_q, config)
+            grid_search_block(qblock, hidden_q, residual_q, config, batch_size)
         with torch.no_grad():
             before = cosine_loss(_run_block(qblock, hidden_q, residual_q, batch_size)[0], target).item()
         history = []

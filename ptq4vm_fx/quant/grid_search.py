@@ -42,7 +42,7 @@ def search_token_qparams(
     dims = (0, 2) if per_token else (0, 1, 2)
     lo, hi = v.amin(dims), v.amax(dims)
     length = x.shape[1]
-    best_err = torch.full((length,), float("inf"))
+    best_err = torch.full((length,), float("inf"), device=x.device)
     best_s, best_z = act_qparams(lo, hi, bits)
     best_s, best_z = best_s.expand(length).clone(), best_z.expand(length).clone()
     for r in _ratios(candidates):
