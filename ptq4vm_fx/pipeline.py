@@ -1,8 +1,9 @@
-"""The whole job on tensors: calibrate, convert, evaluate. Used by the CLI and the demo sweep."""
+"""The whole job: calibrate, convert, evaluate against the float model. Used by the CLI."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -10,22 +11,26 @@ from torch import Tensor, nn
 
 from .api import convert, prepare
 from .config import QuantConfig
-from .evaluate import predict, sqnr_db, topk_accuracy
-from .progress import progress
+from .evaluate import Evaluation, evaluate, logits_sqnr_db
+from .progress import log, progress
 
 
-def calibrate_and_convert(model: nn.Module, calib_images: Tensor, config: QuantConfig, batch_size: int = 64,
-                          simulate: bool = False) -> tuple[torch.fx.GraphModule, float]:
-    """prepare -> calibration batches -> convert; returns the quantized model and the seconds it took."""
+def calibrate_and_convert(
+    model: nn.Module, calib_images: Tensor, config: QuantConfig, batch_size: int = 64, simulate: bool = False
+) -> tuple[torch.fx.GraphModule, float]:
+    """prepare -> calibration batches of images (N, C, H, W) -> convert; returns the quantized
+    model and the seconds it took."""
     if len(calib_images) == 0:
         raise ValueError("no calibration images")
     start = time.perf_counter()
     prepared = prepare(model, calib_images[:1], config)
     with torch.no_grad():
-        for batch in progress(calib_images.split(batch_size), desc="calibration"):
+        for batch in progress(calib_images.split(batch_size), desc="calibration", unit="batch"):
             prepared(batch)
     qmodel = convert(prepared, simulate=simulate)
-    return qmodel, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    log.info("%s: calibrated on %d images and converted in %.1f s", config.name, len(calib_images), seconds)
+    return qmodel, seconds
 
 
 @dataclass
@@ -33,9 +38,13 @@ class Result:
     method: str
     preset: str
     float_top1: float
+    float_top5: float
     quant_top1: float
-    sqnr_db: float
+    quant_top5: float
+    sqnr_db: float  # of the quantized logits against the float logits
     calibration_seconds: float
+    calib_images: int
+    eval_images: int
 
     @property
     def drop(self) -> float:
@@ -45,20 +54,34 @@ class Result:
         return {**self.__dict__, "top1_drop": self.drop}
 
 
-def quantize_and_evaluate(model: nn.Module, calib_images: Tensor, test_images: Tensor, test_labels: Tensor,
-                          config: QuantConfig, float_logits: Tensor | None = None, batch_size: int = 64
-                          ) -> tuple[torch.fx.GraphModule, Result]:
-    """Quantize with ``config`` and compare with the float model on the test images."""
-    if float_logits is None:
-        float_logits = predict(model, test_images, batch_size, desc="float eval")
+def quantize_and_evaluate(
+    model: nn.Module,
+    calib_images: Tensor,
+    eval_batches: Iterable[tuple[Tensor, Tensor]],
+    config: QuantConfig,
+    float_eval: Evaluation | None = None,
+    batch_size: int = 64,
+    eval_images: int | None = None,
+) -> tuple[torch.fx.GraphModule, Result]:
+    """Quantize ``model`` with ``config`` and compare it with the float model.
+
+    ``eval_batches``: a re-iterable of (images, labels) batches (a DataLoader), passed over once per
+    model in the same order; ``float_eval`` reuses an earlier float evaluation on them (a sweep);
+    ``eval_images`` sizes the progress bars."""
+    if float_eval is None:
+        float_eval = evaluate(model, eval_batches, desc="float eval", total=eval_images)
     qmodel, seconds = calibrate_and_convert(model, calib_images, config, batch_size)
-    quant_logits = predict(qmodel, test_images, batch_size, desc="quantized eval")
+    quant_eval = evaluate(qmodel, eval_batches, desc=f"{config.name} eval", total=eval_images)
     result = Result(
         method=config.method,
         preset=config.preset or f"w{config.weight_bits}a{config.act_bits}",
-        float_top1=topk_accuracy(float_logits, test_labels),
-        quant_top1=topk_accuracy(quant_logits, test_labels),
-        sqnr_db=sqnr_db(float_logits, quant_logits),
+        float_top1=float_eval.top1,
+        float_top5=float_eval.top5,
+        quant_top1=quant_eval.top1,
+        quant_top5=quant_eval.top5,
+        sqnr_db=logits_sqnr_db(float_eval, quant_eval),
         calibration_seconds=seconds,
+        calib_images=len(calib_images),
+        eval_images=quant_eval.images,
     )
     return qmodel, result

@@ -1,4 +1,9 @@
-"""Progress bars: shown on a terminal, silent under ``--quiet`` or when stderr is not a TTY."""
+"""Progress bars and the package logger.
+
+Bars are shown on a terminal only: silent under ``--quiet`` (``set_quiet(True)``), when stderr is
+not a TTY, and on every process but the first under torch.distributed. Messages go to the
+``ptq4vm_fx`` logger (``--verbose`` shows its INFO records: per-block JLSS losses, timings).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import logging
 import sys
 
 from tqdm.auto import tqdm
+
+from . import distributed
 
 log = logging.getLogger("ptq4vm_fx")
 _quiet = False
@@ -16,7 +23,10 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def bars_enabled() -> bool:
+    return not _quiet and sys.stderr.isatty() and distributed.is_main()
+
+
 def progress(iterable=None, **kwargs) -> tqdm:
-    """tqdm over ``iterable`` that is disabled when quiet or not attached to a terminal."""
-    disable = _quiet or not sys.stderr.isatty()
-    return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
+    """tqdm over ``iterable`` (or a manual bar with ``total=``), disabled unless ``bars_enabled()``."""
+    return tqdm(iterable, disable=not bars_enabled(), leave=False, dynamic_ncols=True, **kwargs)

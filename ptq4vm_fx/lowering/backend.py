@@ -7,18 +7,21 @@ never registered on import). On the graph Dynamo hands it, the backend applies t
 rewrites (:data:`REWRITES`, in order): each replaces a ptq4vm op pattern by a ``ptq4vm_fused`` op
 whose CUDA implementation is a Triton kernel and whose implementation elsewhere is the kernel's
 reference. It then compiles the graph with Inductor, which calls the fused ops as extern kernels.
-A graph without ptq4vm ops is compiled by Inductor as is (said once per process). The backend only
-lowers what ``ptq4vm_fx.convert`` produced: it never quantizes anything itself. Inference only.
+A graph without ptq4vm quantization ops (a float model) is compiled by Inductor as is, and the
+backend says so once per process. The backend only lowers what ``ptq4vm_fx.convert`` produced:
+it never quantizes anything itself. Inference only (no_grad / inference_mode).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Optional
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch._inductor.compile_fx import compile_fx
 from torch.fx import GraphModule
 
+from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from . import report
 from .fuse_add_rmsnorm_quantize import fuse_add_rmsnorm_quantize
 from .fuse_bidirectional_scan import fuse_bidirectional_scan
@@ -26,9 +29,10 @@ from .fuse_conv1d_silu_quantize import fuse_conv1d_silu_quantize
 from .fuse_int8_linear import fuse_int8_linear
 from .fuse_scan_quantize import fuse_scan_quantize
 from .lower_quantize_per_token import lower_quantize_per_token
-from .match import op_namespace
+from .match import is_custom_op
 from .options import FUSIONS, BackendOptions
 
+# one rewrite per fusion name, in options.FUSIONS order (the order they must run in)
 REWRITES: dict[str, Callable[[GraphModule], int]] = {
     "bidirectional_scan": fuse_bidirectional_scan,
     "scan_quantize": fuse_scan_quantize,
@@ -37,11 +41,13 @@ REWRITES: dict[str, Callable[[GraphModule], int]] = {
     "int8_linear": fuse_int8_linear,
     "quantize_per_token": lower_quantize_per_token,
 }
-assert tuple(REWRITES) == FUSIONS  # one rewrite per fusion name, in the order they must run
+QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.qlinear)
 
 
-def has_ptq4vm_ops(gm: GraphModule) -> bool:
-    return any(n.op == "call_function" and op_namespace(n.target) == "ptq4vm" for n in gm.graph.nodes)
+def has_quantized_ops(gm: GraphModule) -> bool:
+    """True when ``gm`` calls ``ptq4vm::quantize_per_token`` or ``ptq4vm::qlinear`` (a float Vim
+    calls only ``ptq4vm::selective_scan``)."""
+    return any(is_custom_op(n, op) for n in gm.graph.nodes for op in QUANTIZED_OPS)
 
 
 def lower_graph(gm: GraphModule, fusions: Iterable[str] = FUSIONS) -> dict[str, int]:
@@ -60,12 +66,17 @@ def ptq4vm_backend(
     gm: GraphModule,
     example_inputs: list[Any],
     *,
-    options: Optional[Mapping[str, Any]] = None,
-    mode: Optional[str] = None,
+    options: Mapping[str, Any] | None = None,
+    mode: str | None = None,
 ) -> Callable:
     """torch.compile backend: lower the ptq4vm ops of ``gm``, then compile it with Inductor."""
     opts = BackendOptions.from_compile(options)
-    if has_ptq4vm_ops(gm):
+    if has_quantized_ops(gm):
+        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs):
+            raise RuntimeError(
+                "ptq4vm backend: the integer ops of a quantized model have no gradient; call the compiled "
+                "model under torch.no_grad() or torch.inference_mode() (or requires_grad_(False) the model)"
+            )
         lower_graph(gm, opts.fusions)
     else:
         report.graph_without_ptq4vm_ops()

@@ -14,19 +14,19 @@ Anchored on the quantize call.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
-from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
 from . import report
+from .fused_ops import FUSED_OPS
 from .match import bind, norm_dim, strip_casts, tensor
 from .quantize_site import KERNEL_DTYPES, StaticQuantize, quantize_input, quantize_nodes, static_quantize
 from .rewrite import insert_call, placement_problem, unpack
 
 NAME = "add_rmsnorm_quantize"
-FUSED = torch.ops.ptq4vm_fused.add_rmsnorm_quantize
+FUSED = FUSED_OPS.add_rmsnorm_quantize
 
 
 def fuse_add_rmsnorm_quantize(gm: GraphModule) -> int:
@@ -59,7 +59,7 @@ def fuse_add_rmsnorm_quantize(gm: GraphModule) -> int:
     return count
 
 
-def _match_rmsnorm(normed: Node) -> Union[None, str, tuple[Node, Node, float]]:
+def _match_rmsnorm(normed: Node) -> None | str | tuple[Node, Node, float]:
     """For ``normed = (xf * rsqrt(mean(xf**2, -1, keepdim) + eps)) * weight``: (the source of xf,
     weight, eps), a reason when it is an RMSNorm the kernel cannot compute, or None."""
     scaled = bind(normed, "mul")
@@ -81,7 +81,7 @@ def _match_rmsnorm(normed: Node) -> Union[None, str, tuple[Node, Node, float]]:
     return strip_casts(xf), weight, eps
 
 
-def _normalised(prod: Any) -> Optional[tuple[Node, float]]:
+def _normalised(prod: Any) -> tuple[Node, float] | None:
     """For ``prod = xf * rsqrt(mean(xf ** 2, -1, keepdim=True) + eps)``: (xf, eps), else None."""
     mul = bind(prod, "mul")
     if mul is None:
@@ -115,7 +115,7 @@ def _last_dim(dim: Any, ndim: int) -> bool:
     return len(dims) == 1 and isinstance(dims[0], int) and norm_dim(dims[0], ndim) == ndim - 1
 
 
-def _fp32_add(source: Node) -> Optional[dict[str, Any]]:
+def _fp32_add(source: Node) -> dict[str, Any] | None:
     """The arguments of ``source = a + b`` when the kernel's fp32 add reproduces it exactly."""
     added = bind(source, "add")
     if added is None or added["alpha"] != 1:

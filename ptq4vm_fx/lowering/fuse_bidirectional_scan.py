@@ -11,21 +11,19 @@ are no flips) and writes the average. Anchored on the sum of two scans of opposi
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch.fx import GraphModule, Node
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
-from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
 from . import report
+from .fused_ops import FUSED_OPS
 from .match import bind, bind_custom, is_custom_op, only_user, tensor
 from .quantize_site import KERNEL_DTYPES
 from .rewrite import insert_call, placement_problem
 
 NAME = "bidirectional_scan"
 SCAN = torch.ops.ptq4vm.selective_scan
-FUSED = torch.ops.ptq4vm_fused.bidirectional_scan
+FUSED = FUSED_OPS.bidirectional_scan
 _BRANCH = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
@@ -51,7 +49,7 @@ def fuse_bidirectional_scan(gm: GraphModule) -> int:
     return count
 
 
-def _match(node: Node) -> Union[None, str, tuple[Node, tuple]]:
+def _match(node: Node) -> None | str | tuple[Node, tuple]:
     """For ``node = y_f + y_b``: (the averaging node, the fused op's arguments), a reason, or None."""
     added = bind(node, "add")
     if added is None or added["alpha"] != 1 or not all(is_custom_op(a, SCAN) for a in (added["input"],

@@ -15,19 +15,19 @@ Anchored on the quantize call.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
-from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
 from . import report
+from .fused_ops import FUSED_OPS
 from .match import bind, flip_dims, norm_dim, strip_casts, tensor
 from .quantize_site import KERNEL_DTYPES, StaticQuantize, quantize_input, quantize_nodes, static_quantize
 from .rewrite import insert_call, placement_problem, unpack
 
 NAME = "conv1d_silu_quantize"
-FUSED = torch.ops.ptq4vm_fused.conv1d_silu_quantize
+FUSED = FUSED_OPS.conv1d_silu_quantize
 
 
 def fuse_conv1d_silu_quantize(gm: GraphModule) -> int:
@@ -61,7 +61,7 @@ def fuse_conv1d_silu_quantize(gm: GraphModule) -> int:
     return count
 
 
-def _match_conv(v: Any) -> Union[None, str, tuple[Node, Node, Any, bool]]:
+def _match_conv(v: Any) -> None | str | tuple[Node, Node, Any, bool]:
     """For ``v`` a causal / anticausal depthwise conv1d (module docstring): (x, w, b, reverse) with
     w the unflipped (D, 1, W) weight, a reason the kernel cannot take it, or None."""
     form = _conv_form(v)
@@ -81,7 +81,7 @@ def _match_conv(v: Any) -> Union[None, str, tuple[Node, Node, Any, bool]]:
     return x, weight, conv["bias"], reverse
 
 
-def _conv_form(v: Any) -> Optional[tuple[dict, Node, Node, bool]]:
+def _conv_form(v: Any) -> tuple[dict, Node, Node, bool] | None:
     """(conv1d arguments, x, unflipped weight, reverse) when ``v`` has one of the three forms."""
     sliced = bind(v, "getitem")
     if sliced is not None:  # conv1d(x, w, padding=W-1)[..., :-(W-1)]
@@ -107,7 +107,7 @@ def _conv_form(v: Any) -> Optional[tuple[dict, Node, Node, bool]]:
     return None
 
 
-def _width(conv: Optional[dict]) -> Optional[int]:
+def _width(conv: dict | None) -> int | None:
     w = tensor(conv["weight"]) if conv else None
     return int(w.shape[-1]) if w is not None and w.dim() == 3 else None
 

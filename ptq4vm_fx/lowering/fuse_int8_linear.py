@@ -16,15 +16,15 @@ import torch
 from torch.fx import GraphModule
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
-from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
 from . import report
+from .fused_ops import FUSED_OPS
 from .match import bind_custom, is_custom_op, only_user, tensor
 from .quantize_site import KERNEL_DTYPES
 from .rewrite import insert_call, placement_problem
 
 NAME = "int8_linear"
 QLINEAR = torch.ops.ptq4vm.qlinear
-FUSED = torch.ops.ptq4vm_fused.int8_linear
+FUSED = FUSED_OPS.int8_linear
 _ARGS = ("xq", "x_scale", "x_zero_point", "wq", "w_scale", "w_colsum", "bias")
 _CASTS = frozenset({"to", "float", "half", "bfloat16", "type"})
 

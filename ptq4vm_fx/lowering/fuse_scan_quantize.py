@@ -11,18 +11,17 @@ so the transpose and the separate quantize pass over y disappear. Runs after
 
 from __future__ import annotations
 
-import torch
 from torch.fx import GraphModule
 
-from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
 from . import report
+from .fused_ops import FUSED_OPS
 from .match import bind, is_custom_op, norm_dim, strip_casts
 from .quantize_site import StaticQuantize, quantize_input, quantize_nodes, static_quantize
 from .rewrite import insert_call, placement_problem, unpack
 
 NAME = "scan_quantize"
-SCAN = torch.ops.ptq4vm_fused.bidirectional_scan
-FUSED = torch.ops.ptq4vm_fused.bidirectional_scan_quantize
+SCAN = FUSED_OPS.bidirectional_scan
+FUSED = FUSED_OPS.bidirectional_scan_quantize
 
 
 def fuse_scan_quantize(gm: GraphModule) -> int:
@@ -31,9 +30,7 @@ def fuse_scan_quantize(gm: GraphModule) -> int:
     for node in quantize_nodes(gm):
         transposed = bind(strip_casts(quantize_input(node)), "transpose")
         scan = transposed and transposed["input"]
-        if not is_custom_op(scan, SCAN) or {
-            norm_dim(transposed[k], 3) for k in ("dim0", "dim1")
-        } != {1, 2}:
+        if not is_custom_op(scan, SCAN) or {norm_dim(transposed[k], 3) for k in ("dim0", "dim1")} != {1, 2}:
             continue
         site = static_quantize(node)
         if not isinstance(site, StaticQuantize):

@@ -25,12 +25,12 @@ from ..kernels import quantize as _quant
 from ..kernels import selective_scan as _scan
 
 __all__ = [
-    "int8_linear",
-    "quantize_per_token",
     "add_rmsnorm_quantize",
-    "conv1d_silu_quantize",
     "bidirectional_scan",
     "bidirectional_scan_quantize",
+    "conv1d_silu_quantize",
+    "int8_linear",
+    "quantize_per_token",
 ]
 
 
@@ -221,7 +221,7 @@ def _bidirectional(kernel, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, 
     if quant is not None:
         inv_smooth, scale, zero_point, bits = quant
         inv_scale, zp = _token_params(scale, zero_point, u_f.shape[-1], "bidirectional_scan_quantize")
-        quant_args = dict(inv_smooth=inv_smooth.float(), inv_scale=inv_scale, zero_point=zp, bits=bits)
+        quant_args = {"inv_smooth": inv_smooth.float(), "inv_scale": inv_scale, "zero_point": zp, "bits": bits}
     out = kernel(u_f, delta_f, A_f.float(), B_f, C_f, _vec(D_f), _vec(delta_bias_f),
                  u_b, delta_b, A_b.float(), B_b, C_b, _vec(D_b), _vec(delta_bias_b),
                  z=z, delta_softplus=delta_softplus, **quant_args)
@@ -289,6 +289,9 @@ def _(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_
     return (torch.empty_like(u_f, memory_format=torch.contiguous_format),
             u_f.new_empty((batch, length, d), dtype=torch.int8))
 
+
+# The ops as the graph calls them (torch.ops.ptq4vm_fused.<name>.default), for the rewrites.
+FUSED_OPS = torch.ops.ptq4vm_fused
 
 # The CUDA implementations by op: tests run them on the CPU through the Triton interpreter.
 CUDA_IMPLS = {

@@ -9,16 +9,15 @@ through its strides). Runs last, after the producer fusions took theirs.
 
 from __future__ import annotations
 
-import torch
 from torch.fx import GraphModule
 
-from . import fused_ops  # noqa: F401  (registers torch.ops.ptq4vm_fused)
 from . import report
+from .fused_ops import FUSED_OPS
 from .quantize_site import StaticQuantize, quantize_nodes, static_quantize
 from .rewrite import insert_call
 
 NAME = "quantize_per_token"
-FUSED = torch.ops.ptq4vm_fused.quantize_per_token
+FUSED = FUSED_OPS.quantize_per_token
 
 
 def lower_quantize_per_token(gm: GraphModule) -> int:

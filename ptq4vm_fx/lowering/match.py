@@ -13,7 +13,7 @@ from the module).
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ def is_op(node: Any, name: str) -> bool:
     return node.op == "call_method" and node.target in methods
 
 
-def bind(node: Any, name: str) -> Optional[dict[str, Any]]:
+def bind(node: Any, name: str) -> dict[str, Any] | None:
     """The arguments of a call to canonical op ``name`` by parameter name, defaults filled in;
     None when ``node`` is not that op or passes an argument the signature does not have."""
     if not is_op(node, name):
@@ -67,7 +67,7 @@ def bind(node: Any, name: str) -> Optional[dict[str, Any]]:
     return bound if all(p in bound for p in params) else None
 
 
-def flip_dims(node: Any) -> Optional[tuple[int, ...]]:
+def flip_dims(node: Any) -> tuple[int, ...] | None:
     """The dims of ``x.flip(*dims)`` / ``torch.flip(x, dims)``; None for any other node."""
     if not isinstance(node, Node) or not (
         (node.op == "call_method" and node.target == "flip") or (node.op == "call_function" and node.target is torch.flip)
@@ -93,7 +93,7 @@ def bind_custom(node: Node, packet: torch._ops.OpOverloadPacket) -> dict[str, An
     return bound
 
 
-def op_namespace(target: Any) -> Optional[str]:
+def op_namespace(target: Any) -> str | None:
     """The library namespace of an OpOverload / OpOverloadPacket target, else None."""
     if isinstance(target, torch._ops.OpOverload):
         return target.namespace
@@ -115,7 +115,7 @@ def value(node: Any) -> Any:
     return None
 
 
-def tensor(node: Any) -> Optional[torch.Tensor]:
+def tensor(node: Any) -> torch.Tensor | None:
     """The example tensor of ``node``, or None when it is not a tensor (or has no metadata)."""
     v = value(node)
     return v if isinstance(v, torch.Tensor) else None
@@ -131,7 +131,7 @@ def strip_casts(node: Any) -> Any:
     return node
 
 
-def only_user(node: Node) -> Optional[Node]:
+def only_user(node: Node) -> Node | None:
     """The single user of ``node``, or None when it has several or none."""
     return next(iter(node.users)) if len(node.users) == 1 else None
 

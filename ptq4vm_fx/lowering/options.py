@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch._inductor
 
@@ -31,13 +31,15 @@ _KEYS = ("fusions", "autotune", "inductor")
 
 @dataclass(frozen=True)
 class BackendOptions:
+    """The backend's options (module docstring), validated; ``fusions`` kept in FUSIONS order."""
+
     fusions: tuple[str, ...] = FUSIONS
     autotune: bool = False
     inductor: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.fusions, str) or not isinstance(self.fusions, Iterable):
-            raise ValueError(f"ptq4vm backend option 'fusions' must be a list of names, got {self.fusions!r}")
+            raise TypeError(f"ptq4vm backend option 'fusions' must be a list of names, got {self.fusions!r}")
         fusions = tuple(self.fusions)
         unknown = [f for f in fusions if f not in FUSIONS]
         if unknown:
@@ -47,16 +49,16 @@ class BackendOptions:
                              "'bidirectional_scan' kernel; enable both or neither")
         object.__setattr__(self, "fusions", tuple(f for f in FUSIONS if f in fusions))
         if not isinstance(self.autotune, bool):
-            raise ValueError(f"ptq4vm backend option 'autotune' must be a bool, got {self.autotune!r}")
+            raise TypeError(f"ptq4vm backend option 'autotune' must be a bool, got {self.autotune!r}")
         if not isinstance(self.inductor, Mapping):
-            raise ValueError(f"ptq4vm backend option 'inductor' must be a dict, got {self.inductor!r}")
+            raise TypeError(f"ptq4vm backend option 'inductor' must be a dict, got {self.inductor!r}")
         known = set(torch._inductor.list_options())
         unknown = sorted(k for k in self.inductor if k not in known)
         if unknown:
             raise ValueError(f"ptq4vm backend option 'inductor': unknown Inductor config {unknown}")
 
     @classmethod
-    def from_compile(cls, options: Optional[Mapping[str, Any]]) -> "BackendOptions":
+    def from_compile(cls, options: Mapping[str, Any] | None) -> BackendOptions:
         """From the ``options`` dict of ``torch.compile`` (None: the defaults)."""
         options = dict(options or {})
         unknown = sorted(set(options) - set(_KEYS))
@@ -64,7 +66,7 @@ class BackendOptions:
             raise ValueError(f"ptq4vm backend: unknown option(s) {unknown}; the options are {list(_KEYS)}")
         return cls(**options)
 
-    def inductor_patches(self, mode: Optional[str]) -> dict[str, Any]:
+    def inductor_patches(self, mode: str | None) -> dict[str, Any]:
         """Inductor config patches for compile_fx: the mode's, then autotune, then ``inductor``."""
         patches = dict(torch._inductor.list_mode_options(mode)) if mode else {}
         if self.autotune:

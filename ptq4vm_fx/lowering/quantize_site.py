@@ -4,7 +4,6 @@ quantize fusion absorbs into a producer kernel."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch.fx import Node
@@ -35,6 +34,7 @@ class StaticQuantize:
 
 
 def quantize_nodes(gm: torch.fx.GraphModule) -> list[Node]:
+    """The ``ptq4vm::quantize_per_token`` calls of ``gm``, in graph order."""
     return [n for n in gm.graph.nodes if is_custom_op(n, QUANTIZE)]
 
 
@@ -43,14 +43,16 @@ def quantize_input(node: Node) -> Node:
     return bind_custom(node, QUANTIZE)["x"]
 
 
-def static_quantize(node: Node) -> Union[StaticQuantize, str]:
+def static_quantize(node: Node) -> StaticQuantize | str:
     """The quantize call's operands, or why no kernel can take it (the reason, as a string)."""
     args = bind_custom(node, QUANTIZE)
     x, inv_smooth, scale, zero_point = (tensor(args[k]) for k in ("x", "inv_smooth", "scale", "zero_point"))
     if any(t is None for t in (x, inv_smooth, scale, zero_point)) or not isinstance(args["bits"], int):
         return "operands without tensor metadata"
-    if scale.dim() != 1 or x.dim() < 2:
+    if scale.dim() != 1:
         return "dynamic (per-row) activation scales"
+    if x.dim() < 2:
+        return "an input without a token dimension"
     if scale.shape[0] != x.shape[-2] or tuple(zero_point.shape) != tuple(scale.shape):
         return f"scales for {scale.shape[0]} tokens on an input of {x.shape[-2]} tokens"
     if tuple(inv_smooth.shape) != (x.shape[-1],):

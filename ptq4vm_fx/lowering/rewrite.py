@@ -4,7 +4,8 @@ are available, and unpack a tuple-returning call."""
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
@@ -13,7 +14,7 @@ from torch.fx import Node
 from .match import value
 
 
-def placement_problem(args: Sequence[Any], before: Node) -> Optional[str]:
+def placement_problem(args: Sequence[Any], before: Node) -> str | None:
     """Why a call with ``args`` cannot go right before ``before`` (None when it can): an input
     computed later in the graph. Parameters read later by ``get_attr`` are moved up by :func:`insert_call`."""
     earlier = _nodes_before(before)

@@ -1,0 +1,49 @@
+"""The speedup suite runs on a CUDA GPU only (DESIGN.md section 8: CPU timings are not speed
+results). Without one every benchmark is collected and skipped, so `pytest benchmarks` exits 0.
+
+Each benchmark adds a record (timings and speedups) through the ``record`` fixture, which also
+asserts the speedups against benchmarks/thresholds.json; the session writes all records to
+benchmarks/results/<gpu-name>-<date>.json (and into $OUT when that is set)."""
+
+import pytest
+import torch
+
+from .results import environment, load_thresholds, threshold, write_results
+
+NO_GPU = "the benchmarks need a CUDA GPU (CPU timings are not speed results, DESIGN.md section 8)"
+_records: list[dict] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_GPU)
+    for item in items:
+        item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _records:
+        path = write_results(environment(), _records)
+        print(f"\nbenchmark results written to {path}")
+
+
+@pytest.fixture(scope="session")
+def thresholds():
+    return load_thresholds()
+
+
+@pytest.fixture
+def record(thresholds):
+    """record(benchmark, case, times_ms, candidate, baselines): store the timings (ms) and the
+    speedups of ``candidate`` over each baseline, then assert each against its threshold."""
+
+    def _record(benchmark: str, case: str, times_ms: dict, candidate: str, baselines: tuple, **extra):
+        speedups = {b: times_ms[b] / times_ms[candidate] for b in baselines}
+        limits = {b: threshold(thresholds, benchmark, b, case) for b in baselines}
+        _records.append({"benchmark": benchmark, "case": case, "times_ms": times_ms, "candidate": candidate,
+                         "speedups": speedups, "thresholds": limits, **extra})
+        slow = {b: f"{speedups[b]:.2f}x < {limits[b]}x" for b in baselines if speedups[b] < limits[b]}
+        assert not slow, f"{benchmark} {case}: {candidate} regressed against {slow}; times (ms): {times_ms}"
+
+    return _record

@@ -1,0 +1,80 @@
+"""End-to-end speedup: Vim-T/S/B at 224x224, batch 1 / 32 / 128, the INT8 model compiled with the
+ptq4vm backend against the FP16 model eager and compiled by Inductor (the speedup is also quoted
+against the faster of the two, "fp16_best", DESIGN.md section 8).
+
+Random weights (timing does not depend on them); the INT8 model is calibrated with "pts_smooth"
+on two random batches and keeps its float parts (norms, scan inputs, residual) in fp32, as
+``convert`` produces it. Both FP16 baselines run the same float scan implementation as the
+lowered model: the Triton scan kernel, installed as ptq4vm::selective_scan's CUDA kernel for this
+session (the op's reference implementation is a chunked loop meant for the CPU). Static shapes
+(dynamic=False) for all compiled models: one graph per batch size.
+"""
+
+import pytest
+import torch
+
+import ptq4vm_fx
+from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
+from ptq4vm_fx.models import create_vim
+
+from .shapes import BATCHES, MODELS, vim_shape
+from .timing import median_ms
+
+pytestmark = pytest.mark.requires_cuda
+
+
+@pytest.fixture(scope="module", autouse=True)
+def triton_float_scan():
+    """ptq4vm::selective_scan runs the Triton kernel on CUDA (for the FP16 baselines)."""
+    torch.library.register_kernel("ptq4vm::selective_scan", "cuda", triton_scan)
+
+
+def build_models(name: str, device="cuda", calib_batches=2, calib_batch=8) -> dict:
+    """The INT8 model compiled with the ptq4vm backend, the FP16 model eager and Inductor-compiled."""
+    torch.manual_seed(0)
+    model = create_vim(name).eval().to(device)
+    size = model.patch_embed.img_size
+    calib = torch.randn(calib_batches * calib_batch, 3, *size, device=device)
+    prepared = ptq4vm_fx.prepare(model, calib[:1], ptq4vm_fx.QuantConfig.preset_config("w8a8", "pts_smooth"))
+    with torch.no_grad():
+        for batch in calib.split(calib_batch):
+            prepared(batch)
+    int8 = ptq4vm_fx.convert(prepared)
+    fp16 = model.half()  # convert() copied the model: the INT8 one keeps its own fp32 parameters
+    return {"int8_ptq4vm": torch.compile(int8, backend="ptq4vm", dynamic=False), "fp16_eager": fp16,
+            "fp16_inductor": torch.compile(fp16, dynamic=False), "img_size": size}
+
+
+def time_end_to_end(models: dict, batch: int, device="cuda", timer=median_ms) -> tuple[dict, float]:
+    """({variant: ms} with "fp16_best" the faster FP16 baseline, top-1 agreement INT8 vs FP16)."""
+    x = torch.randn(batch, 3, *models["img_size"], device=device)
+    inputs = {"int8_ptq4vm": x, "fp16_eager": x.half(), "fp16_inductor": x.half()}
+    with torch.no_grad():
+        times = {k: timer(lambda k=k: models[k](inputs[k]), warmup=5, runs=50, flush_l2=False) for k in inputs}
+        agree = (models["int8_ptq4vm"](x).argmax(-1) == models["fp16_eager"](x.half()).argmax(-1)).float().mean()
+    times["fp16_best"] = min(times["fp16_eager"], times["fp16_inductor"])
+    return times, agree.item()
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def models(request):
+    torch._dynamo.reset()
+    return request.param, build_models(request.param)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_vim_end_to_end(models, batch, record, benchmark):
+    name, compiled = models
+    times, agree = time_end_to_end(compiled, batch)
+    x = torch.randn(batch, 3, *compiled["img_size"], device="cuda")
+
+    def run():
+        with torch.no_grad():
+            compiled["int8_ptq4vm"](x)
+        torch.cuda.synchronize()
+
+    benchmark.extra_info.update(times_ms=times)
+    benchmark.pedantic(run, rounds=50, warmup_rounds=2)
+    record("end_to_end", f"{vim_shape(name).short}/b{batch}", times, "int8_ptq4vm",
+           ("fp16_best", "fp16_eager", "fp16_inductor"), images_per_s=batch / times["int8_ptq4vm"] * 1e3,
+           top1_agreement_int8_vs_fp16=agree, int8_float_parts="float32")

@@ -1,0 +1,167 @@
+"""Per-kernel speedups at Vim-T/S/B shapes.
+
+* INT8 linear: the lowered op (ptq4vm_fused::int8_linear: int8 activations from a fused producer,
+  dequantization + zero-point correction + bias in the GEMM epilogue) against torch._int_mm with a
+  separate quantize and dequantize in torch ops, and against an FP16 linear (cuBLAS).
+* Bidirectional scan: the lowered op (both directions, the average and the int8 epilogue for
+  out_proj in one kernel) against the reference scan (ptq4vm_fx.ops, twice, as the eager model runs
+  it) and against an FP16 scan (the Triton single-direction kernel on fp16 inputs, twice, plus the
+  average: what the FP16 end-to-end baselines run).
+"""
+
+import pytest
+import torch
+
+from ptq4vm_fx import ops
+from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
+from ptq4vm_fx.lowering import fused_ops
+
+from .shapes import MODELS, vim_shape
+from .timing import median_ms
+
+pytestmark = pytest.mark.requires_cuda
+
+# dense INT8 tensor-core peak (TOPS) by GPU name fragment, for the roofline column
+INT8_PEAK_TOPS = {"H100": 1979.0, "H200": 1979.0, "A100": 624.0, "L40S": 733.0, "L4": 242.0}
+
+
+def synced(fn):
+    """``fn`` followed by a device synchronization (pytest-benchmark times wall clock)."""
+    def run():
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# INT8 linear
+# --------------------------------------------------------------------------------------------
+
+
+def linear_problem(model: str, linear: str, batch: int, device="cuda") -> dict:
+    """A mixer linear's operands at ``batch`` images: float and int8 activations (batch, L, K),
+    per-token static qparams, int8 weights (N, K) with scales and column sums, bias, fp16 copies."""
+    shape = vim_shape(model)
+    k, n = shape.linear(linear)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, shape.tokens, k, device=device, generator=g)
+    w = torch.randn(n, k, device=device, generator=g) / k**0.5
+    w_scale = w.abs().amax(1) / 127
+    wq = torch.round(w / w_scale[:, None]).clamp(-127, 127).to(torch.int8)
+    lo, hi = x.amin((0, 2)), x.amax((0, 2))
+    x_scale = (hi - lo) / 255
+    zp = (torch.round(-lo / x_scale) - 128).to(torch.int32)
+    xq = torch.ops.ptq4vm.quantize_per_token(x, torch.ones(k, device=device), x_scale, zp, 8)
+    return {"x16": x.half(), "xq": xq, "x_scale": x_scale, "zp": zp, "wq": wq, "w_scale": w_scale,
+            "colsum": wq.to(torch.int32).sum(1), "bias": torch.randn(n, device=device, generator=g),
+            "w16": w.half(), "m": batch * shape.tokens, "n": n, "k": k}
+
+
+def int8_fused(p: dict) -> torch.Tensor:
+    return fused_ops.int8_linear(p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"],
+                                 torch.float16)
+
+
+def int_mm_unfused(p: dict) -> torch.Tensor:
+    """torch ops: quantize the fp16 input, torch._int_mm (int8 x int8 -> int32), dequantize, bias."""
+    x, scale, zp = p["x16"], p["x_scale"], p["zp"]
+    xq = (torch.round(x.float() / scale[:, None]) + zp[:, None]).clamp(-128, 127).to(torch.int8)
+    acc = torch._int_mm(xq.reshape(-1, p["k"]), p["wq"].t())
+    acc = acc.reshape(*x.shape[:-1], p["n"]) - zp[:, None] * p["colsum"]
+    return (acc.float() * scale[:, None] * p["w_scale"] + p["bias"]).half()
+
+
+def fp16_linear(p: dict) -> torch.Tensor:
+    return torch.nn.functional.linear(p["x16"], p["w16"], p["bias"].half())
+
+
+def int_mm_supported(p: dict) -> bool:
+    """torch._int_mm's shape rule: M > 16 and K, N multiples of 8."""
+    return p["m"] > 16 and p["k"] % 8 == 0 and p["n"] % 8 == 0
+
+
+def time_int8_linear(p: dict, timer=median_ms) -> dict:
+    """{variant: ms}; the torch._int_mm baseline only where its shape rule allows it."""
+    times = {"int8_linear": timer(lambda: int8_fused(p)), "fp16_matmul": timer(lambda: fp16_linear(p))}
+    if int_mm_supported(p):
+        torch.testing.assert_close(int8_fused(p).float(), int_mm_unfused(p).float(), rtol=2e-2, atol=2e-2)
+        times["int_mm_unfused"] = timer(lambda: int_mm_unfused(p))
+    return times
+
+
+@pytest.mark.parametrize("linear", ["in_proj", "x_proj", "out_proj"])
+@pytest.mark.parametrize("model", MODELS)
+def test_int8_linear(model, linear, record, benchmark):
+    batch = 32
+    p = linear_problem(model, linear, batch)
+    times = time_int8_linear(p)
+    tops = 2 * p["m"] * p["n"] * p["k"] / (times["int8_linear"] * 1e-3) / 1e12
+    peak = next((v for k, v in INT8_PEAK_TOPS.items() if k in torch.cuda.get_device_name(0)), None)
+    benchmark.extra_info.update(times_ms=times, int8_tops=tops)
+    benchmark.pedantic(synced(lambda: int8_fused(p)), rounds=50, warmup_rounds=5)
+    record("int8_linear", f"{vim_shape(model).short}/{linear}/b{batch}", times, "int8_linear",
+           tuple(b for b in ("int_mm_unfused", "fp16_matmul") if b in times),
+           mnk=(p["m"], p["n"], p["k"]), int8_tops=tops, int8_peak_fraction=None if peak is None else tops / peak,
+           note=None if int_mm_supported(p) else "no torch._int_mm baseline: it needs K, N multiples of 8")
+
+
+# --------------------------------------------------------------------------------------------
+# bidirectional scan
+# --------------------------------------------------------------------------------------------
+
+
+def scan_problem(model: str, batch: int, dtype: torch.dtype, device="cuda"):
+    """(forward branch, backward branch, z, out_proj qparams) in Vim's layouts: each branch is
+    (u, delta, A, B, C, D, delta_bias) with B and C transposed column slices of x_proj's output."""
+    shape = vim_shape(model)
+    d, n, length, r = shape.d_inner, shape.d_state, shape.tokens, shape.dt_rank
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def branch():
+        u = torch.randn(batch, d, length, device=device, generator=g).to(dtype)
+        delta = (torch.randn(batch, d, length, device=device, generator=g) * 0.5 - 2).to(dtype)
+        A = -torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1)
+        x_dbl = torch.randn(batch, length, r + 2 * n, device=device, generator=g).to(dtype)
+        return (u, delta, A, x_dbl[..., r:r + n].transpose(1, 2), x_dbl[..., r + n:].transpose(1, 2),
+                torch.ones(d, device=device), torch.rand(d, device=device, generator=g) * 0.1)
+
+    z = torch.randn(batch, length, 2 * d, device=device, generator=g).to(dtype)[..., d:].transpose(1, 2)
+    qparams = (torch.ones(d, device=device), torch.full((length,), 0.02, device=device),
+               torch.zeros(length, dtype=torch.int32, device=device), 8)
+    return branch(), branch(), z, qparams
+
+
+def two_pass(scan, fwd, bwd, z):
+    """(scan forward + scan reverse) / 2 with a single-direction ``scan``."""
+    u, dt, A, B, C, D, db = fwd
+    y_f = scan(u, dt, A, B, C, D, z, db, True, False)
+    u, dt, A, B, C, D, db = bwd
+    return (y_f + scan(u, dt, A, B, C, D, z, db, True, True)) / 2
+
+
+def time_bidirectional_scan(model: str, batch: int, device="cuda", timer=median_ms) -> dict:
+    fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32, device)
+    fwd16, bwd16, z16, _ = scan_problem(model, batch, torch.float16, device)
+
+    def fused():
+        return fused_ops.bidirectional_scan_quantize(*fwd, *bwd, z, True, *qparams)
+
+    torch.testing.assert_close(fused()[0], two_pass(ops.selective_scan_ref, fwd, bwd, z), rtol=1e-3, atol=1e-4)
+    return {
+        "bidirectional_scan": timer(fused),
+        "reference": timer(lambda: two_pass(ops.selective_scan_ref, fwd, bwd, z), warmup=2, runs=50),
+        "fp16_two_pass": timer(lambda: two_pass(triton_scan, fwd16, bwd16, z16)),
+    }
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+@pytest.mark.parametrize("model", MODELS)
+def test_bidirectional_scan(model, batch, record, benchmark):
+    times = time_bidirectional_scan(model, batch)
+    fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32)
+    benchmark.extra_info.update(times_ms=times)
+    benchmark.pedantic(synced(lambda: fused_ops.bidirectional_scan_quantize(*fwd, *bwd, z, True, *qparams)),
+                       rounds=50, warmup_rounds=5)
+    record("bidirectional_scan", f"{vim_shape(model).short}/b{batch}", times, "bidirectional_scan",
+           ("reference", "fp16_two_pass"))

@@ -1,0 +1,339 @@
+"""What quantization did, layer by layer: the quantized model against its float model on the same images.
+
+For each quantized linear (``QuantizedLinear`` or ``FakeQuantLinear``), with x (B, L, C) its input
+in the quantized model and x̃ = x · inv_smooth the quantizer's input (x / m, m the smoothing scale):
+
+* weight SQNR: the smoothed float weight ``W_eff = W · m`` (O, C) against the dequantized weight;
+* activation SQNR: x̃ against its quantized-dequantized value (per-token static, or dynamic);
+* clipped: the share of x̃'s values outside the quantizer's range;
+* output cosine: cos over output channels of the layer's output and of the float layer on the same
+  input, ``F.linear(x̃, W_eff, bias)``, averaged over tokens and images.
+
+``FakeQuantLinear`` holds ``W_eff`` exactly. ``QuantizedLinear`` keeps only int8 codes and, once
+``1/m`` is folded into a producer (norm weight, x_proj's dt rows), no ``m``: there m is fitted per
+input channel to the dequantized weight by least squares (exact up to the weight rounding noise,
+which the fit averages over the O rows), see :func:`smoothed_float_weights`. The float model's own
+linears give the activations before smoothing.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..capture import blocks
+from ..config import QuantConfig
+from ..evaluate import power_ratio_db, sqnr_db, topk_accuracy
+from ..progress import progress
+from ..quant.fake_quant import act_range, dynamic_act_qparams, fake_quant_weight
+from ..quant.linear import FakeQuantLinear, QuantizedLinear
+
+HISTOGRAM_BINS = 101
+SAMPLES_PER_BATCH = 1 << 16  # values kept per layer and batch for the detail block's histograms
+QUANTIZED_LINEARS = (QuantizedLinear, FakeQuantLinear)
+
+
+def quantized_layers(qmodel: torch.fx.GraphModule) -> list[tuple[str, nn.Module]]:
+    """(full name, module) of every quantized linear of ``qmodel``, in execution order."""
+    found = []
+    for prefix, block in blocks(qmodel):
+        for node in block.graph.nodes:
+            if node.op == "call_module" and isinstance(block.get_submodule(node.target), QUANTIZED_LINEARS):
+                found.append((f"{prefix}.{node.target}", block.get_submodule(node.target)))
+    return found
+
+
+def detail_block(qmodel: torch.fx.GraphModule, index: int | None = None) -> str:
+    """The block the plots look into: ``layers.<index>``, else the block JLSS left worst
+    (largest 1 - cos after), else the middle block."""
+    names = [name for name, _ in blocks(qmodel)]
+    if index is not None:
+        if not 0 <= index < len(names):
+            raise ValueError(f"block {index} does not exist: the model has blocks 0..{len(names) - 1}")
+        return names[index]
+    stats = qmodel.meta.get("block_stats") or {}
+    if stats:
+        return max(stats, key=lambda name: stats[name]["loss_after"])
+    return names[len(names) // 2]
+
+
+@torch.no_grad()
+def dequantized_weight(module: nn.Module) -> Tensor:
+    """(O, C) fp32: the weight the quantized layer multiplies by."""
+    if isinstance(module, FakeQuantLinear):
+        return fake_quant_weight(module.effective_weight(), torch.exp(module.log_w_scale), module.w_bits)
+    return module.wq.float() * module.w_scale[:, None]
+
+
+def _row_slice(node: torch.fx.Node) -> tuple[str, slice] | None:
+    """(producer target, rows) when ``node``'s input is ``producer(...)[..., a:b]``."""
+    source = node.args[0]
+    if source.op != "call_function" or source.target is not operator.getitem:
+        return None
+    producer, index = source.args
+    if (
+        isinstance(producer, torch.fx.Node)
+        and producer.op == "call_module"
+        and isinstance(index, tuple)
+        and len(index) == 2
+        and index[0] is Ellipsis
+        and isinstance(index[1], slice)
+    ):
+        return producer.target, index[1]
+    return None
+
+
+@torch.no_grad()
+def smoothed_float_weights(qmodel: torch.fx.GraphModule, float_model: nn.Module) -> dict[str, Tensor]:
+    """{layer: (O, C) fp32 float weight in the quantized layer's coordinates} (see the module docstring).
+
+    For ``QuantizedLinear``: ``diag(r) · W · diag(m)``. The column scales m (smoothing) are fitted to
+    the dequantized weight by least squares; the row scales r are 1 except on rows whose output
+    slice feeds a consumer (x_proj's dt rows -> dt_proj), which carry the part of the consumer's
+    1/m that it does not apply itself: ``r = 1 / (m_consumer · inv_smooth_consumer)``. Layers are
+    visited consumers first."""
+    weights = {}
+    for prefix, block in blocks(qmodel):
+        nodes = [
+            n
+            for n in block.graph.nodes
+            if n.op == "call_module" and isinstance(block.get_submodule(n.target), QUANTIZED_LINEARS)
+        ]
+        row_scales: dict[str, Tensor] = {}
+        for node in reversed(nodes):
+            module, name = block.get_submodule(node.target), f"{prefix}.{node.target}"
+            if isinstance(module, FakeQuantLinear):
+                weights[name] = module.effective_weight().detach().clone()
+                continue
+            w = (
+                row_scales.get(node.target, torch.ones(module.out_features, dtype=torch.float64))[:, None]
+                * float_model.get_submodule(name).weight.double()
+            )
+            w_dq = dequantized_weight(module).double()
+            m = (w * w_dq).sum(0) / w.pow(2).sum(0).clamp(min=torch.finfo(torch.float64).tiny)
+            weights[name] = (w * m).float()
+            fed = _row_slice(node)
+            if fed is not None:
+                producer, rows = fed
+                scales = row_scales.setdefault(
+                    producer, torch.ones(block.get_submodule(producer).out_features, dtype=torch.float64)
+                )
+                scales[rows] = 1.0 / (m * module.inv_smooth.double())
+    return weights
+
+
+def _inv_smooth(module: nn.Module) -> Tensor:
+    return module.inv_smooth() if isinstance(module, FakeQuantLinear) else module.inv_smooth
+
+
+def _static_qparams(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale, signed zero point), (L,) each, of a per-token or per-tensor static quantizer."""
+    if isinstance(module, FakeQuantLinear):
+        return torch.exp(module.log_act_scale), module.act_zero_point
+    return module.act_scale, module.act_zero_point.float()
+
+
+def _act_qparams(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(scale, signed zero point) broadcastable to x.shape[:-1]: (L,) static or (B, L) dynamic."""
+    if module.dynamic:
+        return dynamic_act_qparams(x, _inv_smooth(module), module.a_bits)
+    return _static_qparams(module)
+
+
+def _samples(x: Tensor) -> Tensor:
+    flat = x.flatten()
+    return flat[:: max(1, flat.numel() // SAMPLES_PER_BATCH)].clone()
+
+
+@dataclass
+class _LayerTally:
+    """Running sums for one quantized linear over the report's batches."""
+
+    module: nn.Module
+    w_eff: Tensor  # (O, C)
+    detail: bool
+    # sum of x̃², of (x̃ - dequantized)², of token cosines; token count; clipped values
+    sums: Tensor = field(default_factory=lambda: torch.zeros(5, dtype=torch.float64))
+    values: int = 0
+    x_min: float = float("inf")
+    x_max: float = float("-inf")
+    token_min: Tensor | None = None  # (L,)
+    token_max: Tensor | None = None
+    smoothed_absmax: Tensor | None = None  # (C,)
+    float_absmax: Tensor | None = None  # (C,)
+    smoothed_samples: list[Tensor] = field(default_factory=list)
+    float_samples: list[Tensor] = field(default_factory=list)
+
+    def add_quantized(self, x: Tensor, y: Tensor) -> None:
+        """x (B, L, C) the layer's input, y (B, L, O) its output, in the quantized model."""
+        xs = x.float() * _inv_smooth(self.module)
+        scale, zero_point = _act_qparams(self.module, x)
+        lo, hi = act_range(self.module.a_bits)
+        raw = torch.round(xs * torch.reciprocal(scale)[..., None]) + zero_point[..., None]
+        x_dq = (raw.clamp(lo, hi) - zero_point[..., None]) * scale[..., None]
+        y_ref = F.linear(xs, self.w_eff, self.module.bias)
+        cos = F.cosine_similarity(y.float(), y_ref, dim=-1)
+        self.sums += torch.tensor(
+            [
+                xs.double().pow(2).sum(),
+                (xs - x_dq).double().pow(2).sum(),
+                cos.double().sum(),
+                cos.numel(),
+                ((raw < lo) | (raw > hi)).sum(),
+            ],
+            dtype=torch.float64,
+        )
+        self.values += xs.numel()
+        self.x_min, self.x_max = min(self.x_min, xs.min().item()), max(self.x_max, xs.max().item())
+        if self.detail:
+            t_min, t_max, c_max = xs.amin((0, 2)), xs.amax((0, 2)), xs.abs().amax((0, 1))
+            self.token_min = t_min if self.token_min is None else torch.minimum(self.token_min, t_min)
+            self.token_max = t_max if self.token_max is None else torch.maximum(self.token_max, t_max)
+            self.smoothed_absmax = (
+                c_max if self.smoothed_absmax is None else torch.maximum(self.smoothed_absmax, c_max)
+            )
+            self.smoothed_samples.append(_samples(xs))
+
+    def add_float(self, x: Tensor) -> None:
+        """x (B, L, C) the same layer's input in the float model."""
+        c_max = x.float().abs().amax((0, 1))
+        self.float_absmax = c_max if self.float_absmax is None else torch.maximum(self.float_absmax, c_max)
+        self.float_samples.append(_samples(x.float()))
+
+    def row(self, name: str) -> dict:
+        signal, noise, cos, tokens, clipped = self.sums.tolist()
+        w_dq = dequantized_weight(self.module)
+        return {
+            "layer": name,
+            "bits": f"W{self.module.w_bits}A{self.module.a_bits}",
+            "act_min": self.x_min,
+            "act_max": self.x_max,
+            "clipped_pct": 100.0 * clipped / self.values,
+            "weight_sqnr_db": sqnr_db(self.w_eff, w_dq),
+            "act_sqnr_db": power_ratio_db(signal, noise),
+            "output_cosine": cos / tokens,
+        }
+
+    def static_range(self) -> tuple[list[float], list[float]] | None:
+        """Per-token (min, max) of the values the quantizer represents; None when dynamic."""
+        if self.module.dynamic:
+            return None
+        scale, zero_point = _static_qparams(self.module)
+        lo, hi = act_range(self.module.a_bits)
+        return ((lo - zero_point) * scale).tolist(), ((hi - zero_point) * scale).tolist()
+
+
+def _histograms(smoothed: Tensor, original: Tensor) -> dict[str, list[float]]:
+    """Counts of v / max|v| on ``HISTOGRAM_BINS`` equal bins of [-1, 1], before and after smoothing."""
+    edges = torch.linspace(-1, 1, HISTOGRAM_BINS + 1)
+
+    def counts(v: Tensor) -> list[float]:
+        return torch.histogram(v / v.abs().max().clamp(min=1e-30), bins=edges).hist.tolist()
+
+    return {"edges": edges.tolist(), "float": counts(original), "smoothed": counts(smoothed)}
+
+
+@dataclass
+class Analysis:
+    """Everything the report shows; plain lists and dicts (it is written as report.json)."""
+
+    summary: dict
+    rows: list[dict]  # one per quantized linear, execution order
+    detail_block: str
+    token_ranges: dict[str, dict[str, list[float] | None]]  # layer -> x_min, x_max, quant_min, quant_max (L,)
+    channel_absmax: dict[str, dict[str, list[float]]]  # layer -> float, smoothed (C,)
+    histograms: dict[str, dict[str, list[float]]]  # layer -> edges (bins + 1), float, smoothed (bins)
+    blocks: dict[str, dict]  # block -> cos_before, cos_after, epoch_losses
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@torch.no_grad()
+def analyse(
+    qmodel: torch.fx.GraphModule,
+    float_model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    block: int | None = None,
+    batch_size: int = 64,
+) -> Analysis:
+    """Run both models on images (N, C, H, W) with labels (N,) and measure every quantized linear."""
+    layers = quantized_layers(qmodel)
+    if not layers:
+        raise ValueError("the model has no quantized linears: give the result of ptq4vm_fx.convert or load")
+    focus = detail_block(qmodel, block)
+    w_eff = smoothed_float_weights(qmodel, float_model)
+    tallies = {
+        name: _LayerTally(module, w_eff[name], detail=name.startswith(focus + ".")) for name, module in layers
+    }
+    hooks = []
+    for name, module in layers:
+        tally = tallies[name]
+        hooks.append(
+            module.register_forward_hook(lambda m, args, out, t=tally: t.add_quantized(args[0], out))
+        )
+        if tally.detail:
+            hooks.append(
+                float_model.get_submodule(name).register_forward_hook(
+                    lambda m, args, out, t=tally: t.add_float(args[0])
+                )
+            )
+    float_logits, quant_logits = [], []
+    try:
+        for batch in progress(images.split(batch_size), desc="report", unit="batch"):
+            float_logits.append(float_model(batch).float())
+            quant_logits.append(qmodel(batch).float())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    float_logits, quant_logits = torch.cat(float_logits), torch.cat(quant_logits)
+    config = QuantConfig.from_dict(qmodel.meta["quant_config"])
+    summary = {
+        "model": qmodel.meta.get("model_name"),
+        "config": config.name,
+        "stage": qmodel.meta.get("stage"),
+        "images": len(images),
+        "float_top1": topk_accuracy(float_logits, labels),
+        "quant_top1": topk_accuracy(quant_logits, labels),
+        "logits_sqnr_db": sqnr_db(float_logits, quant_logits),
+        "quantized_linears": len(layers),
+    }
+    detail = {name: t for name, t in tallies.items() if t.detail}
+    token_ranges = {}
+    for name, t in detail.items():
+        quant_min, quant_max = t.static_range() or (None, None)
+        token_ranges[name] = {
+            "x_min": t.token_min.tolist(),
+            "x_max": t.token_max.tolist(),
+            "quant_min": quant_min,
+            "quant_max": quant_max,
+        }
+    stats = qmodel.meta.get("block_stats") or {}
+    return Analysis(
+        summary=summary,
+        rows=[t.row(name) for name, t in tallies.items()],
+        detail_block=focus,
+        token_ranges=token_ranges,
+        channel_absmax={
+            name: {"float": t.float_absmax.tolist(), "smoothed": t.smoothed_absmax.tolist()}
+            for name, t in detail.items()
+        },
+        histograms={
+            name: _histograms(torch.cat(t.smoothed_samples), torch.cat(t.float_samples))
+            for name, t in detail.items()
+        },
+        blocks={
+            name: {
+                "cos_before": 1.0 - s["loss_before"],
+                "cos_after": 1.0 - s["loss_after"],
+                "epoch_losses": list(s["epoch_losses"]),
+            }
+            for name, s in stats.items()
+        },
+    )

@@ -1,0 +1,152 @@
+"""torch.compile(backend="ptq4vm") end to end on the CPU (fused ops on their references, the rest
+through Inductor), its options, and on a GPU the Triton kernels."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from ptq4vm_fx.lowering import fused_ops, report
+from ptq4vm_fx.lowering.backend import REWRITES
+from ptq4vm_fx.lowering.options import FUSIONS, BackendOptions
+
+from .lowering_helpers import EXPECTED, assert_agrees, images, quantize, tiny_vim
+from .test_fused_ops import sample_args
+
+BATCHES = (8, 3, 5)  # the second size makes the batch dimension dynamic; the third reuses that graph
+
+
+def _compile_and_run(model, device, size=32):
+    """Compile ``model`` (fullgraph) and run it on BATCHES of ``size`` x ``size`` images; returns
+    (outputs, eager outputs, counters)."""
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="ptq4vm", fullgraph=True)
+    outputs, expected = [], []
+    with torch.no_grad():
+        for batch in BATCHES:
+            x = images(batch, seed=batch, size=size).to(device)
+            outputs.append(compiled(x))
+            expected.append(model(x))
+    stats = {"unique_graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
+             "applied": report.lowering_counters(), "skipped": report.skipped_counters()}
+    return outputs, expected, stats
+
+
+@pytest.fixture(scope="module")
+def compiled_cpu(qvim):
+    return _compile_and_run(qvim, "cpu")
+
+
+def test_compiled_matches_eager(compiled_cpu):
+    outputs, expected, _ = compiled_cpu
+    for out, ref in zip(outputs, expected):
+        assert_agrees(out, ref)
+
+
+def test_whole_model_in_one_graph_with_one_recompile_for_the_batch(compiled_cpu):
+    _, _, stats = compiled_cpu
+    assert stats["graph_breaks"] == 0
+    assert stats["unique_graphs"] == 2  # batch 8 static, then one graph for any batch >= 2
+
+
+def test_every_rewrite_fires_in_each_compiled_graph(compiled_cpu):
+    _, _, stats = compiled_cpu
+    graphs = stats["unique_graphs"]
+    assert stats["applied"] == dict({k: v * graphs for k, v in EXPECTED.items()}, graphs_lowered=graphs)
+    assert stats["skipped"] == {}
+
+
+# --------------------------------------------------------------------------------------------
+# options
+# --------------------------------------------------------------------------------------------
+
+
+def test_one_rewrite_per_fusion_in_order():
+    assert tuple(REWRITES) == FUSIONS
+
+
+def test_options_defaults_and_patches():
+    opts = BackendOptions.from_compile(None)
+    assert opts.fusions == FUSIONS and opts.autotune is False
+    assert opts.inductor_patches(None) == {}
+    assert BackendOptions.from_compile({"autotune": True}).inductor_patches(None) == {"max_autotune": True}
+    assert BackendOptions.from_compile({"inductor": {"triton.cudagraphs": True}}).inductor_patches(
+        "max-autotune-no-cudagraphs") == {"max_autotune": True, "coordinate_descent_tuning": True,
+                                          "triton.cudagraphs": True}
+    # the order of the names does not matter: the rewrites always run in FUSIONS order
+    assert BackendOptions.from_compile({"fusions": ["int8_linear", "bidirectional_scan"]}).fusions == (
+        "bidirectional_scan", "int8_linear")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"autotun": True}, r"unknown option\(s\) \['autotun'\]"),
+        ({"fusions": ["int8_gemm"]}, r"unknown fusion\(s\) \['int8_gemm'\]"),
+        ({"fusions": "int8_linear"}, "must be a list of names"),
+        ({"fusions": ["scan_quantize"]}, "enable both or neither"),
+        ({"autotune": "yes"}, "must be a bool"),
+        ({"inductor": {"max_autotun": True}}, r"unknown Inductor config \['max_autotun'\]"),
+    ],
+)
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        BackendOptions.from_compile(options)
+
+
+def test_bad_option_through_torch_compile(qvim):
+    torch._dynamo.reset()
+    compiled = torch.compile(qvim, backend="ptq4vm", options={"fusion": ["int8_linear"]})
+    with pytest.raises(Exception, match=r"ptq4vm backend: unknown option\(s\) \['fusion'\]"), torch.no_grad():
+        compiled(images(2))
+
+
+def test_grad_mode_is_a_clear_error(qvim):
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="have no gradient; call the compiled model under torch.no_grad"):
+        torch.compile(qvim, backend="ptq4vm")(images(2))
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: the compiled model runs the Triton kernels
+# --------------------------------------------------------------------------------------------
+
+KERNELS = {  # fused op -> the Triton kernel its CUDA implementation launches
+    fused_ops.int8_linear: "_int8_linear_kernel",
+    fused_ops.quantize_per_token: "_quantize_per_token_kernel",
+    fused_ops.add_rmsnorm_quantize: "_add_rmsnorm_quantize_kernel",
+    fused_ops.conv1d_silu_quantize: "_conv1d_silu_quantize_kernel",
+    fused_ops.bidirectional_scan: "_bidirectional_scan_kernel",
+    fused_ops.bidirectional_scan_quantize: "_bidirectional_scan_kernel",
+}
+
+
+def _cuda_kernel_names(fn) -> str:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return " ".join(e.name for e in prof.events())
+
+
+@pytest.mark.requires_cuda
+def test_cuda_compiled_int8_matches_eager_and_runs_the_triton_kernels():
+    model = quantize(tiny_vim(img_size=64, embed_dim=64), size=64).cuda()  # 17 tokens, d_inner 128
+    outputs, expected, stats = _compile_and_run(model, "cuda", size=64)
+    for out, ref in zip(outputs, expected):
+        assert_agrees(out, ref)
+    assert stats["skipped"] == {} and stats["graph_breaks"] == 0
+    compiled = torch.compile(model, backend="ptq4vm", fullgraph=True)
+    x = images(4, size=64).cuda()
+    with torch.no_grad():
+        names = _cuda_kernel_names(lambda: compiled(x))
+    missing = sorted({k for k in KERNELS.values() if k not in names})
+    assert not missing, f"Triton kernels {missing} did not run; the CUDA kernels were: {names[:2000]}"
+
+
+@pytest.mark.requires_cuda
+def test_cuda_fused_ops_use_the_cuda_implementations():
+    """On CUDA tensors the dispatcher picks the Triton implementation (not the reference)."""
+    for op, kernel in KERNELS.items():
+        args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in sample_args(op, 3))
+        assert kernel in _cuda_kernel_names(lambda op=op, args=args: op(*args))
+

@@ -1,0 +1,143 @@
+"""The rewrites on the graph Dynamo hands the backend: each fires the expected number of times on a
+quantized Vim, not on what it must not touch, and the rewritten graph (run eagerly, fused ops on
+their reference implementations) computes what the quantized model computes."""
+
+import operator
+
+import pytest
+import torch
+
+from ptq4vm_fx.lowering.backend import has_quantized_ops, lower_graph
+from ptq4vm_fx.lowering.match import op_namespace
+from ptq4vm_fx.lowering.options import FUSIONS
+
+from .lowering_helpers import EXPECTED, assert_agrees, dynamo_graph, images, quantize, tiny_vim
+
+NONE = dict.fromkeys(FUSIONS, 0)
+
+
+def _lowered(model, x, fusions=FUSIONS):
+    """Lower the Dynamo graph of ``model``; returns (counts, eager output, lowered graph's output)."""
+    gm, example_inputs = dynamo_graph(model, x)
+    counts = lower_graph(gm, fusions)
+    with torch.no_grad():
+        return counts, model(x), gm(*example_inputs)[0], gm
+
+
+def _ops_left(gm, namespace):
+    """The ops of ``namespace`` the graph still calls, as "namespace.name"."""
+    return sorted(str(n.target).removesuffix(".default") for n in gm.graph.nodes
+                  if op_namespace(n.target) == namespace)
+
+
+def test_every_rewrite_fires_on_a_quantized_vim(qvim, fresh_counters):
+    counts, expect, got, gm = _lowered(qvim, images(3))
+    assert counts == EXPECTED
+    assert _ops_left(gm, "ptq4vm") == []  # every ptq4vm op went into a fused op
+    assert_agrees(got, expect)
+    assert fresh_counters.lowering_counters() == dict(EXPECTED, graphs_lowered=1)
+    assert fresh_counters.skipped_counters() == {}
+
+
+@pytest.mark.parametrize(
+    "dropped, rewrite",
+    [
+        (("out_proj",), "scan_quantize"),
+        (("in_proj",), "add_rmsnorm_quantize"),
+        (("x_proj", "x_proj_b"), "conv1d_silu_quantize"),
+    ],
+)
+def test_a_float_linear_is_not_fused(dropped, rewrite, fresh_counters):
+    """A config that leaves a linear in float: the fusion feeding it does not fire."""
+    linears = tuple(n for n in ("in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b")
+                    if n not in dropped)
+    model = quantize(tiny_vim(), linears=linears)
+    counts, expect, got, _ = _lowered(model, images(2))
+    assert counts[rewrite] == 0
+    assert counts["int8_linear"] == 2 * len(linears)
+    assert counts["bidirectional_scan"] == 2
+    assert_agrees(got, expect)
+    assert fresh_counters.skipped_counters() == {}
+
+
+def test_float_vim_has_no_quantized_ops():
+    """The backend leaves a float Vim to Inductor; of the rewrites only the scan pairing (which
+    needs no quantization) would find anything in it."""
+    gm, _ = dynamo_graph(tiny_vim(), images(2))
+    assert not has_quantized_ops(gm)
+    assert lower_graph(gm) == dict(NONE, bidirectional_scan=2)
+
+
+def test_dynamic_scales_are_left_to_the_reference_ops_with_a_reason(fresh_counters):
+    """Per-row dynamic quantization: no kernel takes its scales; the counters say why."""
+    counts, expect, got, gm = _lowered(quantize(tiny_vim(), method="dynamic"), images(2))
+    assert counts == dict(NONE, bidirectional_scan=2)
+    reason = "dynamic (per-row) activation scales"
+    assert fresh_counters.skipped_counters() == {
+        f"int8_linear: {reason}": 12,
+        f"add_rmsnorm_quantize: {reason}": 2,
+        f"conv1d_silu_quantize: {reason}": 4,
+        f"scan_quantize: {reason}": 2,
+        f"quantize_per_token: {reason}": 12,
+    }
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.qlinear") == 12
+    assert_agrees(got, expect)
+
+
+def test_summed_but_not_averaged_scans_are_not_fused(fresh_counters):
+    counts, expect, got, _ = _lowered(quantize(tiny_vim(if_divide_out=False)), images(2))
+    assert counts["bidirectional_scan"] == counts["scan_quantize"] == 0
+    assert counts["quantize_per_token"] == 6  # out_proj's input is quantized on its own
+    assert fresh_counters.skipped_counters() == {
+        "bidirectional_scan: the two directions are summed but not averaged": 2}
+    assert_agrees(got, expect)
+
+
+def test_only_the_enabled_fusions_run(qvim):
+    counts, expect, got, gm = _lowered(qvim, images(2), fusions=["int8_linear"])
+    assert counts == {"int8_linear": 12}
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.quantize_per_token") == 12
+    assert_agrees(got, expect)
+
+
+def test_parameters_as_get_attr_nodes(qvim, fresh_counters):
+    """Module state as ``get_attr`` nodes placed at their first use (older Dynamo, or
+    inline_inbuilt_nn_modules=False) instead of placeholders: same rewrites, same result."""
+    x = images(2)
+    gm, example_inputs = dynamo_graph(qvim, x)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, (node, value) in enumerate(zip(placeholders[1:], example_inputs[1:])):
+        gm.register_buffer(f"state_{i}", value)
+        with gm.graph.inserting_before(min(node.users, key=_position(gm))):
+            attr = gm.graph.get_attr(f"state_{i}")
+        attr.meta = dict(node.meta)
+        node.replace_all_uses_with(attr)
+        gm.graph.erase_node(node)
+    gm.recompile()
+    assert lower_graph(gm) == EXPECTED
+    with torch.no_grad():
+        assert_agrees(gm(x)[0], qvim(x))
+
+
+def _position(gm):
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    return order.__getitem__
+
+
+def test_batch_is_symbolic_and_tokens_static(qvim):
+    """With a dynamic batch the fused ops take a symbolic batch and the static token count."""
+    gm, example_inputs = dynamo_graph(qvim, images(3), dynamic_batch=True)
+    assert lower_graph(gm) == EXPECTED
+    fused = [n for n in gm.graph.nodes if op_namespace(n.target) == "ptq4vm_fused"]
+    for node in fused:
+        out = node.meta["example_value"]
+        first = out[0] if isinstance(out, tuple) else out
+        assert isinstance(first.shape[0], torch.SymInt)
+        assert all(isinstance(s, int) for s in first.shape[1:])
+    getitems = [n for n in gm.graph.nodes if n.target is operator.getitem and n.args[0] in fused]
+    assert all("example_value" in n.meta for n in getitems)
+    # the graph takes the batch size as an input of its own, before the images
+    x = images(5)
+    args = [5 if isinstance(a, (int, torch.SymInt)) else x if a.shape == (3, 3, 32, 32) else a for a in example_inputs]
+    with torch.no_grad():
+        assert_agrees(gm(*args)[0], qvim(x))
