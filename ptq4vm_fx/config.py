@@ -88,7 +88,7 @@ class QuantConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "QuantConfig":
+    def from_dict(cls, d: dict) -> QuantConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -99,7 +99,7 @@ class QuantConfig:
         return cls(**d)
 
     @classmethod
-    def preset_config(cls, preset: str, method: str = "ptq4vm", **overrides) -> "QuantConfig":
+    def preset_config(cls, preset: str, method: str = "ptq4vm", **overrides) -> QuantConfig:
         """``QuantConfig.preset_config("w4a4", "smoothquant")``."""
         key = preset.lower()
         if key not in PRESETS:
@@ -108,7 +108,7 @@ class QuantConfig:
         return cls(weight_bits=w, act_bits=a, method=method, preset=key, **overrides)
 
 
-def resolve_config(config: "QuantConfig | str | None") -> QuantConfig:
+def resolve_config(config: QuantConfig | str | None) -> QuantConfig:
     """A QuantConfig from a QuantConfig, a preset name ("w8a8") or None (W8A8 PTQ4VM)."""
     if config is None:
         return QuantConfig.preset_config("w8a8")

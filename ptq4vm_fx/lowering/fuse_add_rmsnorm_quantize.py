@@ -65,7 +65,7 @@ def _match_rmsnorm(normed: Node) -> None | str | tuple[Node, Node, float]:
     scaled = bind(normed, "mul")
     if scaled is None:
         return None
-    for prod, weight in ((scaled["input"], scaled["other"]), (scaled["other"], scaled["input"])):
+    for prod, weight in ((scaled["input"], scaled["other"]), (scaled["other"], scaled["input"])):  # noqa: B007
         parts = _normalised(prod)
         if parts is not None:
             xf, eps = parts

@@ -69,9 +69,11 @@ def bind(node: Any, name: str) -> dict[str, Any] | None:
 
 def flip_dims(node: Any) -> tuple[int, ...] | None:
     """The dims of ``x.flip(*dims)`` / ``torch.flip(x, dims)``; None for any other node."""
-    if not isinstance(node, Node) or not (
-        (node.op == "call_method" and node.target == "flip") or (node.op == "call_function" and node.target is torch.flip)
-    ):
+    is_flip = isinstance(node, Node) and (
+        (node.op == "call_method" and node.target == "flip")
+        or (node.op == "call_function" and node.target is torch.flip)
+    )
+    if not is_flip:
         return None
     dims = list(node.args[1:]) + ([node.kwargs["dims"]] if "dims" in node.kwargs else [])
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):

@@ -14,7 +14,6 @@ and a ``reverse=True`` scan, which equal hustvl's flip -> causal conv -> scan ->
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.fx

@@ -6,8 +6,8 @@ Keyword arguments override the configuration (``depth=2, img_size=64, num_classe
 
 from __future__ import annotations
 
-from timm.models import register_model
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import register_model
 
 from .vim import VisionMamba
 

@@ -20,7 +20,7 @@ from ..models.vim import RMSNorm
 from ..quant.linear import FakeQuantLinear
 
 
-def _column_slice(node: torch.fx.Node) -> tuple[torch.fx.Node, slice] | None:
+def column_slice(node: torch.fx.Node) -> tuple[torch.fx.Node, slice] | None:
     """(source, slice) when ``node`` is ``source[..., a:b]``."""
     if node.op != "call_function" or node.target is not operator.getitem:
         return None
@@ -66,7 +66,7 @@ def fold_smoothing(gm: torch.fx.GraphModule) -> int:
             if source.op == "call_module" and isinstance(block.get_submodule(source.target), RMSNorm):
                 norm = block.get_submodule(source.target)
                 norm.weight /= m.to(norm.weight.dtype)
-            elif (sliced := _column_slice(source)) is not None and sliced[0].op == "call_module":
+            elif (sliced := column_slice(source)) is not None and sliced[0].op == "call_module":
                 producer = block.get_submodule(sliced[0].target)
                 if not isinstance(producer, (nn.Linear, FakeQuantLinear)):
                     continue

@@ -66,7 +66,7 @@ class FakeQuantLinear(nn.Module):
         return F.linear(xq, wq, self.bias).to(x.dtype)
 
     @torch.no_grad()
-    def to_quantized(self) -> "QuantizedLinear":
+    def to_quantized(self) -> QuantizedLinear:
         """Pack into the integer form: the same integer codes, int8 weights and int32 column sums."""
         w_scale = torch.exp(self.log_w_scale)
         wq = weight_codes(self.effective_weight(), w_scale, self.w_bits).to(torch.int8)
@@ -76,6 +76,7 @@ class FakeQuantLinear(nn.Module):
         q.w_scale.copy_(w_scale)
         q.w_colsum.copy_(wq.to(torch.int32).sum(1))
         q.inv_smooth.copy_(self.inv_smooth())
+        q.smooth.copy_(self.smooth)
         q.act_scale.copy_(torch.exp(self.log_act_scale))
         q.act_zero_point.copy_(self.act_zero_point.to(torch.int32))
         if self.bias is not None:
@@ -91,7 +92,8 @@ class QuantizedLinear(nn.Module):
     """Integer linear: ``ptq4vm::quantize_per_token`` then ``ptq4vm::qlinear`` (DESIGN.md section 3).
 
     Buffers: wq int8 (O, C); w_scale fp32 (O,); w_colsum int32 (O,); bias fp32 (O,) or None;
-    inv_smooth fp32 (C,); act_scale fp32 (L,); act_zero_point int32 (L,), signed.
+    inv_smooth fp32 (C,); act_scale fp32 (L,); act_zero_point int32 (L,), signed; smooth fp32 (C,),
+    the smoothing scale m, kept for reports (``inv_smooth`` is 1/m, or ones where 1/m is folded).
     """
 
     def __init__(self, in_features: int, out_features: int, tokens: int, w_bits: int, a_bits: int,
@@ -106,6 +108,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("inv_smooth", torch.ones(in_features))
         self.register_buffer("act_scale", torch.ones(tokens))
         self.register_buffer("act_zero_point", torch.zeros(tokens, dtype=torch.int32))
+        self.register_buffer("smooth", torch.ones(in_features))
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dynamic:

@@ -9,16 +9,14 @@ in the quantized model and x̃ = x · inv_smooth the quantizer's input (x / m, m
 * output cosine: cos over output channels of the layer's output and of the float layer on the same
   input, ``F.linear(x̃, W_eff, bias)``, averaged over tokens and images.
 
-``FakeQuantLinear`` holds ``W_eff`` exactly. ``QuantizedLinear`` keeps only int8 codes and, once
-``1/m`` is folded into a producer (norm weight, x_proj's dt rows), no ``m``: there m is fitted per
-input channel to the dequantized weight by least squares (exact up to the weight rounding noise,
-which the fit averages over the O rows), see :func:`smoothed_float_weights`. The float model's own
-linears give the activations before smoothing.
+``FakeQuantLinear`` holds ``W_eff`` exactly; for ``QuantizedLinear`` it is rebuilt from the float
+model's weight, the stored smoothing scale m and, on rows whose output feeds a folded consumer
+(x_proj's dt rows -> dt_proj), that consumer's 1/m. The float model's own linears give the
+activations before smoothing.
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +27,7 @@ from torch import Tensor, nn
 from ..capture import blocks
 from ..config import QuantConfig
 from ..evaluate import power_ratio_db, sqnr_db, topk_accuracy
+from ..passes.fold_smoothing import column_slice
 from ..progress import progress
 from ..quant.fake_quant import act_range, dynamic_act_qparams, fake_quant_weight
 from ..quant.linear import FakeQuantLinear, QuantizedLinear
@@ -70,33 +69,14 @@ def dequantized_weight(module: nn.Module) -> Tensor:
     return module.wq.float() * module.w_scale[:, None]
 
 
-def _row_slice(node: torch.fx.Node) -> tuple[str, slice] | None:
-    """(producer target, rows) when ``node``'s input is ``producer(...)[..., a:b]``."""
-    source = node.args[0]
-    if source.op != "call_function" or source.target is not operator.getitem:
-        return None
-    producer, index = source.args
-    if (
-        isinstance(producer, torch.fx.Node)
-        and producer.op == "call_module"
-        and isinstance(index, tuple)
-        and len(index) == 2
-        and index[0] is Ellipsis
-        and isinstance(index[1], slice)
-    ):
-        return producer.target, index[1]
-    return None
-
-
 @torch.no_grad()
 def smoothed_float_weights(qmodel: torch.fx.GraphModule, float_model: nn.Module) -> dict[str, Tensor]:
     """{layer: (O, C) fp32 float weight in the quantized layer's coordinates} (see the module docstring).
 
-    For ``QuantizedLinear``: ``diag(r) · W · diag(m)``. The column scales m (smoothing) are fitted to
-    the dequantized weight by least squares; the row scales r are 1 except on rows whose output
-    slice feeds a consumer (x_proj's dt rows -> dt_proj), which carry the part of the consumer's
-    1/m that it does not apply itself: ``r = 1 / (m_consumer · inv_smooth_consumer)``. Layers are
-    visited consumers first."""
+    For ``QuantizedLinear``: ``diag(r) · W · diag(m)`` with m its stored smoothing scale; the row
+    scales r are 1 except on rows whose output slice feeds a consumer (x_proj's dt rows -> dt_proj),
+    which carry the part of the consumer's 1/m that it does not apply itself:
+    ``r = 1 / (m_consumer · inv_smooth_consumer)``. Layers are visited consumers first."""
     weights = {}
     for prefix, block in blocks(qmodel):
         nodes = [
@@ -114,12 +94,11 @@ def smoothed_float_weights(qmodel: torch.fx.GraphModule, float_model: nn.Module)
                 row_scales.get(node.target, torch.ones(module.out_features, dtype=torch.float64))[:, None]
                 * float_model.get_submodule(name).weight.double()
             )
-            w_dq = dequantized_weight(module).double()
-            m = (w * w_dq).sum(0) / w.pow(2).sum(0).clamp(min=torch.finfo(torch.float64).tiny)
+            m = module.smooth.double()
             weights[name] = (w * m).float()
-            fed = _row_slice(node)
-            if fed is not None:
-                producer, rows = fed
+            fed = column_slice(node.args[0])
+            if fed is not None and fed[0].op == "call_module":
+                producer, rows = fed[0].target, fed[1]
                 scales = row_scales.setdefault(
                     producer, torch.ones(block.get_submodule(producer).out_features, dtype=torch.float64)
                 )

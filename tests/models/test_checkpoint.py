@@ -16,8 +16,9 @@ def write_official_style(path, state_dict):
         "lr_scheduler": {"base_lrs": [1e-3], "last_epoch": 300},
         "epoch": 299,
         "scaler": {"scale": 65536.0},
-        "args": argparse.Namespace(model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
-                                   input_size=224, batch_size=128),
+        "args": argparse.Namespace(
+            model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+            input_size=224, batch_size=128),
     }, path)
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from ptq4vm_fx.capture import capture
-from ptq4vm_fx.config import QuantConfig
+from ptq4vm_fx.config import DEFAULT_LINEARS, QuantConfig
 from ptq4vm_fx.passes.fold_smoothing import fold_smoothing
 from ptq4vm_fx.passes.insert_observers import insert_observers
 from ptq4vm_fx.passes.quantize_linears import quantize_linears
@@ -10,7 +10,7 @@ from ptq4vm_fx.quant.linear import FakeQuantLinear
 from ..conftest import tiny_vim
 
 
-def smoothed_float_model(linears=QuantConfig().linears):
+def smoothed_float_model(linears=DEFAULT_LINEARS):
     """A captured float model whose linears carry random smoothing scales, quantization off."""
     model = tiny_vim()
     gm = capture(model)
