@@ -156,8 +156,15 @@ def _table(results: list[Result]) -> str:
     )
 
 
+def _compute_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available")
+    return device
+
+
 def cmd_quantize(args) -> int:
-    model = _float_model(args.model, args.checkpoint, args.model_kwargs)
+    model = _float_model(args.model, args.checkpoint, args.model_kwargs).to(_compute_device(args.device))
     dataset, source = _eval_dataset(args, model)
     calib = _calibration_images(args, model)
     config = QuantConfig.preset_config(args.preset, args.method)
@@ -179,11 +186,12 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    model = _float_model(args.model, args.checkpoint, args.model_kwargs)
+    device = _compute_device(args.device)
+    model = _float_model(args.model, args.checkpoint, args.model_kwargs).to(device)
     dataset, source = _eval_dataset(args, model)
     calib = _calibration_images(args, model)
     loader = _loader(dataset, args)
-    float_eval = evaluate(model, loader, desc="float eval", total=len(dataset))
+    float_eval = evaluate(model, loader, desc="float eval", device=device, total=len(dataset))
     results = []
     for preset in args.presets:
         for method in args.methods:
@@ -353,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", default="ptq4vm", choices=list(METHODS))
     q.add_argument("--output", help="save the quantized model here (ptq4vm_fx.load reads it)")
     q.add_argument("--json", help="write the metrics as JSON here")
+    q.add_argument("--device", default="cpu", help="where calibration, JLSS and evaluation run: cpu (default) or cuda")
     q.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("sweep", help="every method x every preset, one table")
@@ -361,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     s.add_argument("--presets", nargs="+", default=list(PRESETS), choices=sorted(PRESETS))
     s.add_argument("--json", help="write the metrics as JSON here")
+    s.add_argument("--device", default="cpu", help="where calibration, JLSS and evaluation run: cpu (default) or cuda")
     s.set_defaults(func=cmd_sweep)
 
     e = sub.add_parser(

@@ -18,15 +18,16 @@ from .progress import log, progress
 def calibrate_and_convert(
     model: nn.Module, calib_images: Tensor, config: QuantConfig, batch_size: int = 64, simulate: bool = False
 ) -> tuple[torch.fx.GraphModule, float]:
-    """prepare -> calibration batches of images (N, C, H, W) -> convert; returns the quantized
-    model and the seconds it took."""
+    """prepare -> calibration batches of images (N, C, H, W) -> convert, on the model's device;
+    returns the quantized model and the seconds it took."""
     if len(calib_images) == 0:
         raise ValueError("no calibration images")
+    device = next(model.parameters()).device
     start = time.perf_counter()
-    prepared = prepare(model, calib_images[:1], config)
+    prepared = prepare(model, calib_images[:1].to(device), config)
     with torch.no_grad():
         for batch in progress(calib_images.split(batch_size), desc="calibration", unit="batch"):
-            prepared(batch)
+            prepared(batch.to(device))
     qmodel = convert(prepared, simulate=simulate)
     seconds = time.perf_counter() - start
     log.info("%s: calibrated on %d images and converted in %.1f s", config.name, len(calib_images), seconds)
@@ -67,11 +68,12 @@ def quantize_and_evaluate(
 
     ``eval_batches``: a re-iterable of (images, labels) batches (a DataLoader), passed over once per
     model in the same order; ``float_eval`` reuses an earlier float evaluation on them (a sweep);
-    ``eval_images`` sizes the progress bars."""
+    ``eval_images`` sizes the progress bars. Everything runs on the model's device."""
+    device = next(model.parameters()).device
     if float_eval is None:
-        float_eval = evaluate(model, eval_batches, desc="float eval", total=eval_images)
+        float_eval = evaluate(model, eval_batches, desc="float eval", device=device, total=eval_images)
     qmodel, seconds = calibrate_and_convert(model, calib_images, config, batch_size)
-    quant_eval = evaluate(qmodel, eval_batches, desc=f"{config.name} eval", total=eval_images)
+    quant_eval = evaluate(qmodel, eval_batches, desc=f"{config.name} eval", device=device, total=eval_images)
     result = Result(
         method=config.method,
         preset=config.preset or f"w{config.weight_bits}a{config.act_bits}",
