@@ -1,0 +1,1 @@
+"""Data: the bundled digits set and model, and ImageNet-style image folders."""

@@ -1,0 +1,1 @@
+"""FX passes over captured Vim GraphModules, one per file: each takes a GraphModule and counts its rewrites."""

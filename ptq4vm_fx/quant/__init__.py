@@ -1,0 +1,1 @@
+"""Quantizer math (fake quantization, qparams, grid search), observers and the quantized linear modules."""
