@@ -156,15 +156,8 @@ def _table(results: list[Result]) -> str:
     )
 
 
-def _compute_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is available")
-    return device
-
-
 def cmd_quantize(args) -> int:
-    model = _float_model(args.model, args.checkpoint, args.model_kwargs).to(_compute_device(args.device))
+    model = _float_model(args.model, args.checkpoint, args.model_kwargs).to(distributed.resolve_device(args.device))
     dataset, source = _eval_dataset(args, model)
     calib = _calibration_images(args, model)
     config = QuantConfig.preset_config(args.preset, args.method)
@@ -186,7 +179,7 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    device = _compute_device(args.device)
+    device = distributed.resolve_device(args.device)
     model = _float_model(args.model, args.checkpoint, args.model_kwargs).to(device)
     dataset, source = _eval_dataset(args, model)
     calib = _calibration_images(args, model)

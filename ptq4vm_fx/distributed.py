@@ -19,12 +19,18 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``, refusing CUDA on a machine without a CUDA GPU."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} was asked for but no CUDA GPU is available")
+    return device
+
+
 def start(device: str) -> torch.device:
     """Join the process group when ``launched()`` (nccl for CUDA, gloo for CPU); returns this
     process's device (``cuda:LOCAL_RANK`` for CUDA under torchrun)."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for but no CUDA GPU is available")
+    device = resolve_device(device)
     if not launched():
         return device
     if device.type == "cuda":

@@ -201,7 +201,7 @@ def test_model_and_file_problems_exit_2(tiny_quantized, tiny_cli_model, tmp_path
     )
     if not torch.cuda.is_available():
         assert "device cuda was asked for but no CUDA GPU is available" in error("eval", "--device", "cuda")
-        assert "--device cuda: no CUDA GPU is available" in error("quantize", "--device", "cuda")
+        assert "device cuda was asked for but no CUDA GPU is available" in error("quantize", "--device", "cuda")
     for argv, message in [
         (["eval", "--model-kwargs", "depth"], "expected KEY=VALUE"),
         (["quantize", "--calib-images", "0"], "must be at least 1, got 0"),

@@ -25,27 +25,34 @@ class _Captured(Exception):
 
 
 @torch.no_grad()
+def _inputs_of(module: torch.nn.Module, calls) -> list[tuple[torch.Tensor, ...]]:
+    """The positional tensor inputs ``module`` receives during each of ``calls`` (thunks); each
+    call is cut short as soon as ``module`` is reached."""
+    seen = []
+
+    def grab(_, args):
+        seen.append(tuple(a.detach() for a in args))
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(grab)
+    try:
+        for call in calls:
+            try:
+                call()
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return seen
+
+
 def first_block_inputs(gm: torch.fx.GraphModule, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
     """Run the stem of ``gm`` on ``images`` (N, C, H, W; moved batch by batch to the model's device);
     returns the first block's (hidden, residual), each (N, L, D)."""
     _, first = blocks(gm)[0]
     device = next(gm.parameters()).device
-    chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def grab(module, args):
-        chunks.append((args[0].detach(), args[1].detach()))
-        raise _Captured
-
-    handle = first.register_forward_pre_hook(grab)
-    try:
-        for batch in images.split(batch_size):
-            try:
-                gm(batch.to(device))
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+    seen = _inputs_of(first, [lambda b=b: gm(b.to(device)) for b in images.split(batch_size)])
+    return torch.cat([args[0] for args in seen]), torch.cat([args[1] for args in seen])
 
 
 @torch.no_grad()
@@ -54,25 +61,10 @@ def _run_block(block, hidden, residual, batch_size):
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
-@torch.no_grad()
 def _linear_input(block, target: str, hidden, residual, batch_size: int) -> torch.Tensor:
     """The input (N, L, C) that the module ``target`` sees when ``block`` runs on (hidden, residual)."""
-    seen = []
-
-    def grab(module, args):
-        seen.append(args[0].detach())
-        raise _Captured
-
-    handle = block.get_submodule(target).register_forward_pre_hook(grab)
-    try:
-        for h, r in zip(hidden.split(batch_size), residual.split(batch_size)):
-            try:
-                block(h, r)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    return torch.cat(seen)
+    calls = [lambda h=h, r=r: block(h, r) for h, r in zip(hidden.split(batch_size), residual.split(batch_size))]
+    return torch.cat([args[0] for args in _inputs_of(block.get_submodule(target), calls)])
 
 
 def fake_quant_nodes(block: torch.fx.GraphModule) -> list[str]:
