@@ -64,11 +64,17 @@ def threshold(thresholds: dict, benchmark: str, baseline: str, case: str) -> flo
 
 
 def write_results(env: dict, records: list[dict]) -> Path:
-    """Write the run's JSON; returns its path."""
+    """Write the run's JSON; returns its path. Records of an earlier run on the same GPU and day
+    stay unless this run measured the same (benchmark, case) again, so the kernel and end-to-end
+    suites can run as separate sessions into one file."""
     gpu = re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
     path = RESULTS_DIR / f"{gpu}-{env['date'][:10]}.json"
     RESULTS_DIR.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"environment": env, "results": records}, indent=2) + "\n")
+    new = {(r["benchmark"], r["case"]) for r in records}
+    kept = []
+    if path.exists():
+        kept = [r for r in json.loads(path.read_text())["results"] if (r["benchmark"], r["case"]) not in new]
+    path.write_text(json.dumps({"environment": env, "results": kept + records}, indent=2) + "\n")
     out = os.environ.get("OUT")
     if out:
         shutil.copy(path, Path(out) / path.name)

@@ -45,7 +45,8 @@ def linear_problem(model: str, linear: str, batch: int, device="cuda") -> dict:
     shape = vim_shape(model)
     k, n = shape.linear(linear)
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(batch, shape.tokens, k, device=device, generator=g)
+    # fp16-representable values: both paths quantize the same numbers
+    x = torch.randn(batch, shape.tokens, k, device=device, generator=g).half().float()
     w = torch.randn(n, k, device=device, generator=g) / k**0.5
     w_scale = w.abs().amax(1) / 127
     wq = torch.round(w / w_scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -81,7 +82,12 @@ def int_mm_supported(p: dict) -> bool:
     return p["m"] > 16 and p["k"] % 8 == 0 and p["n"] % 8 == 0
 
 
-def time_int8_linear(p: dict, timer=median_ms) -> dict:
+def graphed_ms(fn) -> float:
+    """Device time of one call (CUDA-graph replay: no host launch overhead in the number)."""
+    return median_ms(fn, graph=True)
+
+
+def time_int8_linear(p: dict, timer=graphed_ms) -> dict:
     """{variant: ms}; the torch._int_mm baseline only where its shape rule allows it."""
     times = {"int8_linear": timer(lambda: int8_fused(p)), "fp16_matmul": timer(lambda: fp16_linear(p))}
     if int_mm_supported(p):
@@ -90,10 +96,10 @@ def time_int8_linear(p: dict, timer=median_ms) -> dict:
     return times
 
 
-@pytest.mark.parametrize("linear", ["in_proj", "x_proj", "out_proj"])
+@pytest.mark.parametrize("batch", [32, 128])
+@pytest.mark.parametrize("linear", ["in_proj", "x_proj", "dt_proj", "out_proj"])
 @pytest.mark.parametrize("model", MODELS)
-def test_int8_linear(model, linear, record, benchmark):
-    batch = 32
+def test_int8_linear(model, linear, batch, record, benchmark):
     p = linear_problem(model, linear, batch)
     times = time_int8_linear(p)
     tops = 2 * p["m"] * p["n"] * p["k"] / (times["int8_linear"] * 1e-3) / 1e12
@@ -118,9 +124,9 @@ def scan_problem(model: str, batch: int, dtype: torch.dtype, device="cuda"):
     d, n, length, r = shape.d_inner, shape.d_state, shape.tokens, shape.dt_rank
     g = torch.Generator(device=device).manual_seed(0)
 
-    def branch():
-        u = torch.randn(batch, d, length, device=device, generator=g).to(dtype)
-        delta = (torch.randn(batch, d, length, device=device, generator=g) * 0.5 - 2).to(dtype)
+    def branch():  # u and delta token-major (stride 1 along d), as the conv and dt_proj kernels store them
+        u = torch.randn(batch, length, d, device=device, generator=g).to(dtype).transpose(1, 2)
+        delta = (torch.randn(batch, length, d, device=device, generator=g) * 0.5 - 2).to(dtype).transpose(1, 2)
         A = -torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1)
         x_dbl = torch.randn(batch, length, r + 2 * n, device=device, generator=g).to(dtype)
         return (u, delta, A, x_dbl[..., r:r + n].transpose(1, 2), x_dbl[..., r + n:].transpose(1, 2),
@@ -140,7 +146,7 @@ def two_pass(scan, fwd, bwd, z):
     return (y_f + scan(u, dt, A, B, C, D, z, db, True, True)) / 2
 
 
-def time_bidirectional_scan(model: str, batch: int, device="cuda", timer=median_ms) -> dict:
+def time_bidirectional_scan(model: str, batch: int, device="cuda", timer=graphed_ms) -> dict:
     fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32, device)
     fwd16, bwd16, z16, _ = scan_problem(model, batch, torch.float16, device)
 
@@ -150,18 +156,37 @@ def time_bidirectional_scan(model: str, batch: int, device="cuda", timer=median_
     torch.testing.assert_close(fused()[0], two_pass(ops.selective_scan_ref, fwd, bwd, z), rtol=1e-3, atol=1e-4)
     return {
         "bidirectional_scan": timer(fused),
-        "reference": timer(lambda: two_pass(ops.selective_scan_ref, fwd, bwd, z), warmup=2, runs=50),
+        "reference": median_ms(lambda: two_pass(ops.selective_scan_ref, fwd, bwd, z), warmup=2, runs=50),
         "fp16_two_pass": timer(lambda: two_pass(triton_scan, fwd16, bwd16, z16)),
     }
 
 
-@pytest.mark.parametrize("batch", [1, 32])
+def scan_bytes(fwd, bwd, z, qparams) -> int:
+    """The fewest bytes the fused bidirectional scan must move: every input tensor read once
+    (x_proj's output counted once per branch for B and C), the fp32 output and its int8 codes
+    written once."""
+    (u, dt, A, B, C, D, db), (u2, dt2, A2, B2, C2, D2, db2) = fwd, bwd
+    reads = sum(t.numel() * t.element_size() for t in (u, dt, A, B, C, D, db, u2, dt2, A2, B2, C2, D2, db2, z))
+    return reads + u.numel() * (u.element_size() + 1)
+
+
+@pytest.fixture(scope="session")
+def copy_gbs() -> float:
+    """Measured device-to-device copy bandwidth (GB/s, bytes read + written) of a 1 GiB buffer."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), flush_l2=False)
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+@pytest.mark.parametrize("batch", [1, 32, 128])
 @pytest.mark.parametrize("model", MODELS)
-def test_bidirectional_scan(model, batch, record, benchmark):
+def test_bidirectional_scan(model, batch, record, benchmark, copy_gbs):
     times = time_bidirectional_scan(model, batch)
     fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32)
+    gbs = scan_bytes(fwd, bwd, z, qparams) / (times["bidirectional_scan"] * 1e-3) / 1e9
     benchmark.extra_info.update(times_ms=times)
     benchmark.pedantic(synced(lambda: fused_ops.bidirectional_scan_quantize(*fwd, *bwd, z, True, *qparams)),
                        rounds=50, warmup_rounds=5)
     record("bidirectional_scan", f"{vim_shape(model).short}/b{batch}", times, "bidirectional_scan",
-           ("reference", "fp16_two_pass"))
+           ("reference", "fp16_two_pass"), achieved_gbs=gbs, copy_gbs=copy_gbs, copy_bandwidth_fraction=gbs / copy_gbs)

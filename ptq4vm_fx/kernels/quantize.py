@@ -31,6 +31,7 @@ from ._common import (
     check_tensor,
     interpret_mode,
     qrange,
+    token_major_empty,
     vec,
 )
 
@@ -345,12 +346,12 @@ def conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bit
         reverse: bool.
 
     Returns:
-        (u (B, D, L) fp32, xq (B, L, D) int8).
+        (u (B, D, L) fp32 stored token-major (stride 1 along D), xq (B, L, D) int8).
     """
     Bsz, D, L, weight = _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse)
     check_devices(x=x, weight=weight, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
                   zero_point=zero_point)
-    u = torch.empty((Bsz, D, L), dtype=torch.float32, device=x.device)
+    u = token_major_empty(Bsz, D, L, torch.float32, x.device)
     q = torch.empty((Bsz, L, D), dtype=torch.int8, device=x.device)
     if u.numel() == 0:
         return u, q

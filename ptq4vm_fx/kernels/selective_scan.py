@@ -28,6 +28,7 @@ from ._common import (
     check_tensor,
     interpret_mode,
     qrange,
+    token_major_empty,
     vec,
 )
 
@@ -286,13 +287,13 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Any strides are accepted for the 3-D tensors.
 
     Returns:
-        out: (Bsz, Dm, L), dtype of ``u``.
+        out: (Bsz, Dm, L), dtype of ``u``, stored token-major (stride 1 along Dm).
     """
     Bsz, Dm, L, N = _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
     _check_flag("delta_softplus", delta_softplus)
     _check_flag("reverse", reverse)
     check_devices(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    out = torch.empty((Bsz, Dm, L), dtype=u.dtype, device=u.device)
+    out = token_major_empty(Bsz, Dm, L, u.dtype, u.device)
     if out.numel() == 0:
         return out
     D, delta_bias = vec(D), vec(delta_bias)
@@ -332,7 +333,7 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
             inv_scale (L,) fp32, zero_point (L,) int32, bits in [2, 8]; token index = t.
 
     Returns:
-        out (Bsz, Dm, L) in ``u_f``'s dtype, or ``(out, xq)`` with xq (Bsz, L, Dm) int8 — the
+        out (Bsz, Dm, L) in ``u_f``'s dtype stored token-major, or ``(out, xq)`` with xq (Bsz, L, Dm) int8 — the
         token-major quantization of ``out`` as stored (after rounding to its dtype).
     """
     Bsz, Dm, L, N = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
@@ -352,8 +353,8 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                   z=z, inv_smooth=inv_smooth, inv_scale=inv_scale, zero_point=zero_point)
 
     dev = u_f.device
-    out = torch.empty((Bsz, Dm, L), dtype=u_f.dtype, device=dev)
-    acc = out if out.dtype == torch.float32 else torch.empty((Bsz, Dm, L), dtype=torch.float32, device=dev)
+    out = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)
+    acc = out if out.dtype == torch.float32 else token_major_empty(Bsz, Dm, L, torch.float32, dev)
     xq = torch.empty((Bsz, L, Dm), dtype=torch.int8, device=dev) if quant else None
     if out.numel() == 0:
         return (out, xq) if quant else out

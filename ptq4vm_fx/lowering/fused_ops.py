@@ -10,7 +10,9 @@ Shared conventions (DESIGN.md section 3): activations are token-major ``(..., L,
 (signed range) are the per-token static quantization parameters, cast here to the fp32 / int32 the
 kernels take; ``inv_smooth`` (C,) float. The kernels take ``inv_scale = 1 / scale``, computed here by
 ``torch.reciprocal`` exactly as ``ptq4vm::quantize_per_token`` does, so every path agrees on the codes.
-Every output is a new contiguous tensor (the layout the fake implementations promise to Inductor).
+Every output is a new tensor with the layout its fake implementation promises to Inductor: contiguous,
+except the float (batch, D, L) outputs of the conv and the scans, stored token-major (stride 1 along
+D, :func:`token_major`) so that the scan kernel reads and writes one coalesced row per token.
 """
 
 from __future__ import annotations
@@ -174,10 +176,22 @@ def _(x, residual, weight, eps, inv_smooth, scale, zero_point, bits):
 # --------------------------------------------------------------------------------------------
 
 
+def token_major(t: Tensor) -> Tensor:
+    """(batch, D, L) ``t`` stored as the transpose of a contiguous (batch, L, D) tensor (a copy only
+    if it is not stored so already)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _token_major_like(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Fake output: an empty (batch, D, L) tensor like ``x``, stored token-major."""
+    batch, d, length = x.shape
+    return x.new_empty((batch, length, d), dtype=dtype).transpose(1, 2)
+
+
 def _conv1d_silu_quantize(kernel, x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
     inv_scale, zp = _token_params(scale, zero_point, x.shape[-1], "conv1d_silu_quantize")
     u, xq = kernel(x, weight, bias, inv_smooth.float(), inv_scale, zp, bits, reverse)
-    return u.contiguous(), xq.contiguous()
+    return token_major(u), xq.contiguous()
 
 
 @torch.library.custom_op("ptq4vm_fused::conv1d_silu_quantize", mutates_args=())
@@ -191,7 +205,7 @@ def conv1d_silu_quantize(
     bits: int,
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
-    """x (batch, D, L) float; weight (D, 1, W); bias (D,) or None -> (u (batch, D, L) fp32,
+    """x (batch, D, L) float; weight (D, 1, W); bias (D,) or None -> (u (batch, D, L) fp32 token-major,
     xq (batch, L, D) int8): ``u = silu(conv)``, causal, or anticausal when ``reverse`` (the unflipped
     weight: equals ``conv1d(pad(x, (0, W-1)), weight.flip(-1))``), and ``xq = quantize(u^T)``."""
     return _conv1d_silu_quantize(_quant.conv1d_silu_quantize_ref, x, weight, bias, inv_smooth, scale,
@@ -207,7 +221,7 @@ def _conv1d_silu_quantize_cuda(x, weight, bias, inv_smooth, scale, zero_point, b
 @conv1d_silu_quantize.register_fake
 def _(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
     batch, d, length = x.shape
-    return x.new_empty((batch, d, length), dtype=torch.float32), x.new_empty((batch, length, d), dtype=torch.int8)
+    return _token_major_like(x, torch.float32), x.new_empty((batch, length, d), dtype=torch.int8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +239,7 @@ def _bidirectional(kernel, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, 
     out = kernel(u_f, delta_f, A_f.float(), B_f, C_f, _vec(D_f), _vec(delta_bias_f),
                  u_b, delta_b, A_b.float(), B_b, C_b, _vec(D_b), _vec(delta_bias_b),
                  z=z, delta_softplus=delta_softplus, **quant_args)
-    return tuple(t.contiguous() for t in out) if quant is not None else out.contiguous()
+    return (token_major(out[0]), out[1].contiguous()) if quant is not None else token_major(out)
 
 
 @torch.library.custom_op("ptq4vm_fused::bidirectional_scan", mutates_args=())
@@ -239,7 +253,7 @@ def bidirectional_scan(
     """``(selective_scan(*_f, z, reverse=False) + selective_scan(*_b, z, reverse=True)) / 2``.
 
     u, delta, z: (batch, D, L); A: (D, N) fp32; B, C: (batch, N, L); D, delta_bias: (D,) or None.
-    Returns (batch, D, L) in ``u_f``'s dtype."""
+    Returns (batch, D, L) in ``u_f``'s dtype, stored token-major."""
     return _bidirectional(_scan.bidirectional_scan_combine_ref, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                           u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus)
 
@@ -254,7 +268,7 @@ def _bidirectional_scan_cuda(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b
 @bidirectional_scan.register_fake
 def _(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
       delta_softplus):
-    return torch.empty_like(u_f, memory_format=torch.contiguous_format)
+    return _token_major_like(u_f, u_f.dtype)
 
 
 @torch.library.custom_op("ptq4vm_fused::bidirectional_scan_quantize", mutates_args=())
@@ -286,8 +300,7 @@ def _bidirectional_scan_quantize_cuda(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bi
 def _(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
       delta_softplus, inv_smooth, scale, zero_point, bits):
     batch, d, length = u_f.shape
-    return (torch.empty_like(u_f, memory_format=torch.contiguous_format),
-            u_f.new_empty((batch, length, d), dtype=torch.int8))
+    return _token_major_like(u_f, u_f.dtype), u_f.new_empty((batch, length, d), dtype=torch.int8)
 
 
 # The ops as the graph calls them (torch.ops.ptq4vm_fused.<name>.default), for the rewrites.

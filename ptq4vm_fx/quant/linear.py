@@ -31,6 +31,7 @@ class FakeQuantLinear(nn.Module):
         self.log_act_scale = nn.Parameter(torch.zeros(tokens))
         self.register_buffer("act_zero_point", torch.zeros(tokens))
         self.register_buffer("input_folded", torch.tensor(False))
+        self.to(weight.device)
         self.quant_enabled = True  # False: the exact float smoothing identity, for checks and reports
 
     @property
@@ -71,7 +72,7 @@ class FakeQuantLinear(nn.Module):
         w_scale = torch.exp(self.log_w_scale)
         wq = weight_codes(self.effective_weight(), w_scale, self.w_bits).to(torch.int8)
         q = QuantizedLinear(self.in_features, self.out_features, self.log_act_scale.shape[0],
-                            self.w_bits, self.a_bits, self.dynamic, self.bias is not None)
+                            self.w_bits, self.a_bits, self.dynamic, self.bias is not None).to(wq.device)
         q.wq.copy_(wq)
         q.w_scale.copy_(w_scale)
         q.w_colsum.copy_(wq.to(torch.int32).sum(1))
