@@ -2,7 +2,7 @@
 results). Without one every benchmark is collected and skipped, so `pytest benchmarks` exits 0.
 
 Each benchmark adds a record (timings and speedups) through the ``record`` fixture, which also
-asserts the speedups against benchmarks/thresholds.json; the session writes all records to
+asserts the speedups against benchmarks/thresholds.json; every record is written at once to
 benchmarks/results/<gpu-name>-<date>.json (and into $OUT when that is set)."""
 
 import pytest
@@ -22,12 +22,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    if _records:
-        path = write_results(environment(), _records)
-        print(f"\nbenchmark results written to {path}")
-
-
 @pytest.fixture(scope="session")
 def thresholds():
     return load_thresholds()
@@ -43,6 +37,7 @@ def record(thresholds):
         limits = {b: threshold(thresholds, benchmark, b, case) for b in baselines}
         _records.append({"benchmark": benchmark, "case": case, "times_ms": times_ms, "candidate": candidate,
                          "speedups": speedups, "thresholds": limits, **extra})
+        write_results(environment(), _records)  # after every record: a run cut short keeps what it measured
         slow = {b: f"{speedups[b]:.2f}x < {limits[b]}x" for b in baselines if speedups[b] < limits[b]}
         assert not slow, f"{benchmark} {case}: {candidate} regressed against {slow}; times (ms): {times_ms}"
 

@@ -61,7 +61,7 @@ def gemm_choices(batches) -> list[dict]:
         rows.append({"model": model, "linear": linear, "batch": batch, "mnk": (p["m"], p["n"], p["k"]), "ms": ms,
                      "int_mm_raw_ms": raw, "tops": tops, "config": str(cfg)})
         print(f"gemm {vim_shape(model).short}/{linear}/b{batch} mnk={rows[-1]['mnk']}: {ms * 1e3:.1f} us "
-              f"{tops:.0f} TOPS (raw _int_mm {raw and raw * 1e3:.1f} us) {cfg}", flush=True)
+              f"{tops:.0f} TOPS (raw _int_mm {'-' if raw is None else f'{raw * 1e3:.1f}'} us) {cfg}", flush=True)
     return rows
 
 

@@ -11,7 +11,9 @@ For one batch element, channel d and state index n (fp32 state, h_{-1} = 0):
 flip copies (the backward branch of Vim's bidirectional Mamba block).
 
 Each program owns one batch element and a block of channels, keeps the (BLOCK_D, N) state in
-registers and walks the sequence; the N state values of a channel are reduced in registers.
+registers and walks the sequence; the N state values of a channel are reduced in registers. The
+loads and stores of a token are rows of BLOCK_D channels: coalesced when the (batch, D, L) tensors
+are stored token-major (stride 1 along D), as the conv kernel and the scans write them.
 """
 
 from __future__ import annotations
@@ -44,83 +46,63 @@ def _softplus(x):
 
 
 @triton.jit
-def _scan_pass(
-    b, offs_d, mask_d, offs_n, mask_n, L,
-    u_ptr, s_ub, s_ud, s_ul,
-    dt_ptr, s_tb, s_td, s_tl,
-    A_ptr, s_ad, s_an,
-    B_ptr, s_bb, s_bn, s_bl,
-    C_ptr, s_cb, s_cn, s_cl,
-    D_ptr, dbias_ptr,
-    z_ptr, s_zb, s_zd, s_zl,
-    acc_ptr, s_ab, s_ad_, s_al,
-    out_ptr, s_ob, s_od, s_ol,
-    q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, MODE: tl.constexpr, QUANT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """One sequential pass over the L tokens for channels ``offs_d`` of batch ``b``.
-
-    MODE 0: out[t] = y_t; MODE 1: acc[t] = y_t (fp32 scratch, first pass of the bidirectional
-    kernel); MODE 2: out[t] = (acc[t] + y_t) / 2. QUANT (modes 0 / 2): also store the token-major
-    quantization of out[t] as stored.
-    """
+def _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_n, mask_n,
+                      HAS_D: tl.constexpr, HAS_DBIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A * log2(e) (BLOCK_D, BLOCK_N) fp32 (exp(dt * A) == exp2(dt * A2)), D and delta_bias (BLOCK_D,)
+    fp32 (zeros where absent)."""
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    # exp(dt * A) == exp2(dt * (A * log2(e)))
     A2 = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn, other=0.0)
     A2 = A2.to(tl.float32) * 1.4426950408889634
+    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    dbias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         dbias = tl.load(dbias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return A2, Dv, dbias
 
-    u_base = u_ptr + b * s_ub + offs_d * s_ud
-    dt_base = dt_ptr + b * s_tb + offs_d * s_td
-    B_base = B_ptr + b * s_bb + offs_n * s_bn
-    C_base = C_ptr + b * s_cb + offs_n * s_cn
-    z_base = z_ptr + b * s_zb + offs_d * s_zd
-    acc_base = acc_ptr + b * s_ab + offs_d * s_ad_
-    out_base = out_ptr + b * s_ob + offs_d * s_od
-    q_base = q_ptr + b * s_qb + offs_d * s_qd
 
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for i in range(L):
-        if REVERSE:
-            t = L - 1 - i
-        else:
-            t = i
-        u = tl.load(u_base + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(dt_base + t * s_tl, mask=mask_d, other=0.0).to(tl.float32)
-        Bt = tl.load(B_base + t * s_bl, mask=mask_n, other=0.0).to(tl.float32)
-        Ct = tl.load(C_base + t * s_cl, mask=mask_n, other=0.0).to(tl.float32)
-        if HAS_DBIAS:
-            dt = dt + dbias
-        if SOFTPLUS:
-            dt = _softplus(dt)
+@triton.jit
+def _scan_step(
+    h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias,
+    u_ptr, s_ub, s_ud, s_ul,
+    dt_ptr, s_tb, s_td, s_tl,
+    B_ptr, s_bb, s_bn, s_bl,
+    C_ptr, s_cb, s_cn, s_cl,
+    z_ptr, s_zb, s_zd, s_zl,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):
+    """One token ``t`` of the recurrence for channels ``offs_d`` of batch ``b``: returns the new state
+    h (BLOCK_D, BLOCK_N) fp32 and the gated output y_t (BLOCK_D,) fp32."""
+    u = tl.load(u_ptr + b * s_ub + offs_d * s_ud + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * s_tb + offs_d * s_td + t * s_tl, mask=mask_d, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + b * s_bb + offs_n * s_bn + t * s_bl, mask=mask_n, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + b * s_cb + offs_n * s_cn + t * s_cl, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_DBIAS:
+        dt = dt + dbias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dA = tl.exp2(dt[:, None] * A2)
+    h = dA * h + (dt * u)[:, None] * Bt[None, :]
+    y = tl.sum(h * Ct[None, :], axis=1)
+    if HAS_D:
+        y = y + Dv * u
+    if HAS_Z:
+        zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+        y = y * (zt / (1.0 + tl.exp(-zt)))
+    return h, y
 
-        dA = tl.exp2(dt[:, None] * A2)
-        h = dA * h + (dt * u)[:, None] * Bt[None, :]
-        y = tl.sum(h * Ct[None, :], axis=1)
-        if HAS_D:
-            y = y + Dv * u
-        if HAS_Z:
-            zt = tl.load(z_base + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
-            y = y * (zt / (1.0 + tl.exp(-zt)))
 
-        if MODE == 1:
-            tl.store(acc_base + t * s_al, y, mask=mask_d)
-        else:
-            if MODE == 2:
-                y = (tl.load(acc_base + t * s_al, mask=mask_d, other=0.0) + y) * 0.5
-            y_out = y.to(out_ptr.dtype.element_ty)
-            tl.store(out_base + t * s_ol, y_out, mask=mask_d)
-            if QUANT:
-                # quantize the value as stored (after rounding to the output dtype)
-                inv_scale = tl.load(inv_scale_ptr + t)
-                zp = tl.load(zp_ptr + t)
-                q = _quantize_values(y_out.to(tl.float32), inv_smooth, inv_scale, zp, qmin, qmax)
-                tl.store(q_base + t * s_ql, q, mask=mask_d)
+@triton.jit
+def _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+          q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT: tl.constexpr):
+    """Store y_t as out[b, :, t] (out's dtype) and, with QUANT, its token-major quantization as stored."""
+    y_out = y.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + b * s_ob + offs_d * s_od + t * s_ol, y_out, mask=mask_d)
+    if QUANT:
+        q = _quantize_values(y_out.to(tl.float32), inv_smooth, tl.load(inv_scale_ptr + t), tl.load(zp_ptr + t),
+                             qmin, qmax)
+        tl.store(q_ptr + b * s_qb + t * s_ql + offs_d * s_qd, q, mask=mask_d)
 
 
 @triton.jit
@@ -143,21 +125,20 @@ def _selective_scan_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < Dm
     mask_n = offs_n < N
-    _scan_pass(
-        b, offs_d, mask_d, offs_n, mask_n, L,
-        u_ptr, s_ub, s_ud, s_ul,
-        dt_ptr, s_tb, s_td, s_tl,
-        A_ptr, s_ad, s_an,
-        B_ptr, s_bb, s_bn, s_bl,
-        C_ptr, s_cb, s_cn, s_cl,
-        D_ptr, dbias_ptr,
-        z_ptr, s_zb, s_zd, s_zl,
-        out_ptr, 0, 0, 0,  # no scratch
-        out_ptr, s_ob, s_od, s_ol,
-        out_ptr, 0, 0, 0, 1.0, dbias_ptr, dbias_ptr, 0.0, 0.0,  # no quantization
-        HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, REVERSE, 0, False,
-        BLOCK_D, BLOCK_N,
-    )
+    A2, Dv, dbias = _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_n, mask_n,
+                                      HAS_D, HAS_DBIAS, BLOCK_D)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for i in range(L):
+        if REVERSE:
+            t = L - 1 - i
+        else:
+            t = i
+        h, y = _scan_step(h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias,
+                          u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl,
+                          B_ptr, s_bb, s_bn, s_bl, C_ptr, s_cb, s_cn, s_cl, z_ptr, s_zb, s_zd, s_zl,
+                          HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS)
+        _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+              out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False)  # no quantization
 
 
 @triton.jit
@@ -179,6 +160,11 @@ def _bidirectional_scan_kernel(
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """Both directions in one walk: step i advances the forward scan at token i and the backward
+    scan at token L-1-i (two independent recurrences per thread). In the first half each output
+    waits in the fp32 scratch ``acc`` for its partner; in the second half the partner is there and
+    (y_f + y_b) / 2 is stored (and quantized) for both tokens. ``acc`` must not alias ``out``: a
+    token's output is stored while other threads may still read its parked partner."""
     b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
@@ -188,40 +174,36 @@ def _bidirectional_scan_kernel(
         inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
     else:
         inv_smooth = tl.full((BLOCK_D,), 1.0, tl.float32)
-
-    # pass 1: forward branch, gated output kept in fp32 in the scratch tile
-    _scan_pass(
-        b, offs_d, mask_d, offs_n, mask_n, L,
-        uf_ptr, s_ufb, s_ufd, s_ufl,
-        dtf_ptr, s_tfb, s_tfd, s_tfl,
-        Af_ptr, s_afd, s_afn,
-        Bf_ptr, s_bfb, s_bfn, s_bfl,
-        Cf_ptr, s_cfb, s_cfn, s_cfl,
-        Df_ptr, dbf_ptr,
-        z_ptr, s_zb, s_zd, s_zl,
-        acc_ptr, s_ab, s_ad, s_al,
-        out_ptr, s_ob, s_od, s_ol,
-        q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
-        HAS_DF, HAS_Z, HAS_DBF, SOFTPLUS, False, 1, False,
-        BLOCK_D, BLOCK_N,
-    )
-    tl.debug_barrier()
-    # pass 2: backward branch (anticausal), averaged with pass 1, optionally quantized
-    _scan_pass(
-        b, offs_d, mask_d, offs_n, mask_n, L,
-        ub_ptr, s_ubb, s_ubd, s_ubl,
-        dtb_ptr, s_tbb, s_tbd, s_tbl,
-        Ab_ptr, s_abd, s_abn,
-        Bb_ptr, s_bbb, s_bbn, s_bbl,
-        Cb_ptr, s_cbb, s_cbn, s_cbl,
-        Db_ptr, dbb_ptr,
-        z_ptr, s_zb, s_zd, s_zl,
-        acc_ptr, s_ab, s_ad, s_al,
-        out_ptr, s_ob, s_od, s_ol,
-        q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
-        HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS, True, 2, QUANT,
-        BLOCK_D, BLOCK_N,
-    )
+    A2f, Dvf, dbiasf = _branch_constants(Af_ptr, s_afd, s_afn, Df_ptr, dbf_ptr, offs_d, mask_d, offs_n, mask_n,
+                                         HAS_DF, HAS_DBF, BLOCK_D)
+    A2b, Dvb, dbiasb = _branch_constants(Ab_ptr, s_abd, s_abn, Db_ptr, dbb_ptr, offs_d, mask_d, offs_n, mask_n,
+                                         HAS_DB, HAS_DBB, BLOCK_D)
+    acc_base = acc_ptr + b * s_ab + offs_d * s_ad
+    hf = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    hb = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for i in range(L):
+        tb = L - 1 - i
+        hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf,
+                            uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl,
+                            Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl, z_ptr, s_zb, s_zd, s_zl,
+                            HAS_DF, HAS_Z, HAS_DBF, SOFTPLUS)
+        hb, yb = _scan_step(hb, tb, b, offs_d, mask_d, offs_n, mask_n, A2b, Dvb, dbiasb,
+                            ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl,
+                            Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl, z_ptr, s_zb, s_zd, s_zl,
+                            HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS)
+        if i < tb:  # first half: park both outputs until their partners exist
+            tl.store(acc_base + i * s_al, yf, mask=mask_d)
+            tl.store(acc_base + tb * s_al, yb, mask=mask_d)
+        else:
+            if i == L // 2:
+                tl.debug_barrier()  # the first step of the second half: every parked output is written
+            # token i's partner y_b[i] was parked at step L-1-i (the middle token, i == tb, has both here)
+            partner_f = tl.where(i == tb, yb, tl.load(acc_base + i * s_al, mask=mask_d, other=0.0))
+            partner_b = tl.where(i == tb, yf, tl.load(acc_base + tb * s_al, mask=mask_d, other=0.0))
+            _emit((partner_f + yf) * 0.5, i, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT)
+            _emit((partner_b + yb) * 0.5, tb, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,8 +301,9 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 
     ``scan_f = selective_scan(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)`` and
     ``scan_b = selective_scan(u_b, ..., z, delta_bias_b, delta_softplus, reverse=True)``; both
-    directions are gated by the same ``z``. Each program runs the forward pass (fp32 partial
-    results in a scratch buffer) and then the reverse pass that combines them.
+    directions are gated by the same ``z``. Each program walks both directions at once (forward at
+    token i, backward at token L-1-i), parking the first half's outputs in an fp32 scratch buffer
+    and combining them with their partners in the second half.
 
     Args:
         *_f / *_b: the forward / backward branch's tensors, shapes and dtypes as in
@@ -354,7 +337,7 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 
     dev = u_f.device
     out = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)
-    acc = out if out.dtype == torch.float32 else token_major_empty(Bsz, Dm, L, torch.float32, dev)
+    acc = token_major_empty(Bsz, Dm, L, torch.float32, dev)  # scratch for parked outputs
     xq = torch.empty((Bsz, L, Dm), dtype=torch.int8, device=dev) if quant else None
     if out.numel() == 0:
         return (out, xq) if quant else out
