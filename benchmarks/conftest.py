@@ -35,9 +35,10 @@ def record(thresholds):
     def _record(benchmark: str, case: str, times_ms: dict, candidate: str, baselines: tuple, **extra):
         speedups = {b: times_ms[b] / times_ms[candidate] for b in baselines}
         limits = {b: threshold(thresholds, benchmark, b, case) for b in baselines}
+        env = environment()
         _records.append({"benchmark": benchmark, "case": case, "times_ms": times_ms, "candidate": candidate,
-                         "speedups": speedups, "thresholds": limits, **extra})
-        write_results(environment(), _records)  # after every record: a run cut short keeps what it measured
+                         "speedups": speedups, "thresholds": limits, "git_commit": env["git_commit"], **extra})
+        write_results(env, _records)  # after every record: a run cut short keeps what it measured
         slow = {b: f"{speedups[b]:.2f}x < {limits[b]}x" for b in baselines if speedups[b] < limits[b]}
         assert not slow, f"{benchmark} {case}: {candidate} regressed against {slow}; times (ms): {times_ms}"
 
