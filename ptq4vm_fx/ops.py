@@ -106,7 +106,8 @@ def selective_scan_ref(
     """Mamba's selective scan in fp32, differentiable.
 
     u, delta, z: (batch, d, L); A: (d, n) fp32; B, C: (batch, n, L); D, delta_bias: (d,).
-    Returns (batch, d, L) in u's dtype. ``reverse`` scans from token L-1 down to 0.
+    Returns (batch, d, L) in u's dtype, stored token-major (stride 1 along d: the layout the
+    Triton kernels write, and the one out_proj reads). ``reverse`` scans from token L-1 down to 0.
     """
     dtype = u.dtype
     u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
@@ -119,7 +120,7 @@ def selective_scan_ref(
         y = y + D.float()[:, None] * u
     if z is not None:
         y = y * F.silu(z.float())
-    return y.to(dtype).contiguous()
+    return y.to(dtype).transpose(1, 2).contiguous().transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +168,8 @@ def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
 
 @selective_scan.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    return torch.empty_like(u)
+    batch, d, length = u.shape
+    return u.new_empty((batch, length, d)).transpose(1, 2)
 
 
 def _scan_setup_context(ctx, inputs, output):
