@@ -56,6 +56,7 @@ def build_models(name: str, device="cuda", calib_batches=2, calib_batch=8) -> di
 
 
 INT8 = ("int8_ptq4vm", "int8_ptq4vm_cudagraphs")
+MIN_SQNR_DB = 40.0
 FP16 = ("fp16_eager", "fp16_inductor", "fp16_inductor_cudagraphs")
 
 
@@ -101,3 +102,5 @@ def test_vim_end_to_end(models, batch, record, benchmark):
     benchmark.pedantic(run, rounds=50, warmup_rounds=2)
     record("end_to_end", f"{vim_shape(name).short}/b{batch}", times, "int8_best", ("fp16_best",) + FP16,
            images_per_s=batch / times["int8_best"] * 1e3, int8_float_parts="float32", **checks)
+    # faithfulness on the GPU (issue 3's bar): the compiled INT8 logits against the eager INT8 model
+    assert checks["sqnr_db_compiled_vs_eager_int8"] >= MIN_SQNR_DB, checks
