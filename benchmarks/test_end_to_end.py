@@ -69,13 +69,18 @@ def time_end_to_end(models: dict, batch: int, device="cuda", timer=median_ms) ->
     """({variant: ms} plus "int8_best" / "fp16_best", the faster of each side), and checks: top-1
     agreement INT8 vs FP16 and the SQNR of the compiled INT8 logits against the eager INT8 model."""
     x = torch.randn(batch, 3, *models["img_size"], device=device)
+    eager = models["int8_eager"]
     with torch.no_grad():
         times = {k: timer(lambda k=k: models[k](x if k in INT8 else x.half()), warmup=5, runs=50, flush_l2=False)
                  for k in INT8 + FP16}
         logits = models["int8_ptq4vm"](x).float()
         checks = {"top1_agreement_int8_vs_fp16": (logits.argmax(-1) == models["fp16_eager"](x.half()).argmax(-1))
                   .float().mean().item(),
-                  "sqnr_db_compiled_vs_eager_int8": sqnr_db(models["int8_eager"](x).float(), logits)}
+                  "sqnr_db_compiled_vs_eager_int8": sqnr_db(eager(x).float(), logits),
+                  # the eager INT8 model's own sensitivity: its logits when the input moves by 1e-6
+                  # (relative), a floor for any fp32 reordering that flips a code somewhere
+                  "sqnr_db_eager_int8_vs_input_perturbed_1e-6": sqnr_db(
+                      eager(x).float(), eager(x * (1 + 1e-6 * torch.randn_like(x))).float())}
     times["int8_best"] = min(times[k] for k in INT8)
     times["fp16_best"] = min(times[k] for k in FP16)
     return times, checks
