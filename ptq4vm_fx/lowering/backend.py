@@ -10,19 +10,27 @@ reference. It then compiles the graph with Inductor, which calls the fused ops a
 A graph without ptq4vm quantization ops (a float model) is compiled by Inductor as is, and the
 backend says so once per process. The backend only lowers what ``ptq4vm_fx.convert`` produced:
 it never quantizes anything itself. Inference only (no_grad / inference_mode).
+
+Inductor's on-disk caches key a graph by its ops, not by the fake implementations that gave it
+its strides, so after an upgrade of this package they could hand back code compiled against old
+layouts. The backend therefore tags its compilations with a hash of the modules that define the
+ops (:func:`ops_fingerprint`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch._inductor.compile_fx import compile_fx
 from torch.fx import GraphModule
 
-from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
-from . import report
+from .. import ops  # registers torch.ops.ptq4vm
+from . import fused_ops, report
 from .fuse_add_rmsnorm_quantize import fuse_add_rmsnorm_quantize
 from .fuse_bidirectional_scan import fuse_bidirectional_scan
 from .fuse_conv1d_silu_quantize import fuse_conv1d_silu_quantize
@@ -48,6 +56,16 @@ def has_quantized_ops(gm: GraphModule) -> bool:
     """True when ``gm`` calls ``ptq4vm::quantize_per_token`` or ``ptq4vm::qlinear`` (a float Vim
     calls only ``ptq4vm::selective_scan``)."""
     return any(is_custom_op(n, op) for n in gm.graph.nodes for op in QUANTIZED_OPS)
+
+
+@functools.cache
+def ops_fingerprint() -> str:
+    """"ptq4vm-<16 hex digits>": a hash of the sources of the ptq4vm and ptq4vm_fused ops (their
+    implementations and fake implementations)."""
+    digest = hashlib.sha256()
+    for module in (ops, fused_ops):
+        digest.update(Path(module.__file__).read_bytes())
+    return "ptq4vm-" + digest.hexdigest()[:16]
 
 
 def lower_graph(gm: GraphModule, fusions: Iterable[str] = FUSIONS) -> dict[str, int]:
@@ -80,4 +98,6 @@ def ptq4vm_backend(
         lower_graph(gm, opts.fusions)
     else:
         report.graph_without_ptq4vm_ops()
-    return compile_fx(gm, example_inputs, config_patches=opts.inductor_patches(mode))
+    tag = "|".join(t for t in (torch.compiler.config.cache_key_tag, ops_fingerprint()) if t)
+    with torch.compiler.config.patch(cache_key_tag=tag):
+        return compile_fx(gm, example_inputs, config_patches=opts.inductor_patches(mode))

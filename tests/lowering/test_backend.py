@@ -101,6 +101,26 @@ def test_bad_option_through_torch_compile(qvim):
         compiled(images(2))
 
 
+def test_compilations_are_tagged_with_the_ops_fingerprint(qvim, monkeypatch):
+    """Inductor's caches see a hash of the op sources (stale code from an older fake implementation
+    is never reused), after any tag of the user's."""
+    from ptq4vm_fx.lowering import backend
+
+    tags = []
+
+    def fake_compile_fx(gm, example_inputs, config_patches):
+        tags.append(torch.compiler.config.cache_key_tag)
+        return gm.forward
+
+    monkeypatch.setattr(backend, "compile_fx", fake_compile_fx)
+    torch._dynamo.reset()
+    with torch.compiler.config.patch(cache_key_tag="mine"), torch.no_grad():
+        torch.compile(qvim, backend="ptq4vm")(images(2))
+    assert tags == [f"mine|{backend.ops_fingerprint()}"]
+    assert backend.ops_fingerprint().startswith("ptq4vm-") and len(backend.ops_fingerprint()) == 23
+    assert torch.compiler.config.cache_key_tag == ""
+
+
 def test_grad_mode_is_a_clear_error(qvim):
     torch._dynamo.reset()
     with pytest.raises(Exception, match="have no gradient; call the compiled model under torch.no_grad"):
