@@ -91,6 +91,18 @@ class _ScanCore(torch.autograd.Function):
         )
 
 
+def token_major_empty(batch: int, d: int, length: int, dtype: torch.dtype, device) -> Tensor:
+    """An uninitialised (batch, d, length) tensor stored token-major (stride 1 along d): the
+    transposed view of a contiguous (batch, length, d) one, so a kernel walking the tokens reads or
+    writes the channels of one token as one coalesced row. Works under fake tensors too."""
+    return torch.empty((batch, length, d), dtype=dtype, device=device).transpose(1, 2)
+
+
+def token_major(t: Tensor) -> Tensor:
+    """(batch, d, L) ``t`` stored token-major (a copy only if it is not stored so already)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
@@ -120,7 +132,7 @@ def selective_scan_ref(
         y = y + D.float()[:, None] * u
     if z is not None:
         y = y * F.silu(z.float())
-    return y.to(dtype).transpose(1, 2).contiguous().transpose(1, 2)
+    return token_major(y.to(dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,8 +180,7 @@ def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
 
 @selective_scan.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    batch, d, length = u.shape
-    return u.new_empty((batch, length, d)).transpose(1, 2)
+    return token_major_empty(*u.shape, u.dtype, u.device)
 
 
 def _scan_setup_context(ctx, inputs, output):

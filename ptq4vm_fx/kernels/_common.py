@@ -122,9 +122,3 @@ def vec(t):
     """A contiguous view of a small 1-D parameter (None passes through)."""
     return None if t is None else t.contiguous()
 
-
-def token_major_empty(batch: int, channels: int, length: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """An uninitialised (batch, channels, length) tensor stored token-major, i.e. the transposed view
-    of a contiguous (batch, length, channels) one: a kernel walking the tokens reads or writes the
-    channels of one token as one coalesced row."""
-    return torch.empty((batch, length, channels), dtype=dtype, device=device).transpose(1, 2)

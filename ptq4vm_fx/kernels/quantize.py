@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..ops import token_major_empty
 from ._common import (
     FLOAT_DTYPES,
     _quantize_values,
@@ -31,7 +32,6 @@ from ._common import (
     check_tensor,
     interpret_mode,
     qrange,
-    token_major_empty,
     vec,
 )
 

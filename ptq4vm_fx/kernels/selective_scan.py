@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..ops import token_major_empty
 from ._common import (
     FLOAT_DTYPES,
     _quantize_values,
@@ -30,7 +31,6 @@ from ._common import (
     check_tensor,
     interpret_mode,
     qrange,
-    token_major_empty,
     vec,
 )
 

@@ -12,7 +12,8 @@ kernels take; ``inv_smooth`` (C,) float. The kernels take ``inv_scale = 1 / scal
 ``torch.reciprocal`` exactly as ``ptq4vm::quantize_per_token`` does, so every path agrees on the codes.
 Every output is a new tensor with the layout its fake implementation promises to Inductor: contiguous,
 except the float (batch, D, L) outputs of the conv and the scans, stored token-major (stride 1 along
-D, :func:`token_major`) so that the scan kernel reads and writes one coalesced row per token.
+D, :func:`ptq4vm_fx.ops.token_major`) so that the scan kernel reads and writes one coalesced row per
+token.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor
 from ..kernels import int8_linear as _gemm
 from ..kernels import quantize as _quant
 from ..kernels import selective_scan as _scan
+from ..ops import token_major, token_major_empty
 
 __all__ = [
     "add_rmsnorm_quantize",
@@ -176,18 +178,6 @@ def _(x, residual, weight, eps, inv_smooth, scale, zero_point, bits):
 # --------------------------------------------------------------------------------------------
 
 
-def token_major(t: Tensor) -> Tensor:
-    """(batch, D, L) ``t`` stored as the transpose of a contiguous (batch, L, D) tensor (a copy only
-    if it is not stored so already)."""
-    return t.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-def _token_major_like(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Fake output: an empty (batch, D, L) tensor like ``x``, stored token-major."""
-    batch, d, length = x.shape
-    return x.new_empty((batch, length, d), dtype=dtype).transpose(1, 2)
-
-
 def _conv1d_silu_quantize(kernel, x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
     inv_scale, zp = _token_params(scale, zero_point, x.shape[-1], "conv1d_silu_quantize")
     u, xq = kernel(x, weight, bias, inv_smooth.float(), inv_scale, zp, bits, reverse)
@@ -221,7 +211,8 @@ def _conv1d_silu_quantize_cuda(x, weight, bias, inv_smooth, scale, zero_point, b
 @conv1d_silu_quantize.register_fake
 def _(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
     batch, d, length = x.shape
-    return _token_major_like(x, torch.float32), x.new_empty((batch, length, d), dtype=torch.int8)
+    u = token_major_empty(batch, d, length, torch.float32, x.device)
+    return u, x.new_empty((batch, length, d), dtype=torch.int8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +259,7 @@ def _bidirectional_scan_cuda(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b
 @bidirectional_scan.register_fake
 def _(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
       delta_softplus):
-    return _token_major_like(u_f, u_f.dtype)
+    return token_major_empty(*u_f.shape, u_f.dtype, u_f.device)
 
 
 @torch.library.custom_op("ptq4vm_fused::bidirectional_scan_quantize", mutates_args=())
@@ -300,7 +291,8 @@ def _bidirectional_scan_quantize_cuda(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bi
 def _(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
       delta_softplus, inv_smooth, scale, zero_point, bits):
     batch, d, length = u_f.shape
-    return _token_major_like(u_f, u_f.dtype), u_f.new_empty((batch, length, d), dtype=torch.int8)
+    out = token_major_empty(batch, d, length, u_f.dtype, u_f.device)
+    return out, u_f.new_empty((batch, length, d), dtype=torch.int8)
 
 
 # The ops as the graph calls them (torch.ops.ptq4vm_fused.<name>.default), for the rewrites.
