@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import ptq4vm_fx
+from ptq4vm_fx.evaluate import sqnr_db
 from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
 from ptq4vm_fx.models import create_vim
 
@@ -59,11 +60,6 @@ def build_models(name: str, device="cuda", calib_batches=2, calib_batch=8) -> di
 INT8 = ("int8_ptq4vm", "int8_ptq4vm_cudagraphs")
 FP16 = ("fp16_eager", "fp16_inductor", "fp16_inductor_cudagraphs")
 MIN_SQNR_DB = 40.0
-
-
-def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    ref, out = ref.double(), out.double()
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum().clamp(min=1e-300)))
 
 
 def time_end_to_end(models: dict, batch: int, device="cuda", timer=median_ms) -> tuple[dict, dict]:

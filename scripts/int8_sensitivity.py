@@ -14,12 +14,8 @@ import time
 import torch
 
 import ptq4vm_fx
+from ptq4vm_fx.evaluate import sqnr_db
 from ptq4vm_fx.models import create_vim
-
-
-def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    ref, out = ref.double(), out.double()
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum().clamp(min=1e-300)))
 
 
 def main():

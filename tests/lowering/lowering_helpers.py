@@ -1,8 +1,9 @@
-"""Helpers for the lowering tests: tiny quantized Vims, the Dynamo graph of a model, SQNR."""
+"""Helpers for the lowering tests: tiny quantized Vims, the Dynamo graph of a model, agreement of logits."""
 
 import torch
 
 import ptq4vm_fx
+from ptq4vm_fx.evaluate import sqnr_db
 from ptq4vm_fx.models import create_vim
 
 # depth 2, 32x32 images, patch 16: 5 tokens (4 patches + the class token), d_model 32, d_inner 64
@@ -52,12 +53,6 @@ def dynamo_graph(model, x: torch.Tensor, dynamic_batch: bool = False):
         torch.compile(model, backend=capture, fullgraph=True)(x)
     assert len(graphs) == 1
     return graphs[0]
-
-
-def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    ref, out = ref.double(), out.double()
-    noise = (ref - out).pow(2).sum()
-    return float("inf") if noise == 0 else float(10 * torch.log10(ref.pow(2).sum() / noise))
 
 
 def assert_agrees(out: torch.Tensor, ref: torch.Tensor, min_sqnr_db: float = 40.0) -> None:
