@@ -10,10 +10,18 @@ For one batch element, channel d and state index n (fp32 state, h_{-1} = 0):
 ``reverse=True`` runs t = L-1 .. 0 from h_L = 0, i.e. ``flip(scan(flip(inputs)))`` without the
 flip copies (the backward branch of Vim's bidirectional Mamba block).
 
-Each program owns one batch element and a block of channels, keeps the (BLOCK_D, N) state in
-registers and walks the sequence; the N state values of a channel are reduced in registers. The
-loads and stores of a token are rows of BLOCK_D channels: coalesced when the (batch, D, L) tensors
-are stored token-major (stride 1 along D), as the conv kernel and the scans write them.
+Each program owns one batch element and a block of channels, keeps the state in registers as an
+(N, BLOCK_D) tile and walks the sequence. The loads and stores of a token are rows of BLOCK_D
+channels: coalesced when the (batch, D, L) tensors are stored token-major (stride 1 along D), as
+the conv kernel and the scans write them.
+
+Register layout (checked on sm_90 code by tests/kernels/test_scan_codegen.py): the tile's channel
+axis is its fast axis, so with BLOCK_D >= 32 * num_warps each thread owns whole channels and the
+per-token sum over the N states is a register sum: no warp shuffles, no shared-memory layout
+conversions, no barriers inside the token loop. Two things keep it so: A's strides are not
+specialized (a known unit stride along N would make the compiler lay the tile out along N and
+reduce across threads every token), and masks are compile-time true when D and N fill their
+blocks (EVEN_D / EVEN_N), which removes the per-load predicates.
 """
 
 from __future__ import annotations
@@ -46,12 +54,23 @@ def _softplus(x):
 
 
 @triton.jit
+def _lanes(pid, BLOCK: tl.constexpr, size, EVEN: tl.constexpr):
+    """Offsets pid * BLOCK + [0, BLOCK) and their in-bounds mask (compile-time true when EVEN)."""
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    if EVEN:
+        mask = tl.full((BLOCK,), 1, tl.int1)
+    else:
+        mask = offs < size
+    return offs, mask
+
+
+@triton.jit
 def _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_n, mask_n,
                       HAS_D: tl.constexpr, HAS_DBIAS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A * log2(e) (BLOCK_D, BLOCK_N) fp32 (exp(dt * A) == exp2(dt * A2)), D and delta_bias (BLOCK_D,)
+    """A^T * log2(e) (BLOCK_N, BLOCK_D) fp32 (exp(dt * A) == exp2(dt * A2)), D and delta_bias (BLOCK_D,)
     fp32 (zeros where absent)."""
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * s_ad + offs_n[None, :] * s_an, mask=mask_dn, other=0.0)
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    A2 = tl.load(A_ptr + offs_n[:, None] * s_an + offs_d[None, :] * s_ad, mask=mask_nd, other=0.0)
     A2 = A2.to(tl.float32) * 1.4426950408889634
     Dv = tl.zeros((BLOCK_D,), tl.float32)
     dbias = tl.zeros((BLOCK_D,), tl.float32)
@@ -73,7 +92,7 @@ def _scan_step(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
     """One token ``t`` of the recurrence for channels ``offs_d`` of batch ``b``: returns the new state
-    h (BLOCK_D, BLOCK_N) fp32 and the gated output y_t (BLOCK_D,) fp32."""
+    h (BLOCK_N, BLOCK_D) fp32 and the gated output y_t (BLOCK_D,) fp32."""
     u = tl.load(u_ptr + b * s_ub + offs_d * s_ud + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + b * s_tb + offs_d * s_td + t * s_tl, mask=mask_d, other=0.0).to(tl.float32)
     Bt = tl.load(B_ptr + b * s_bb + offs_n * s_bn + t * s_bl, mask=mask_n, other=0.0).to(tl.float32)
@@ -82,9 +101,9 @@ def _scan_step(
         dt = dt + dbias
     if SOFTPLUS:
         dt = _softplus(dt)
-    dA = tl.exp2(dt[:, None] * A2)
-    h = dA * h + (dt * u)[:, None] * Bt[None, :]
-    y = tl.sum(h * Ct[None, :], axis=1)
+    dA = tl.exp2(dt[None, :] * A2)
+    h = dA * h + Bt[:, None] * (dt * u)[None, :]
+    y = tl.sum(h * Ct[:, None], axis=0)
     if HAS_D:
         y = y + Dv * u
     if HAS_Z:
@@ -105,7 +124,7 @@ def _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
         tl.store(q_ptr + b * s_qb + t * s_ql + offs_d * s_qd, q, mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s_ad", "s_an"])  # see the module docstring
 def _selective_scan_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, out_ptr,
     Dm, N, L,
@@ -118,16 +137,14 @@ def _selective_scan_kernel(
     s_ob, s_od, s_ol,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < Dm
-    mask_n = offs_n < N
+    offs_d, mask_d = _lanes(tl.program_id(1), BLOCK_D, Dm, EVEN_D)
+    offs_n, mask_n = _lanes(0, BLOCK_N, N, EVEN_N)
     A2, Dv, dbias = _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_n, mask_n,
                                       HAS_D, HAS_DBIAS, BLOCK_D)
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for i in range(L):
         if REVERSE:
             t = L - 1 - i
@@ -141,7 +158,7 @@ def _selective_scan_kernel(
               out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False)  # no quantization
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s_afd", "s_afn", "s_abd", "s_abn"])  # see the module docstring
 def _bidirectional_scan_kernel(
     uf_ptr, dtf_ptr, Af_ptr, Bf_ptr, Cf_ptr, Df_ptr, dbf_ptr,
     ub_ptr, dtb_ptr, Ab_ptr, Bb_ptr, Cb_ptr, Db_ptr, dbb_ptr,
@@ -158,7 +175,7 @@ def _bidirectional_scan_kernel(
     qmin, qmax,
     HAS_DF: tl.constexpr, HAS_DBF: tl.constexpr, HAS_DB: tl.constexpr, HAS_DBB: tl.constexpr,
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Both directions in one walk: step i advances the forward scan at token i and the backward
     scan at token L-1-i (two independent recurrences per thread). In the first half each output
@@ -166,10 +183,8 @@ def _bidirectional_scan_kernel(
     (y_f + y_b) / 2 is stored (and quantized) for both tokens. ``acc`` must not alias ``out``: a
     token's output is stored while other threads may still read its parked partner."""
     b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < Dm
-    mask_n = offs_n < N
+    offs_d, mask_d = _lanes(tl.program_id(1), BLOCK_D, Dm, EVEN_D)
+    offs_n, mask_n = _lanes(0, BLOCK_N, N, EVEN_N)
     if HAS_SMOOTH:
         inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
     else:
@@ -179,8 +194,8 @@ def _bidirectional_scan_kernel(
     A2b, Dvb, dbiasb = _branch_constants(Ab_ptr, s_abd, s_abn, Db_ptr, dbb_ptr, offs_d, mask_d, offs_n, mask_n,
                                          HAS_DB, HAS_DBB, BLOCK_D)
     acc_base = acc_ptr + b * s_ab + offs_d * s_ad
-    hf = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    hb = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    hf = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    hb = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for i in range(L):
         tb = L - 1 - i
         hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf,
@@ -213,16 +228,18 @@ def _bidirectional_scan_kernel(
 
 def _scan_config(batch, Dm, N):
     """(BLOCK_D, BLOCK_N, num_warps). The sequential loop is latency bound: many narrow programs
-    (>= 1536, about 12 per SM of an H100) with one or two warps each beat wide ones. Measured on an
-    H100 with scripts/tune_kernels.py (bidirectional kernel, Vim-S/B batch 128: 32 channels, 1 warp;
-    Vim-T batch 32: 8 channels)."""
+    (>= 1536, about 12 per SM of an H100) of one warp beat wide ones. One warp owns BLOCK_D
+    channels: 32 gives each thread one channel (register-only reduction over N, the module
+    docstring); 16 or 8 split a channel's N states over 2 or 4 threads (one or two shuffles per
+    token) for more programs at small batches. The program-count rule comes from an H100 sweep
+    (scripts/tune_kernels.py) of the previous, N-major register layout; re-sweep on a GPU."""
     block_n = triton.next_power_of_2(N)
     if interpret_mode():
         return 8, block_n, 1
     for block_d in (32, 16, 8):
         if batch * triton.cdiv(Dm, block_d) >= 1536:
             break
-    return block_d, block_n, 1 if block_d >= 32 else 2
+    return block_d, block_n, 1
 
 
 def _check_scan_args(prefix, u, delta, A, B, C, D, z, delta_bias):
@@ -289,7 +306,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Dm, N, L,
         *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z), *_s3(out),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps, num_stages=2,
+        REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+        num_warps=num_warps, num_stages=2,
     )
     return out
 
@@ -365,7 +383,8 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
         HAS_DF=D_f is not None, HAS_DBF=delta_bias_f is not None,
         HAS_DB=D_b is not None, HAS_DBB=delta_bias_b is not None,
         HAS_Z=z is not None, SOFTPLUS=delta_softplus, QUANT=quant, HAS_SMOOTH=inv_smooth is not None,
-        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps, num_stages=2,
+        BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+        num_warps=num_warps, num_stages=2,
     )
     return (out, xq) if quant else out
 

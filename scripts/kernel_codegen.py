@@ -1,0 +1,106 @@
+"""Compile the scan kernels for a CUDA architecture without a GPU and count what their code does
+per launch: warp shuffles, shared-memory traffic, barriers, exp2, global loads, registers.
+
+A CPU-only check of the register layout the module docstring of
+ptq4vm_fx/kernels/selective_scan.py promises (tests/kernels/test_scan_codegen.py runs it), and a
+quick way to compare kernel variants before a GPU is at hand:
+
+    python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90
+
+The launch is specialized as the lowered Vim model launches it: fp32 activations stored
+token-major (unit stride along channels), B and C with unit stride along the state axis, D and
+N that fill their blocks. Must run without TRITON_INTERPRET (the script clears it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: jit must compile, not interpret
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ptq4vm_fx.kernels import selective_scan as scan  # noqa: E402
+
+# strides the model's launch passes as 1: Triton specializes them to the constant 1 unless the
+# kernel lists them in do_not_specialize (A is (Dm, N) contiguous: its N stride is 1)
+UNIT_STRIDES = {
+    "_selective_scan_kernel": ("s_ud", "s_td", "s_zd", "s_od", "s_bn", "s_cn", "s_an"),
+    "_bidirectional_scan_kernel": ("s_ufd", "s_tfd", "s_ubd", "s_tbd", "s_zd", "s_ad", "s_od", "s_qd",
+                                   "s_bfn", "s_cfn", "s_bbn", "s_cbn", "s_afn", "s_abn"),
+}
+POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32"}  # every other pointer is fp32
+COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
+           "ex2": "ex2.approx", "ld_global": "ld.global", "st_global": "st.global"}
+
+
+def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int):
+    """Compile ``scan.<name>`` with every feature flag on, for sm_<arch>; returns Triton's compiled kernel."""
+    fn = getattr(scan, name)
+    signature, constants = {}, {}
+    for arg in fn.arg_names:
+        if arg.endswith("_ptr"):
+            signature[arg] = POINTER_TYPES.get(arg, "*fp32")
+        elif arg in ("Dm", "N", "L"):
+            signature[arg] = "i32"
+        elif arg.startswith("s_"):
+            signature[arg] = "i64"
+        elif arg in ("qmin", "qmax"):
+            signature[arg] = "fp32"
+        else:  # constexpr flags and block sizes
+            constants[arg] = {"BLOCK_D": block_d, "BLOCK_N": block_n}.get(arg, arg != "REVERSE")
+            signature[arg] = "constexpr"
+    unspecialized = {p.name for p in fn.params if p.do_not_specialize}
+    for arg in set(UNIT_STRIDES[name]) - unspecialized:
+        constants[arg], signature[arg] = 1, "constexpr"
+    return triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": 2})
+
+
+def registers(cubin: bytes) -> int | None:
+    """Registers per thread from the bundled cuobjdump, or None where it is missing."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return None
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ptq4vm-codegen-{os.getpid()}.cubin"
+    try:
+        path.write_bytes(cubin)
+        usage = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True).stdout
+    finally:
+        path.unlink(missing_ok=True)
+    match = re.search(r"REG:(\d+)", usage)
+    return int(match.group(1)) if match else None
+
+
+def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int) -> dict:
+    """{counted op: occurrences in the PTX} plus "registers" for one kernel and launch shape."""
+    compiled = compile_kernel(name, block_d, block_n, num_warps, arch)
+    ptx = compiled.asm["ptx"]
+    out = {key: ptx.count(op) for key, op in COUNTED.items()}
+    out["registers"] = registers(compiled.asm["cubin"])
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--block-d", type=int, default=32)
+    parser.add_argument("--block-n", type=int, default=16)
+    parser.add_argument("--warps", type=int, default=1)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100 / H200)")
+    args = parser.parse_args()
+    result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch) for name in UNIT_STRIDES}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
