@@ -120,7 +120,8 @@ def test_int8_linear(model, linear, batch, record, benchmark):
 
 def scan_problem(model: str, batch: int, dtype: torch.dtype, device="cuda"):
     """(forward branch, backward branch, z, out_proj qparams) in Vim's layouts: each branch is
-    (u, delta, A, B, C, D, delta_bias) with B and C transposed column slices of x_proj's output."""
+    (u, delta, A, B, C, D, delta_bias) with B and C transposed column slices of x_proj's output and A
+    channel-major (as the lowering passes it)."""
     shape = vim_shape(model)
     d, n, length, r = shape.d_inner, shape.d_state, shape.tokens, shape.dt_rank
     g = torch.Generator(device=device).manual_seed(0)
@@ -128,7 +129,7 @@ def scan_problem(model: str, batch: int, dtype: torch.dtype, device="cuda"):
     def branch():  # u and delta token-major (stride 1 along d), as the conv and dt_proj kernels store them
         u = torch.randn(batch, length, d, device=device, generator=g).to(dtype).transpose(1, 2)
         delta = (torch.randn(batch, length, d, device=device, generator=g) * 0.5 - 2).to(dtype).transpose(1, 2)
-        A = -torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1)
+        A = ops.channel_major(-torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1))
         x_dbl = torch.randn(batch, length, r + 2 * n, device=device, generator=g).to(dtype)
         return (u, delta, A, x_dbl[..., r:r + n].transpose(1, 2), x_dbl[..., r + n:].transpose(1, 2),
                 torch.ones(d, device=device), torch.rand(d, device=device, generator=g) * 0.1)

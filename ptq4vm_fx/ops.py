@@ -103,6 +103,12 @@ def token_major(t: Tensor) -> Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def channel_major(A: Tensor) -> Tensor:
+    """(d, n) state matrix ``A`` stored with stride 1 along d (a copy only if it is not stored so
+    already): the layout the scan kernels read it in (kernels/selective_scan.py explains why)."""
+    return A.t().contiguous().t()
+
+
 def selective_scan_ref(
     u: Tensor,
     delta: Tensor,

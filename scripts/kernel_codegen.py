@@ -7,9 +7,9 @@ quick way to compare kernel variants before a GPU is at hand:
 
     python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90
 
-The launch is specialized as the lowered Vim model launches it: fp32 activations stored
-token-major (unit stride along channels), B and C with unit stride along the state axis, D and
-N that fill their blocks. Must run without TRITON_INTERPRET (the script clears it).
+The launch is specialized as the kernel wrappers launch it for Vim: fp32 activations stored
+token-major (unit stride along channels), B and C with unit stride along the state axis, A
+channel-major, D and N that fill their blocks. Must run without TRITON_INTERPRET (the script clears it).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptq4vm_fx.kernels import selective_scan as scan  # noqa: E402
 
-# strides the model's launch passes as 1: Triton specializes them to the constant 1 unless the
-# kernel lists them in do_not_specialize (A is (Dm, N) contiguous: its N stride is 1)
+# strides the wrappers pass as 1 (Triton specializes them to the constant 1): activations
+# token-major, B and C column slices of x_proj's output, A channel-major
 UNIT_STRIDES = {
-    "_selective_scan_kernel": ("s_ud", "s_td", "s_zd", "s_od", "s_bn", "s_cn", "s_an"),
+    "_selective_scan_kernel": ("s_ud", "s_td", "s_zd", "s_od", "s_bn", "s_cn", "s_ad"),
     "_bidirectional_scan_kernel": ("s_ufd", "s_tfd", "s_ubd", "s_tbd", "s_zd", "s_ad", "s_od", "s_qd",
-                                   "s_bfn", "s_cfn", "s_bbn", "s_cbn", "s_afn", "s_abn"),
+                                   "s_bfn", "s_cfn", "s_bbn", "s_cbn", "s_afd", "s_abd"),
 }
 POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32"}  # every other pointer is fp32
 COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
@@ -60,8 +60,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
         else:  # constexpr flags and block sizes
             constants[arg] = {"BLOCK_D": block_d, "BLOCK_N": block_n}.get(arg, arg != "REVERSE")
             signature[arg] = "constexpr"
-    unspecialized = {p.name for p in fn.params if p.do_not_specialize}
-    for arg in set(UNIT_STRIDES[name]) - unspecialized:
+    for arg in UNIT_STRIDES[name]:
         constants[arg], signature[arg] = 1, "constexpr"
     return triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": num_warps, "num_stages": 2})

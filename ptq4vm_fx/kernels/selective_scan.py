@@ -18,10 +18,12 @@ the conv kernel and the scans write them.
 Register layout (checked on sm_90 code by tests/kernels/test_scan_codegen.py): the tile's channel
 axis is its fast axis, so with BLOCK_D >= 32 * num_warps each thread owns whole channels and the
 per-token sum over the N states is a register sum: no warp shuffles, no shared-memory layout
-conversions, no barriers inside the token loop. Two things keep it so: A's strides are not
-specialized (a known unit stride along N would make the compiler lay the tile out along N and
-reduce across threads every token), and masks are compile-time true when D and N fill their
-blocks (EVEN_D / EVEN_N), which removes the per-load predicates.
+conversions, no barriers inside the token loop. Two things keep it so:
+  - A is read channel-major (stride 1 along D, :func:`ptq4vm_fx.ops.channel_major`: Vim computes
+    it so, and the wrappers copy it so when it is not). With A row-major, its unit stride along N
+    makes Triton (3.6 and 3.8) lay the tile out along N and reduce across threads.
+  - Masks are compile-time true when D and N fill their blocks (EVEN_D / EVEN_N), which removes
+    the per-load predicates.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops import token_major_empty
+from ..ops import channel_major, token_major_empty
 from ._common import (
     FLOAT_DTYPES,
     _quantize_values,
@@ -124,7 +126,7 @@ def _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
         tl.store(q_ptr + b * s_qb + t * s_ql + offs_d * s_qd, q, mask=mask_d)
 
 
-@triton.jit(do_not_specialize=["s_ad", "s_an"])  # see the module docstring
+@triton.jit
 def _selective_scan_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, out_ptr,
     Dm, N, L,
@@ -158,7 +160,7 @@ def _selective_scan_kernel(
               out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False)  # no quantization
 
 
-@triton.jit(do_not_specialize=["s_afd", "s_afn", "s_abd", "s_abn"])  # see the module docstring
+@triton.jit
 def _bidirectional_scan_kernel(
     uf_ptr, dtf_ptr, Af_ptr, Bf_ptr, Cf_ptr, Df_ptr, dbf_ptr,
     ub_ptr, dtb_ptr, Ab_ptr, Bb_ptr, Cb_ptr, Db_ptr, dbb_ptr,
@@ -278,7 +280,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Args:
         u: (Bsz, Dm, L) fp32 / fp16 / bf16 input.
         delta: (Bsz, Dm, L) fp32 / fp16 / bf16 time steps (before bias / softplus).
-        A: (Dm, N) fp32 state matrix (negative real).
+        A: (Dm, N) fp32 state matrix (negative real); copied channel-major unless it is.
         B, C: (Bsz, N, L) fp32 / fp16 / bf16 input-dependent projections.
         D: (Dm,) fp32 skip, or None.
         z: (Bsz, Dm, L) gate, or None.
@@ -296,7 +298,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     out = token_major_empty(Bsz, Dm, L, u.dtype, u.device)
     if out.numel() == 0:
         return out
-    D, delta_bias = vec(D), vec(delta_bias)
+    A, D, delta_bias = channel_major(A), vec(D), vec(delta_bias)
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
     grid = (Bsz, triton.cdiv(Dm, block_d))
     _selective_scan_kernel[grid](
@@ -361,6 +363,7 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     if out.numel() == 0:
         return (out, xq) if quant else out
 
+    A_f, A_b = channel_major(A_f), channel_major(A_b)
     D_f, delta_bias_f, D_b, delta_bias_b = vec(D_f), vec(delta_bias_f), vec(D_b), vec(delta_bias_b)
     inv_smooth, inv_scale, zero_point = vec(inv_smooth), vec(inv_scale), vec(zero_point)
     qmin, qmax = qrange(bits) if quant else (0.0, 0.0)

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 
-from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
+from .. import ops  # registers torch.ops.ptq4vm
 
 
 def check_image_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -119,7 +119,7 @@ class Mamba(nn.Module):
         delta = dt_proj(x_dbl[..., : self.dt_rank]).transpose(1, 2)
         B = x_dbl[..., self.dt_rank : self.dt_rank + self.d_state].transpose(1, 2)
         C = x_dbl[..., self.dt_rank + self.d_state :].transpose(1, 2)
-        A = -torch.exp(A_log.float())
+        A = ops.channel_major(-torch.exp(A_log.float()))  # the layout the scan kernels read
         return torch.ops.ptq4vm.selective_scan(u, delta, A, B, C, D.float(), z, None, True, reverse)
 
     def forward(self, hidden_states):

@@ -27,9 +27,22 @@ def _compile_and_run(model, device, size=32):
             x = images(batch, seed=batch, size=size).to(device)
             outputs.append(compiled(x))
             expected.append(model(x))
+        scan_a = []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fused_ops, "_bidirectional", _recording_scan_A(fused_ops._bidirectional, scan_a))
+            compiled(x)
     stats = {"unique_graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
-             "applied": report.lowering_counters(), "skipped": report.skipped_counters()}
+             "applied": report.lowering_counters(), "skipped": report.skipped_counters(), "scan_A": scan_a}
     return outputs, expected, stats
+
+
+def _recording_scan_A(bidirectional, seen):
+    """``fused_ops._bidirectional`` (what both fused scans call at run time), appending (shape, stride)
+    of A_f and A_b to ``seen``."""
+    def record(kernel, u_f, delta_f, A_f, *args):
+        seen.extend((tuple(a.shape), a.stride()) for a in (A_f, args[6]))
+        return bidirectional(kernel, u_f, delta_f, A_f, *args)
+    return record
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +60,15 @@ def test_whole_model_in_one_graph_with_one_recompile_for_the_batch(compiled_cpu)
     _, _, stats = compiled_cpu
     assert stats["graph_breaks"] == 0
     assert stats["unique_graphs"] == 2  # batch 8 static, then one graph for any batch >= 2
+
+
+def test_scan_reads_A_channel_major_without_a_copy(compiled_cpu):
+    """The model computes A_f / A_b channel-major (the layout the scan kernel reads), and the
+    lowered, Inductor-compiled graph keeps that layout up to the call: the kernel wrapper copies nothing."""
+    _, _, stats = compiled_cpu
+    assert len(stats["scan_A"]) == 2 * EXPECTED["bidirectional_scan"]
+    for shape, stride in stats["scan_A"]:
+        assert stride == (1, shape[0])
 
 
 def test_every_rewrite_fires_in_each_compiled_graph(compiled_cpu):
