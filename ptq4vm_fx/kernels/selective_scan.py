@@ -236,8 +236,8 @@ def _scan_config(batch, Dm, N):
     token) for more programs at small batches. The program-count rule comes from an H100 sweep
     (scripts/tune_kernels.py) of the previous, N-major register layout; re-sweep on a GPU."""
     block_n = triton.next_power_of_2(N)
-    if interpret_mode():
-        return 8, block_n, 1
+    if interpret_mode():  # the interpreter's cost is per program: the GPU's widest block
+        return 32, block_n, 1
     for block_d in (32, 16, 8):
         if batch * triton.cdiv(Dm, block_d) >= 1536:
             break

@@ -72,7 +72,7 @@ def test_ref_reverse_is_flip_of_forward():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("Bsz,Dm,L", [(1, 5, 1), (2, 12, 7), (1, 16, 4)])  # Dm = 16: whole channel blocks
+@pytest.mark.parametrize("Bsz,Dm,L", [(1, 5, 1), (2, 12, 7), (1, 64, 4), (1, 40, 3)])  # 64, 40: 2 blocks of 32
 @pytest.mark.parametrize("N", [16, 5])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("full", [True, False])
@@ -152,7 +152,7 @@ def _out_qparams(Dm, L, seed, smooth=True):
     return inv_smooth, inv_scale, zp
 
 
-@pytest.mark.parametrize("Bsz,Dm,L,N", [(1, 5, 1, 16), (2, 12, 7, 16), (1, 9, 6, 5), (2, 16, 5, 16)])
+@pytest.mark.parametrize("Bsz,Dm,L,N", [(1, 5, 1, 16), (2, 12, 7, 16), (1, 9, 6, 5), (2, 64, 5, 16), (1, 40, 4, 16)])
 @pytest.mark.parametrize("with_z", [True, False])
 def test_bidirectional_fp32(device, Bsz, Dm, L, N, with_z):
     branches, z = _bidir_inputs(Bsz, Dm, L, N, seed=Dm * L + N)
