@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from . import report
 from .fused_ops import FUSED_OPS
 from .match import bind, norm_dim, strip_casts, tensor
 from .quantize_site import KERNEL_DTYPES, StaticQuantize, quantize_input, quantize_nodes, static_quantize
-from .rewrite import insert_call, placement_problem, unpack
+from .rewrite import Replacement, apply_rewrite
 
 NAME = "add_rmsnorm_quantize"
 FUSED = FUSED_OPS.add_rmsnorm_quantize
@@ -31,32 +30,22 @@ FUSED = FUSED_OPS.add_rmsnorm_quantize
 
 def fuse_add_rmsnorm_quantize(gm: GraphModule) -> int:
     """In place; returns the number of norm + quantize pairs fused."""
-    count = 0
-    for node in quantize_nodes(gm):
-        norm = _match_rmsnorm(strip_casts(quantize_input(node)))
-        if norm is None:
-            continue
-        site = static_quantize(node)
-        if isinstance(norm, str) or not isinstance(site, StaticQuantize):
-            report.skipped(NAME, norm if isinstance(norm, str) else site, node)
-            continue
-        source, weight, eps = norm
-        added = _fp32_add(source)
-        x, residual = (added["other"], added["input"]) if added else (source, None)
-        args = (x, residual, weight, eps, *site.qparams)
-        before = source.next if added else node
-        problem = placement_problem(args, before)
-        if problem is not None:
-            report.skipped(NAME, problem, node)
-            continue
-        xq, res_out = unpack(insert_call(before, FUSED.default, args), 2)
-        if added:
-            source.replace_all_uses_with(res_out)
-        node.replace_all_uses_with(xq)
-        report.applied(NAME)
-        count += 1
-    gm.graph.eliminate_dead_code()
-    return count
+    return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
+
+
+def _plan(node: Node) -> None | str | Replacement:
+    norm = _match_rmsnorm(strip_casts(quantize_input(node)))
+    if norm is None or isinstance(norm, str):
+        return norm
+    site = static_quantize(node)
+    if not isinstance(site, StaticQuantize):
+        return site
+    source, weight, eps = norm
+    added = _fp32_add(source)
+    if added is None:  # outputs (xq, residual_out): the residual output replaces nothing
+        return Replacement(node, FUSED.default, (source, None, weight, eps, *site.qparams), (node, None))
+    args = (added["other"], added["input"], weight, eps, *site.qparams)
+    return Replacement(source.next, FUSED.default, args, (node, source))
 
 
 def _match_rmsnorm(normed: Node) -> None | str | tuple[Node, Node, float]:

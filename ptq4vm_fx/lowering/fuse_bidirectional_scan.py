@@ -15,11 +15,10 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
-from . import report
 from .fused_ops import FUSED_OPS
 from .match import bind, bind_custom, is_custom_op, only_user, tensor
 from .quantize_site import KERNEL_DTYPES
-from .rewrite import insert_call, placement_problem
+from .rewrite import Replacement, apply_rewrite
 
 NAME = "bidirectional_scan"
 SCAN = torch.ops.ptq4vm.selective_scan
@@ -29,28 +28,11 @@ _BRANCH = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 def fuse_bidirectional_scan(gm: GraphModule) -> int:
     """In place; returns the number of scan pairs fused."""
-    count = 0
-    for node in list(gm.graph.nodes):
-        found = _match(node)
-        if found is None:
-            continue
-        if isinstance(found, str):
-            report.skipped(NAME, found, node)
-            continue
-        average, args = found
-        problem = placement_problem(args, average)
-        if problem is not None:
-            report.skipped(NAME, problem, node)
-            continue
-        average.replace_all_uses_with(insert_call(average, FUSED.default, args))
-        report.applied(NAME)
-        count += 1
-    gm.graph.eliminate_dead_code()
-    return count
+    return apply_rewrite(gm, NAME, gm.graph.nodes, _plan)
 
 
-def _match(node: Node) -> None | str | tuple[Node, tuple]:
-    """For ``node = y_f + y_b``: (the averaging node, the fused op's arguments), a reason, or None."""
+def _plan(node: Node) -> None | str | Replacement:
+    """For ``node = y_f + y_b``: the fused call replacing the average, a reason, or None."""
     added = bind(node, "add")
     if added is None or added["alpha"] != 1 or not all(is_custom_op(a, SCAN) for a in (added["input"],
                                                                                          added["other"])):
@@ -80,4 +62,4 @@ def _match(node: Node) -> None | str | tuple[Node, tuple]:
     if shapes[0] != shapes[1]:
         return "the two directions have different shapes"
     args = (*(fwd[k] for k in _BRANCH), *(bwd[k] for k in _BRANCH), fwd["z"], fwd["delta_softplus"])
-    return average, args
+    return Replacement(average, FUSED.default, args, (average,))

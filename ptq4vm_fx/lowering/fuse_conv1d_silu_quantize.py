@@ -20,11 +20,10 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from . import report
 from .fused_ops import FUSED_OPS
 from .match import bind, flip_dims, norm_dim, strip_casts, tensor
 from .quantize_site import KERNEL_DTYPES, StaticQuantize, quantize_input, quantize_nodes, static_quantize
-from .rewrite import insert_call, placement_problem, unpack
+from .rewrite import Replacement, apply_rewrite
 
 NAME = "conv1d_silu_quantize"
 FUSED = FUSED_OPS.conv1d_silu_quantize
@@ -32,33 +31,23 @@ FUSED = FUSED_OPS.conv1d_silu_quantize
 
 def fuse_conv1d_silu_quantize(gm: GraphModule) -> int:
     """In place; returns the number of conv1d + SiLU + quantize chains fused."""
-    count = 0
-    for node in quantize_nodes(gm):
-        transposed = bind(strip_casts(quantize_input(node)), "transpose")
-        silu = transposed and bind(transposed["input"], "silu")
-        if not silu or silu["inplace"] or {norm_dim(transposed[k], 3) for k in ("dim0", "dim1")} != {1, 2}:
-            continue
-        conv = _match_conv(silu["input"])
-        if conv is None:
-            continue
-        site = static_quantize(node)
-        if isinstance(conv, str) or not isinstance(site, StaticQuantize):
-            report.skipped(NAME, conv if isinstance(conv, str) else site, node)
-            continue
-        u_node = transposed["input"]
-        x, weight, bias, reverse = conv
-        args = (x, weight, bias, *site.qparams, reverse)
-        problem = placement_problem(args, u_node)
-        if problem is not None:
-            report.skipped(NAME, problem, node)
-            continue
-        u, xq = unpack(insert_call(u_node, FUSED.default, args), 2)
-        u_node.replace_all_uses_with(u)
-        node.replace_all_uses_with(xq)
-        report.applied(NAME)
-        count += 1
-    gm.graph.eliminate_dead_code()
-    return count
+    return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
+
+
+def _plan(node: Node) -> None | str | Replacement:
+    transposed = bind(strip_casts(quantize_input(node)), "transpose")
+    silu = transposed and bind(transposed["input"], "silu")
+    if not silu or silu["inplace"] or {norm_dim(transposed[k], 3) for k in ("dim0", "dim1")} != {1, 2}:
+        return None
+    conv = _match_conv(silu["input"])
+    if conv is None or isinstance(conv, str):
+        return conv
+    site = static_quantize(node)
+    if not isinstance(site, StaticQuantize):
+        return site
+    x, weight, bias, reverse = conv
+    u_node = transposed["input"]  # outputs (u, xq)
+    return Replacement(u_node, FUSED.default, (x, weight, bias, *site.qparams, reverse), (u_node, node))
 
 
 def _match_conv(v: Any) -> None | str | tuple[Node, Node, Any, bool]:

@@ -13,14 +13,13 @@ by token position.
 from __future__ import annotations
 
 import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
-from . import report
 from .fused_ops import FUSED_OPS
 from .match import bind_custom, is_custom_op, only_user, tensor
 from .quantize_site import KERNEL_DTYPES
-from .rewrite import insert_call, placement_problem
+from .rewrite import Replacement, apply_rewrite
 
 NAME = "int8_linear"
 QLINEAR = torch.ops.ptq4vm.qlinear
@@ -31,29 +30,20 @@ _CASTS = frozenset({"to", "float", "half", "bfloat16", "type"})
 
 def fuse_int8_linear(gm: GraphModule) -> int:
     """In place; returns the number of qlinear calls lowered."""
-    count = 0
-    for node in [n for n in gm.graph.nodes if is_custom_op(n, QLINEAR)]:
-        args = bind_custom(node, QLINEAR)
-        xq, x_scale, wq = (tensor(args[k]) for k in ("xq", "x_scale", "wq"))
-        if xq is None or x_scale is None or wq is None:
-            report.skipped(NAME, "operands without tensor metadata", node)
-            continue
-        if x_scale.dim() != 1 or xq.dim() < 2 or x_scale.shape[0] != xq.shape[-2]:
-            report.skipped(NAME, "dynamic (per-row) activation scales", node)
-            continue
-        cast = only_user(node)
-        out = tensor(cast)
-        if not (cast is not None and cast.op == "call_method" and cast.target in _CASTS
-                and out is not None and out.dtype in KERNEL_DTYPES
-                and out.shape == tensor(node).shape and out.device == tensor(node).device):
-            cast, out = node, tensor(node)
-        fused_args = (*(args[k] for k in _ARGS), out.dtype)
-        problem = placement_problem(fused_args, node)
-        if problem is not None:
-            report.skipped(NAME, problem, node)
-            continue
-        cast.replace_all_uses_with(insert_call(node, FUSED.default, fused_args))
-        report.applied(NAME)
-        count += 1
-    gm.graph.eliminate_dead_code()
-    return count
+    return apply_rewrite(gm, NAME, [n for n in gm.graph.nodes if is_custom_op(n, QLINEAR)], _plan)
+
+
+def _plan(node: Node) -> str | Replacement:
+    args = bind_custom(node, QLINEAR)
+    xq, x_scale, wq = (tensor(args[k]) for k in ("xq", "x_scale", "wq"))
+    if xq is None or x_scale is None or wq is None:
+        return "operands without tensor metadata"
+    if x_scale.dim() != 1 or xq.dim() < 2 or x_scale.shape[0] != xq.shape[-2]:
+        return "dynamic (per-row) activation scales"
+    cast = only_user(node)
+    out = tensor(cast)
+    if not (cast is not None and cast.op == "call_method" and cast.target in _CASTS
+            and out is not None and out.dtype in KERNEL_DTYPES
+            and out.shape == tensor(node).shape and out.device == tensor(node).device):
+        cast, out = node, tensor(node)
+    return Replacement(node, FUSED.default, (*(args[k] for k in _ARGS), out.dtype), (cast,))

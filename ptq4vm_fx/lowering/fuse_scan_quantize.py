@@ -11,13 +11,12 @@ so the transpose and the separate quantize pass over y disappear. Runs after
 
 from __future__ import annotations
 
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
-from . import report
 from .fused_ops import FUSED_OPS
 from .match import bind, is_custom_op, norm_dim, strip_casts
 from .quantize_site import StaticQuantize, quantize_input, quantize_nodes, static_quantize
-from .rewrite import insert_call, placement_problem, unpack
+from .rewrite import Replacement, apply_rewrite
 
 NAME = "scan_quantize"
 SCAN = FUSED_OPS.bidirectional_scan
@@ -26,25 +25,15 @@ FUSED = FUSED_OPS.bidirectional_scan_quantize
 
 def fuse_scan_quantize(gm: GraphModule) -> int:
     """In place; returns the number of quantize calls moved into a scan epilogue."""
-    count = 0
-    for node in quantize_nodes(gm):
-        transposed = bind(strip_casts(quantize_input(node)), "transpose")
-        scan = transposed and transposed["input"]
-        if not is_custom_op(scan, SCAN) or {norm_dim(transposed[k], 3) for k in ("dim0", "dim1")} != {1, 2}:
-            continue
-        site = static_quantize(node)
-        if not isinstance(site, StaticQuantize):
-            report.skipped(NAME, site, node)
-            continue
-        args = (*scan.args, *site.qparams)
-        problem = placement_problem(args, scan)
-        if problem is not None:
-            report.skipped(NAME, problem, node)
-            continue
-        out, xq = unpack(insert_call(scan, FUSED.default, args), 2)
-        scan.replace_all_uses_with(out)
-        node.replace_all_uses_with(xq)
-        report.applied(NAME)
-        count += 1
-    gm.graph.eliminate_dead_code()
-    return count
+    return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
+
+
+def _plan(node: Node) -> None | str | Replacement:
+    transposed = bind(strip_casts(quantize_input(node)), "transpose")
+    scan = transposed and transposed["input"]
+    if not is_custom_op(scan, SCAN) or {norm_dim(transposed[k], 3) for k in ("dim0", "dim1")} != {1, 2}:
+        return None
+    site = static_quantize(node)
+    if not isinstance(site, StaticQuantize):
+        return site
+    return Replacement(scan, FUSED.default, (*scan.args, *site.qparams), (scan, node))

@@ -9,12 +9,11 @@ through its strides). Runs last, after the producer fusions took theirs.
 
 from __future__ import annotations
 
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
-from . import report
 from .fused_ops import FUSED_OPS
 from .quantize_site import StaticQuantize, quantize_nodes, static_quantize
-from .rewrite import insert_call
+from .rewrite import Replacement, apply_rewrite
 
 NAME = "quantize_per_token"
 FUSED = FUSED_OPS.quantize_per_token
@@ -22,14 +21,11 @@ FUSED = FUSED_OPS.quantize_per_token
 
 def lower_quantize_per_token(gm: GraphModule) -> int:
     """In place; returns the number of quantize calls lowered."""
-    count = 0
-    for node in quantize_nodes(gm):
-        site = static_quantize(node)
-        if not isinstance(site, StaticQuantize):
-            report.skipped(NAME, site, node)
-            continue
-        node.replace_all_uses_with(insert_call(node, FUSED.default, (site.x, *site.qparams)))
-        report.applied(NAME)
-        count += 1
-    gm.graph.eliminate_dead_code()
-    return count
+    return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
+
+
+def _plan(node: Node) -> str | Replacement:
+    site = static_quantize(node)
+    if not isinstance(site, StaticQuantize):
+        return site
+    return Replacement(node, FUSED.default, (site.x, *site.qparams), (node,))

@@ -1,17 +1,58 @@
-"""Editing the graph: insert a fused-op call (with its fake-tensor metadata) where all of its inputs
-are available, and unpack a tuple-returning call."""
+"""Editing the graph: the loop every rewrite runs (:func:`apply_rewrite`), inserting a fused-op call
+(with its fake-tensor metadata) where all of its inputs are available, and unpacking a
+tuple-returning call."""
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
-from torch.fx import Node
+from torch.fx import GraphModule, Node
 
+from . import report
 from .match import value
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """Call ``op(*args)`` right before ``before``; its outputs (one, or each element of a returned
+    tuple) take the place of the nodes in ``replaces`` (None: that output replaces nothing)."""
+
+    before: Node
+    op: Any
+    args: tuple
+    replaces: tuple[Node | None, ...]
+
+
+def apply_rewrite(gm: GraphModule, name: str, candidates: Iterable[Node],
+                  plan: Callable[[Node], None | str | Replacement]) -> int:
+    """Rewrite ``gm`` in place; returns how many replacements were made.
+
+    ``plan(node)`` for each candidate gives None (not this pattern), a reason the pattern cannot
+    be fused (counted as skipped under ``name``), or the :class:`Replacement` to make (made unless
+    an input is computed after the insertion point, which is counted as skipped too)."""
+    count = 0
+    for node in list(candidates):
+        found = plan(node)
+        if found is None:
+            continue
+        problem = found if isinstance(found, str) else placement_problem(found.args, found.before)
+        if problem is not None:
+            report.skipped(name, problem, node)
+            continue
+        call = insert_call(found.before, found.op, found.args)
+        outputs = unpack(call, len(found.replaces)) if len(found.replaces) > 1 else [call]
+        for old, new in zip(found.replaces, outputs):
+            if old is not None:
+                old.replace_all_uses_with(new)
+        report.applied(name)
+        count += 1
+    gm.graph.eliminate_dead_code()
+    return count
 
 
 def placement_problem(args: Sequence[Any], before: Node) -> str | None:
