@@ -7,6 +7,11 @@ with t = m % tokens (rows of the activation matrix are (sample, token) pairs, to
 The zero-point correction is done in int32 before the conversion; the float part is evaluated
 in fp32 in the order written (the kernel is compiled without FMA contraction, so on a GPU the
 result is the same fp32 value as the reference's) and cast to ``out_dtype`` at the store.
+
+Optionally the epilogue also quantizes a range of output columns [q_start, q_start + q_cols) as
+stored (after the cast) with static per-token parameters (``_common``'s contract): the input of
+the next quantized linear when it reads a column slice of this output (Vim's dt_proj reads the
+first dt_rank columns of x_proj's), so no separate pass re-reads them.
 """
 
 from __future__ import annotations
@@ -15,17 +20,29 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_devices, check_int, check_tensor, interpret_mode
+from ._common import (
+    _quantize_values,
+    check_devices,
+    check_int,
+    check_quant_params,
+    check_tensor,
+    interpret_mode,
+    qrange,
+)
+from .quantize import quantize_per_token_ref
 
 
 @triton.jit
 def _int8_linear_kernel(
     xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
-    M, N, K, L,
+    q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr,
+    M, N, K, L, q_start, q_cols,
     stride_xm, stride_xk,
     stride_wn, stride_wk,
     stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr,
+    stride_qm,
+    qmin, qmax,
+    HAS_BIAS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped ("super-row") launch order so consecutive programs reuse the same W panels in L2.
@@ -73,8 +90,20 @@ def _int8_linear_kernel(
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0)
         y = y + bias[None, :]
 
-    y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    rows = offs_m.to(tl.int64)[:, None]
+    y_out = y.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + rows * stride_ym + offs_n[None, :] * stride_yn, y_out, mask=mask_m[:, None] & mask_n[None, :])
+    if QUANT:  # the columns [q_start, q_start + q_cols) of y as stored, quantized per token
+        q_col = offs_n - q_start
+        mask_q = (q_col >= 0) & (q_col < q_cols)
+        if HAS_SMOOTH:
+            inv_smooth = tl.load(inv_smooth_ptr + q_col, mask=mask_q, other=0.0)
+        else:
+            inv_smooth = tl.full((BLOCK_N,), 1.0, tl.float32)
+        inv_scale = tl.load(inv_scale_ptr + tok, mask=mask_m, other=0.0)
+        qzp = tl.load(qzp_ptr + tok, mask=mask_m, other=0)
+        q = _quantize_values(y_out.to(tl.float32), inv_smooth[None, :], inv_scale[:, None], qzp[:, None], qmin, qmax)
+        tl.store(q_ptr + rows * stride_qm + q_col[None, :], q, mask=mask_m[:, None] & mask_q[None, :])
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +155,17 @@ def _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
     return M, N, K
 
 
-def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32):
+def _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens):
+    """Validate the optional output quantization; returns q_cols (all columns from q_start when None)."""
+    check_int("q_start", q_start, 0, N)
+    q_cols = N - q_start if q_cols is None else q_cols
+    check_int("q_cols", q_cols, 1, N - q_start)
+    check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, q_cols)
+    return q_cols
+
+
+def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
+                inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None):
     """Quantized linear layer ``y = dequant(xq) @ dequant(wq).T + bias`` on integer tensor cores.
 
     Args:
@@ -139,36 +178,56 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
         bias: (N,) fp32 or None.
         tokens: int, number of tokens per sample (L).
         out_dtype: torch.float32 / float16 / bfloat16 (math is fp32, cast at the store).
+        inv_smooth, inv_scale, zero_point, bits, q_start, q_cols: optional fused static quantization
+            of the output columns [q_start, q_start + q_cols) (``inv_scale`` given turns it on;
+            q_cols None: up to N): inv_smooth (q_cols,) fp32 or None, inv_scale (tokens,) fp32,
+            zero_point (tokens,) int32, bits in [2, 8].
 
     Returns:
-        y: (M, N) tensor of ``out_dtype`` on the inputs' device.
+        y: (M, N) tensor of ``out_dtype`` on the inputs' device, or ``(y, yq)`` with yq (M, q_cols)
+        int8, the quantization of ``y[:, q_start:q_start + q_cols]`` as stored.
     """
     M, N, K = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    quant = inv_scale is not None
+    if quant:
+        q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
+    elif inv_smooth is not None or zero_point is not None:
+        raise ValueError("inv_smooth / zero_point given without inv_scale: pass inv_scale to quantize the output")
     check_devices(xq=xq, wq=wq, w_colsum=w_colsum, w_scale=w_scale, x_scale=x_scale,
-                  x_zero_point=x_zero_point, bias=bias)
+                  x_zero_point=x_zero_point, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
+                  zero_point=zero_point)
+    if K == 0:  # no tile to accumulate: y is the bias
+        return int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype,
+                               inv_smooth=inv_smooth, inv_scale=inv_scale, zero_point=zero_point, bits=bits,
+                               q_start=q_start, q_cols=q_cols)
     y = torch.empty((M, N), dtype=out_dtype, device=xq.device)
+    yq = torch.empty((M, q_cols), dtype=torch.int8, device=xq.device) if quant else None
     if M == 0 or N == 0:
-        return y
-    if K == 0:
-        return int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+        return (y, yq) if quant else y
 
     w_colsum, w_scale = w_colsum.contiguous(), w_scale.contiguous()
     x_scale, x_zero_point = x_scale.contiguous(), x_zero_point.contiguous()
-    bias_arg = bias.contiguous() if bias is not None else w_scale  # dummy pointer, never read
-    args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias_arg, y,
-            M, N, K, tokens,
-            xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1))
+    dummy = w_scale  # pointer for absent tensors, never read
+    inv_smooth = inv_smooth.contiguous() if inv_smooth is not None else None
+    qmin, qmax = qrange(bits) if quant else (0.0, 0.0)
+    args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias.contiguous() if bias is not None else dummy, y,
+            yq if quant else y, inv_smooth if inv_smooth is not None else dummy,
+            inv_scale.contiguous() if quant else dummy, zero_point.contiguous() if quant else dummy,
+            M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0,
+            xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1),
+            yq.stride(0) if quant else 0, qmin, qmax)
+    flags = {"HAS_BIAS": bias is not None, "QUANT": quant, "HAS_SMOOTH": inv_smooth is not None}
 
     if interpret_mode():
         cfg = _INTERPRET_CONFIG
         grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
-        _int8_linear_kernel[grid](*args, HAS_BIAS=bias is not None, **cfg, num_warps=4, num_stages=1)
+        _int8_linear_kernel[grid](*args, **flags, **cfg, num_warps=4, num_stages=1)
     else:
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-        _int8_linear_kernel_tuned[grid](*args, HAS_BIAS=bias is not None, enable_fp_fusion=False)
-    return y
+        _int8_linear_kernel_tuned[grid](*args, **flags, enable_fp_fusion=False)
+    return (y, yq) if quant else y
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,13 +235,19 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
 # --------------------------------------------------------------------------------------------
 
 
-def int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32):
+def int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
+                    inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None):
     """Pure-PyTorch specification of :func:`int8_linear` (same arguments, same result).
 
     The integer accumulator is computed exactly through a float64 matmul (|acc| <= 127*128*K is
     far below 2^53) and converted to int32.
     """
-    M, _, _ = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    M, N, _ = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    if inv_scale is not None:
+        q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
+        y = int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+        return y, quantize_per_token_ref(y[:, q_start:q_start + q_cols], inv_smooth, inv_scale, zero_point, bits,
+                                         tokens)
     acc = (xq.double() @ wq.double().t()).to(torch.int32)
     tok = torch.arange(M, device=xq.device) % tokens
     acc = acc - x_zero_point[tok][:, None] * w_colsum[None, :]

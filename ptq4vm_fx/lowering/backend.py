@@ -35,6 +35,7 @@ from .fuse_add_rmsnorm_quantize import fuse_add_rmsnorm_quantize
 from .fuse_bidirectional_scan import fuse_bidirectional_scan
 from .fuse_conv1d_silu_quantize import fuse_conv1d_silu_quantize
 from .fuse_int8_linear import fuse_int8_linear
+from .fuse_linear_quantize import fuse_linear_quantize
 from .fuse_scan_quantize import fuse_scan_quantize
 from .lower_quantize_per_token import lower_quantize_per_token
 from .match import is_custom_op
@@ -47,6 +48,7 @@ REWRITES: dict[str, Callable[[GraphModule], int]] = {
     "add_rmsnorm_quantize": fuse_add_rmsnorm_quantize,
     "conv1d_silu_quantize": fuse_conv1d_silu_quantize,
     "int8_linear": fuse_int8_linear,
+    "linear_quantize": fuse_linear_quantize,
     "quantize_per_token": lower_quantize_per_token,
 }
 QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.qlinear)

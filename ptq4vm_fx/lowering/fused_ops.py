@@ -34,6 +34,7 @@ __all__ = [
     "bidirectional_scan_quantize",
     "conv1d_silu_quantize",
     "int8_linear",
+    "int8_linear_quantize",
     "quantize_per_token",
 ]
 
@@ -59,16 +60,24 @@ def _vec(t: Optional[Tensor]) -> Optional[Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
-def _int8_linear(gemm, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype):
+def _int8_linear(gemm, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, quant=None):
+    """quant: None, or (q_start, q_cols, inv_smooth, scale, zero_point, bits) for the quantized columns."""
     tokens, k = xq.shape[-2], xq.shape[-1]
     if x_scale.dim() != 1 or x_scale.shape[0] != tokens or tuple(x_zero_point.shape) != (tokens,):
         raise ValueError(
             f"int8_linear: the input has {tokens} tokens but x_scale / x_zero_point have shapes "
             f"{tuple(x_scale.shape)} / {tuple(x_zero_point.shape)}"
         )
-    y = gemm(xq.reshape(-1, k), wq, w_colsum.to(torch.int32), w_scale.float(), x_scale.float(),
-             x_zero_point.to(torch.int32), _vec(bias), tokens, out_dtype)
-    return y.reshape(*xq.shape[:-1], wq.shape[0]).contiguous()
+    quant_args = {}
+    if quant is not None:
+        q_start, q_cols, inv_smooth, scale, zero_point, bits = quant
+        inv_scale, zp = _token_params(scale, zero_point, tokens, "int8_linear_quantize")
+        quant_args = {"inv_smooth": inv_smooth.float(), "inv_scale": inv_scale, "zero_point": zp, "bits": bits,
+                      "q_start": q_start, "q_cols": q_cols}
+    out = gemm(xq.reshape(-1, k), wq, w_colsum.to(torch.int32), w_scale.float(), x_scale.float(),
+               x_zero_point.to(torch.int32), _vec(bias), tokens, out_dtype, **quant_args)
+    y = (out[0] if quant else out).reshape(*xq.shape[:-1], wq.shape[0]).contiguous()
+    return (y, out[1].reshape(*xq.shape[:-1], out[1].shape[-1]).contiguous()) if quant else y
 
 
 @torch.library.custom_op("ptq4vm_fused::int8_linear", mutates_args=())
@@ -99,6 +108,44 @@ def _int8_linear_cuda(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, ou
 @int8_linear.register_fake
 def _(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype):
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("ptq4vm_fused::int8_linear_quantize", mutates_args=())
+def int8_linear_quantize(
+    xq: Tensor,
+    x_scale: Tensor,
+    x_zero_point: Tensor,
+    wq: Tensor,
+    w_scale: Tensor,
+    w_colsum: Tensor,
+    bias: Optional[Tensor],
+    out_dtype: torch.dtype,
+    q_start: int,
+    q_cols: int,
+    inv_smooth: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    bits: int,
+) -> tuple[Tensor, Tensor]:
+    """:func:`int8_linear` whose epilogue also quantizes the output columns [q_start, q_start + q_cols):
+    returns (y (..., L, N) ``out_dtype``, yq (..., L, q_cols) int8 = quantize(y[..., q_start:q_start + q_cols]));
+    inv_smooth (q_cols,), scale / zero_point (L,)."""
+    return _int8_linear(_gemm.int8_linear_ref, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        (q_start, q_cols, inv_smooth, scale, zero_point, bits))
+
+
+@int8_linear_quantize.register_kernel("cuda")
+def _int8_linear_quantize_cuda(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, q_start, q_cols,
+                               inv_smooth, scale, zero_point, bits):
+    return _int8_linear(_gemm.int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        (q_start, q_cols, inv_smooth, scale, zero_point, bits))
+
+
+@int8_linear_quantize.register_fake
+def _(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, q_start, q_cols, inv_smooth, scale,
+      zero_point, bits):
+    return (xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype),
+            xq.new_empty((*xq.shape[:-1], q_cols), dtype=torch.int8))
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,6 +348,7 @@ FUSED_OPS = torch.ops.ptq4vm_fused
 # The CUDA implementations by op: tests run them on the CPU through the Triton interpreter.
 CUDA_IMPLS = {
     int8_linear: _int8_linear_cuda,
+    int8_linear_quantize: _int8_linear_quantize_cuda,
     quantize_per_token: _quantize_per_token_cuda,
     add_rmsnorm_quantize: _add_rmsnorm_quantize_cuda,
     conv1d_silu_quantize: _conv1d_silu_quantize_cuda,

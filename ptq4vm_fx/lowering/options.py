@@ -16,14 +16,15 @@ from typing import Any
 
 import torch._inductor
 
-# in the order they run: the quantize fusions consume the scan fusion's output, and the
-# standalone quantizer takes whatever quantize calls no producer absorbed
+# in the order they run: the quantize fusions consume the scan and GEMM fusions' outputs, and
+# the standalone quantizer takes whatever quantize calls no producer absorbed
 FUSIONS = (
     "bidirectional_scan",
     "scan_quantize",
     "add_rmsnorm_quantize",
     "conv1d_silu_quantize",
     "int8_linear",
+    "linear_quantize",
     "quantize_per_token",
 )
 _KEYS = ("fusions", "autotune", "inductor")

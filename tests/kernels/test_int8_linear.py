@@ -127,3 +127,62 @@ def test_bad_inputs():
         int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b, 0)
     with pytest.raises(ValueError, match="xq"):
         int8_linear_ref(xq[0], wq, w_colsum, w_scale, x_scale, zp, b, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# fused output quantization of a column range
+# --------------------------------------------------------------------------------------------
+
+
+def _qparams(cols, tokens, seed, smooth=True):
+    """inv_smooth (cols,), inv_scale (tokens,), zero_point (tokens,) sized to hit the clamps sometimes."""
+    g = torch.Generator().manual_seed(seed)
+    inv_smooth = torch.rand(cols, generator=g) + 0.5 if smooth else None
+    inv_scale = torch.rand(tokens, generator=g) * 40 + 5
+    zp = torch.randint(-20, 21, (tokens,), dtype=torch.int32, generator=g)
+    return {"inv_smooth": inv_smooth, "inv_scale": inv_scale, "zero_point": zp}
+
+
+@pytest.mark.parametrize("q_start,q_cols", [(0, 12), (0, None), (30, 10), (43, 1)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("smooth", [True, False])
+def test_quantized_columns_match_ref(device, q_start, q_cols, out_dtype, smooth):
+    """Several M / N tiles, a column range that starts mid-tile and one that crosses tiles: y is
+    unchanged and the codes equal quantize(y[:, range] as stored) exactly."""
+    args = _make(50, 33, 44, 10, seed=17)
+    cols = (44 - q_start) if q_cols is None else q_cols
+    qp = _qparams(cols, 10, seed=cols, smooth=smooth)
+    y, yq = int8_linear(*_to(args, device), 10, out_dtype, **{k: _to([v], device)[0] for k, v in qp.items()},
+                        bits=8, q_start=q_start, q_cols=q_cols)
+    y_ref, yq_ref = int8_linear_ref(*args, 10, out_dtype, **qp, bits=8, q_start=q_start, q_cols=q_cols)
+    assert yq.shape == (50, cols) and yq.dtype == torch.int8 and yq.is_contiguous()
+    assert torch.equal(y.cpu(), y_ref)
+    assert torch.equal(y_ref, int8_linear_ref(*args, 10, out_dtype))
+    assert torch.equal(yq.cpu(), yq_ref)
+    clamped = (yq_ref == -128) | (yq_ref == 127)
+    assert 0 < clamped.sum() < yq_ref.numel()  # the range is exercised at both ends, not saturated
+
+
+def test_quantized_columns_low_bits(device):
+    args = _make(10, 12, 5, 5, seed=2)
+    qp = _qparams(5, 5, seed=4)
+    _, yq = int8_linear(*_to(args, device), 5, **{k: _to([v], device)[0] for k, v in qp.items()}, bits=4)
+    _, yq_ref = int8_linear_ref(*args, 5, **qp, bits=4)
+    assert torch.equal(yq.cpu(), yq_ref) and yq_ref.min() >= -8 and yq_ref.max() <= 7
+
+
+def test_quantized_columns_bad_inputs():
+    args = _make(10, 12, 5, 5)
+    qp = _qparams(3, 5, seed=0)
+    with pytest.raises(ValueError, match="q_cols"):
+        int8_linear(*args, 5, **qp, q_start=3, q_cols=3)  # columns 3..5 of 5
+    with pytest.raises(ValueError, match="q_start"):
+        int8_linear(*args, 5, **qp, q_start=6)
+    with pytest.raises(ValueError, match="inv_smooth"):
+        int8_linear(*args, 5, **qp, q_cols=4)
+    with pytest.raises(ValueError, match="inv_scale"):
+        int8_linear(*args, 5, **dict(qp, inv_scale=qp["inv_scale"][:4]), q_cols=3)
+    with pytest.raises(ValueError, match="bits"):
+        int8_linear(*args, 5, **qp, q_cols=3, bits=9)
+    with pytest.raises(ValueError, match="without inv_scale"):
+        int8_linear(*args, 5, inv_smooth=qp["inv_smooth"], zero_point=qp["zero_point"])

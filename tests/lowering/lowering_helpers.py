@@ -9,14 +9,16 @@ from ptq4vm_fx.models import create_vim
 # depth 2, 32x32 images, patch 16: 5 tokens (4 patches + the class token), d_model 32, d_inner 64
 TINY = {"depth": 2, "img_size": 32, "embed_dim": 32, "num_classes": 10}
 # the rewrites on a TINY model: per block 6 quantized linears, 1 norm, 2 convs, 1 scan pair,
-# 1 scan epilogue and the 2 dt_proj inputs left for the standalone quantizer
+# 1 scan epilogue and the 2 dt_proj inputs quantized by x_proj's epilogue; none is left for the
+# standalone quantizer
 EXPECTED = {
     "bidirectional_scan": 2,
     "scan_quantize": 2,
     "add_rmsnorm_quantize": 2,
     "conv1d_silu_quantize": 4,
     "int8_linear": 12,
-    "quantize_per_token": 4,
+    "linear_quantize": 4,
+    "quantize_per_token": 0,
 }
 
 

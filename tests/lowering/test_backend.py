@@ -74,7 +74,7 @@ def test_scan_reads_A_channel_major_without_a_copy(compiled_cpu):
 def test_every_rewrite_fires_in_each_compiled_graph(compiled_cpu):
     _, _, stats = compiled_cpu
     graphs = stats["unique_graphs"]
-    assert stats["applied"] == dict({k: v * graphs for k, v in EXPECTED.items()}, graphs_lowered=graphs)
+    assert stats["applied"] == dict({k: v * graphs for k, v in EXPECTED.items() if v}, graphs_lowered=graphs)
     assert stats["skipped"] == {}
 
 

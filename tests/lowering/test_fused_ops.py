@@ -51,6 +51,8 @@ def sample_args(op, batch, seed=0):
     g = _gen(seed + 100)
     if op is fused_ops.int8_linear:
         return (*_linear_args(batch, seed), torch.float32)
+    if op is fused_ops.int8_linear_quantize:  # dt_proj's input: the first columns of x_proj's output
+        return (*_linear_args(batch, seed), torch.float32, 0, C, *_qparams(C, seed, amax=0.5), 8)
     if op is fused_ops.quantize_per_token:
         x_dbl = torch.randn(batch, L, C + 8, generator=g)  # a column slice, as dt_proj's input
         return (x_dbl[..., :C], *_qparams(C, seed), 8)
@@ -91,6 +93,18 @@ def test_int8_linear_equals_qlinear(batch, out_dtype):
     expect = torch.ops.ptq4vm.qlinear(*args).to(out_dtype)
     got = fused_ops.int8_linear(*args, out_dtype)
     assert got.dtype == out_dtype and torch.equal(got, expect)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("q_start,q_cols", [(0, 12), (30, 10)])
+def test_int8_linear_quantize_equals_qlinear_then_quantize(out_dtype, q_start, q_cols):
+    args = _linear_args(3)
+    qparams = _qparams(q_cols, seed=1, amax=0.5)
+    y = torch.ops.ptq4vm.qlinear(*args).to(out_dtype)
+    expect = torch.ops.ptq4vm.quantize_per_token(y[..., q_start:q_start + q_cols].float(), *qparams, 8)
+    got_y, got_q = fused_ops.int8_linear_quantize(*args, out_dtype, q_start, q_cols, *qparams, 8)
+    assert torch.equal(got_y, y) and torch.equal(got_q, expect)
+    assert 0 < (expect.abs() == 127).sum() < expect.numel() / 2  # codes spread over the range, few clamped
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -8,12 +8,15 @@ import pytest
 import torch
 
 from ptq4vm_fx.lowering.backend import has_quantized_ops, lower_graph
-from ptq4vm_fx.lowering.match import op_namespace
+from ptq4vm_fx.lowering.fuse_linear_quantize import LINEAR as INT8_LINEAR
+from ptq4vm_fx.lowering.fuse_linear_quantize import _column_range
+from ptq4vm_fx.lowering.match import is_custom_op, op_namespace
 from ptq4vm_fx.lowering.options import FUSIONS
 
 from .lowering_helpers import EXPECTED, assert_agrees, dynamo_graph, images, quantize, tiny_vim
 
 NONE = dict.fromkeys(FUSIONS, 0)
+DT_COLUMNS = 2 + 2 * 16  # x_proj's output in the TINY model: dt_rank + 2 * d_state
 
 
 def _lowered(model, x, fusions=FUSIONS):
@@ -35,7 +38,7 @@ def test_every_rewrite_fires_on_a_quantized_vim(qvim, fresh_counters):
     assert counts == EXPECTED
     assert _ops_left(gm, "ptq4vm") == []  # every ptq4vm op went into a fused op
     assert_agrees(got, expect)
-    assert fresh_counters.lowering_counters() == dict(EXPECTED, graphs_lowered=1)
+    assert fresh_counters.lowering_counters() == dict({k: v for k, v in EXPECTED.items() if v}, graphs_lowered=1)
     assert fresh_counters.skipped_counters() == {}
 
 
@@ -45,6 +48,7 @@ def test_every_rewrite_fires_on_a_quantized_vim(qvim, fresh_counters):
         (("out_proj",), "scan_quantize"),
         (("in_proj",), "add_rmsnorm_quantize"),
         (("x_proj", "x_proj_b"), "conv1d_silu_quantize"),
+        (("dt_proj", "dt_proj_b"), "linear_quantize"),
     ],
 )
 def test_a_float_linear_is_not_fused(dropped, rewrite, fresh_counters):
@@ -87,7 +91,8 @@ def test_dynamic_scales_are_left_to_the_reference_ops_with_a_reason(fresh_counte
 def test_summed_but_not_averaged_scans_are_not_fused(fresh_counters):
     counts, expect, got, _ = _lowered(quantize(tiny_vim(if_divide_out=False)), images(2))
     assert counts["bidirectional_scan"] == counts["scan_quantize"] == 0
-    assert counts["quantize_per_token"] == 6  # out_proj's input is quantized on its own
+    assert counts["quantize_per_token"] == 2  # out_proj's input is quantized on its own
+    assert counts["linear_quantize"] == 4
     assert fresh_counters.skipped_counters() == {
         "bidirectional_scan: the two directions are summed but not averaged": 2}
     assert_agrees(got, expect)
@@ -141,3 +146,22 @@ def test_batch_is_symbolic_and_tokens_static(qvim):
     args = [5 if isinstance(a, (int, torch.SymInt)) else x if a.shape == (3, 3, 32, 32) else a for a in example_inputs]
     with torch.no_grad():
         assert_agrees(gm(*args)[0], qvim(x))
+
+
+@pytest.mark.parametrize("index, columns", [
+    ((Ellipsis, slice(None, 2, None)), (0, 2)),
+    ((slice(None), slice(None), slice(2, 6, 1)), (2, 6)),
+    ((Ellipsis, slice(-4, None, None)), (DT_COLUMNS - 4, DT_COLUMNS)),
+    ((Ellipsis, slice(None, 100, None)), (0, DT_COLUMNS)),
+    ((Ellipsis, slice(0, 4, 2)), None),  # strided
+    ((Ellipsis, slice(3, 3, None)), None),  # empty
+    ((slice(None), slice(0, 2), slice(None)), None),  # a token range, not a column range
+    ((slice(None), slice(None, 2)), None),  # the second dim of three
+])
+def test_linear_quantize_reads_the_column_range(qvim, index, columns):
+    """The slices of an INT8 linear's output that its epilogue can quantize: step-1 column ranges."""
+    gm, _ = dynamo_graph(qvim, images(2))
+    lower_graph(gm, ["int8_linear"])
+    sliced = next(n for n in gm.graph.nodes if n.target is operator.getitem and is_custom_op(n.args[0], INT8_LINEAR))
+    sliced.args = (sliced.args[0], index)
+    assert _column_range(sliced) == columns

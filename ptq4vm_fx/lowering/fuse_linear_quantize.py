@@ -1,0 +1,65 @@
+"""Rewrite: a column slice of an INT8 linear's output quantized in that GEMM's epilogue.
+
+    y  = ptq4vm_fused::int8_linear(xq, ..., dtype)                              (..., L, N)
+    xq = ptq4vm::quantize_per_token(y[..., a:b], inv_smooth, scale, zero_point, bits)
+ -> y, xq = ptq4vm_fused::int8_linear_quantize(xq, ..., dtype, a, b - a, inv_smooth, scale, zero_point, bits)
+
+In Vim this is dt_proj's input, the first dt_rank columns of x_proj's output: the codes are
+written by the GEMM that computes the columns, and the separate quantize pass over them goes.
+Runs after :mod:`.fuse_int8_linear`; anchored on the quantize call.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from torch.fx import GraphModule, Node
+
+from .fused_ops import FUSED_OPS
+from .match import is_custom_op, strip_casts, tensor
+from .quantize_site import StaticQuantize, quantize_input, quantize_nodes, static_quantize
+from .rewrite import Replacement, apply_rewrite
+
+NAME = "linear_quantize"
+LINEAR = FUSED_OPS.int8_linear
+FUSED = FUSED_OPS.int8_linear_quantize
+
+
+def fuse_linear_quantize(gm: GraphModule) -> int:
+    """In place; returns the number of quantize calls moved into a GEMM epilogue."""
+    return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
+
+
+def _plan(node: Node) -> None | str | Replacement:
+    sliced = strip_casts(quantize_input(node))
+    columns = _column_range(sliced)
+    if columns is None:
+        return None
+    site = static_quantize(node)
+    if not isinstance(site, StaticQuantize):
+        return site
+    linear = sliced.args[0]
+    start, stop = columns
+    args = (*linear.args, start, stop - start, *site.qparams)
+    return Replacement(linear, FUSED.default, args, (linear, node))
+
+
+def _column_range(sliced: object) -> tuple[int, int] | None:
+    """(start, stop) when ``sliced`` is ``y[..., start:stop]`` (or ``y[:, :, start:stop]``), a
+    non-empty step-1 slice of the last dim of an ``int8_linear`` output ``y``; else None."""
+    if not (isinstance(sliced, Node) and sliced.op == "call_function" and sliced.target is operator.getitem
+            and is_custom_op(sliced.args[0], LINEAR)):
+        return None
+    index, y = sliced.args[1], tensor(sliced.args[0])
+    if not isinstance(index, tuple) or not index or y is None:
+        return None
+    *lead, last = index
+    full = slice(None, None, None)
+    if not isinstance(last, slice) or last.step not in (None, 1) or any(i is not Ellipsis and i != full for i in lead):
+        return None
+    if not (lead and lead[0] is Ellipsis and len(lead) == 1) and len(lead) != y.dim() - 1:
+        return None
+    if not all(isinstance(b, (int, type(None))) for b in (last.start, last.stop)):
+        return None
+    start, stop, _ = last.indices(y.shape[-1])
+    return (start, stop) if stop > start else None
