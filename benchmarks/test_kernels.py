@@ -3,6 +3,8 @@
 * INT8 linear: the lowered op (ptq4vm_fused::int8_linear: int8 activations from a fused producer,
   dequantization + zero-point correction + bias in the GEMM epilogue) against torch._int_mm with a
   separate quantize and dequantize in torch ops, and against an FP16 linear (cuBLAS).
+* x_proj with dt_proj's input quantized in its epilogue (ptq4vm_fused::int8_linear_quantize)
+  against the same GEMM followed by the standalone quantize kernel on the dt_rank column slice.
 * Bidirectional scan: the lowered op (both directions, the average and the int8 epilogue for
   out_proj in one kernel) against the reference scan (ptq4vm_fx.ops, twice, as the eager model runs
   it) and against an FP16 scan (the Triton single-direction kernel on fp16 inputs, twice, plus the
@@ -170,6 +172,45 @@ def scan_bytes(fwd, bwd, z, qparams) -> int:
     (u, dt, A, B, C, D, db), (u2, dt2, A2, B2, C2, D2, db2) = fwd, bwd
     reads = sum(t.numel() * t.element_size() for t in (u, dt, A, B, C, D, db, u2, dt2, A2, B2, C2, D2, db2, z))
     return reads + u.numel() * (u.element_size() + 1)
+
+
+def dt_quantize_args(p: dict, dt_rank: int) -> tuple:
+    """(inv_smooth (dt_rank,), scale (L,), zero_point (L,), bits) for dt_proj's input, sized to the data."""
+    tokens, device = p["x_scale"].shape[0], p["xq"].device
+    return torch.ones(dt_rank, device=device), torch.full((tokens,), 0.05, device=device), \
+        torch.zeros(tokens, dtype=torch.int32, device=device), 8
+
+
+def time_linear_quantize(p: dict, dt_rank: int, timer=graphed_ms) -> dict:
+    """{variant: ms}: the GEMM quantizing the first dt_rank columns in its epilogue, and the GEMM
+    followed by the standalone quantize kernel on that column slice (what runs without the fusion)."""
+    qparams = dt_quantize_args(p, dt_rank)
+    gemm_args = (p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"], torch.float16)
+
+    def fused():
+        return fused_ops.int8_linear_quantize(*gemm_args, 0, dt_rank, *qparams)
+
+    def separate():
+        y = fused_ops.int8_linear(*gemm_args)
+        return y, fused_ops.quantize_per_token(y[..., :dt_rank], *qparams)
+
+    (y, yq), (y_sep, yq_sep) = fused(), separate()
+    assert torch.equal(y, y_sep) and torch.equal(yq, yq_sep)
+    return {"linear_quantize": timer(fused), "int8_linear_then_quantize": timer(separate)}
+
+
+@pytest.mark.parametrize("batch", [32, 128])
+@pytest.mark.parametrize("model", MODELS)
+def test_x_proj_quantizes_dt_input(model, batch, record, benchmark):
+    p = linear_problem(model, "x_proj", batch)
+    dt_rank = vim_shape(model).dt_rank
+    times = time_linear_quantize(p, dt_rank)
+    benchmark.extra_info.update(times_ms=times)
+    benchmark.pedantic(synced(lambda: fused_ops.int8_linear_quantize(
+        p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"], torch.float16, 0, dt_rank,
+        *dt_quantize_args(p, dt_rank))), rounds=50, warmup_rounds=5)
+    record("linear_quantize", f"{vim_shape(model).short}/x_proj/b{batch}", times, "linear_quantize",
+           ("int8_linear_then_quantize",))
 
 
 @pytest.fixture(scope="session")
