@@ -211,7 +211,23 @@ def _eval_table(evals: dict[str, Evaluation]) -> str:
     return tabulate(rows, headers=["model", "top-1 %", "top-5 %", "images/s"], tablefmt="github")
 
 
+def _compiled(qmodel: torch.nn.Module, loader: DataLoader, device: torch.device) -> torch.nn.Module:
+    """``qmodel`` compiled with the ptq4vm backend (Triton INT8 kernels on CUDA), warmed up on a full and
+    a one-smaller batch so that the timed run pays for no compilation (the second size makes the batch
+    dimension dynamic)."""
+    from .lowering.backend import ptq4vm_backend
+
+    compiled = torch.compile(qmodel, backend=ptq4vm_backend)
+    images, _ = next(iter(loader))
+    with torch.no_grad():
+        for batch in (images, images[:-1]) if len(images) > 1 else (images,):
+            compiled(batch.to(device))
+    return compiled
+
+
 def cmd_eval(args) -> int:
+    if args.compile and not args.quantized:
+        raise ValueError("--compile runs the quantized model through the ptq4vm backend: give --quantized")
     device = distributed.start(args.device)
     try:
         models = {}
@@ -226,6 +242,8 @@ def cmd_eval(args) -> int:
             reference = models["float"] = _float_model(name, args.checkpoint, args.model_kwargs)
         dataset, source = _eval_dataset(args, reference)
         loader = _loader(distributed.shard(dataset), args)
+        if args.compile:
+            models["compiled"] = _compiled(models["quantized"].to(device), loader, device)
         evals = {
             label: evaluate(
                 model.to(device), loader, desc=f"{label} eval", device=device, total=len(loader.dataset)
@@ -238,9 +256,11 @@ def cmd_eval(args) -> int:
             "processes": distributed.world_size(),
             **{label: e.to_dict() for label, e in evals.items()},
         }
-        if len(evals) == 2:
+        if "float" in evals and "quantized" in evals:
             payload["sqnr_db"] = logits_sqnr_db(evals["float"], evals["quantized"])
             payload["top1_drop"] = evals["float"].top1 - evals["quantized"].top1
+        if "compiled" in evals:
+            payload["compiled_vs_eager_sqnr_db"] = logits_sqnr_db(evals["quantized"], evals["compiled"])
         if distributed.is_main():
             images = next(iter(evals.values())).images
             print(
@@ -249,6 +269,9 @@ def cmd_eval(args) -> int:
             print(_eval_table(evals))
             if "sqnr_db" in payload:
                 print(f"top-1 drop {payload['top1_drop']:+.2f}, logits SQNR {payload['sqnr_db']:.1f} dB")
+            if "compiled" in evals:
+                print(f"compiled (ptq4vm backend) vs eager quantized: logits SQNR "
+                      f"{payload['compiled_vs_eager_sqnr_db']:.1f} dB; images/s after two warm-up batches")
             if args.json:
                 _write_json(args.json, payload)
     finally:
@@ -377,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu, cuda or cuda:N (default: cuda when available; torchrun: one GPU per process)",
+    )
+    e.add_argument(
+        "--compile",
+        action="store_true",
+        help="also run the quantized model compiled by torch.compile(backend='ptq4vm') (Triton INT8 kernels "
+        "on CUDA) and compare its logits with the eager quantized model's",
     )
     e.add_argument("--json", help="write the metrics as JSON here")
     e.set_defaults(func=cmd_eval)

@@ -80,6 +80,13 @@ def test_a_saved_bundled_model_evaluates_with_no_other_argument(tmp_path, capsys
     assert main(["eval", "--json", str(evaluation), "--quiet"]) == 0  # the bundled float model
     assert json.loads(evaluation.read_text())["float"]["top1"] == m["float_top1"]
 
+    # the compiled model (the ptq4vm backend; on the CPU its fused ops run their references)
+    assert main(["eval", "--quantized", str(q), "--compile", "--json", str(evaluation), "--quiet"]) == 0
+    assert "compiled (ptq4vm backend) vs eager quantized: logits SQNR" in capsys.readouterr().out
+    e = json.loads(evaluation.read_text())
+    assert e["compiled"]["top1"] == e["quantized"]["top1"] == m["quant_top1"] and e["compiled"]["images"] == 360
+    assert e["compiled_vs_eager_sqnr_db"] >= 40
+
 
 # ---- an ImageNet-layout folder and a user's checkpoint ----------------------------------------------
 
@@ -190,6 +197,8 @@ def test_model_and_file_problems_exit_2(tiny_quantized, tiny_cli_model, tmp_path
         return capsys.readouterr().err
 
     assert "quantized model not found" in error("eval", "--quantized", str(tmp_path / "q.pt"))
+    assert "--compile runs the quantized model through the ptq4vm backend: give --quantized" in error(
+        "eval", "--compile")
     assert "holds a quantized vim_tiny_patch16_224, not vim_digits" in error(
         "eval", "--quantized", str(tiny_quantized), "--model", "vim_digits"
     )
