@@ -157,7 +157,7 @@ def _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
 
 def _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens):
     """Validate the optional output quantization; returns q_cols (all columns from q_start when None)."""
-    check_int("q_start", q_start, 0, N)
+    check_int("q_start", q_start, 0, N - 1)
     q_cols = N - q_start if q_cols is None else q_cols
     check_int("q_cols", q_cols, 1, N - q_start)
     check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, q_cols)

@@ -177,7 +177,7 @@ def test_quantized_columns_bad_inputs():
     with pytest.raises(ValueError, match="q_cols"):
         int8_linear(*args, 5, **qp, q_start=3, q_cols=3)  # columns 3..5 of 5
     with pytest.raises(ValueError, match="q_start"):
-        int8_linear(*args, 5, **qp, q_start=6)
+        int8_linear(*args, 5, **qp, q_start=5)
     with pytest.raises(ValueError, match="inv_smooth"):
         int8_linear(*args, 5, **qp, q_cols=4)
     with pytest.raises(ValueError, match="inv_scale"):
