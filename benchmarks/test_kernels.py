@@ -123,7 +123,7 @@ def test_int8_linear(model, linear, batch, record, benchmark):
 def scan_problem(model: str, batch: int, dtype: torch.dtype, device="cuda"):
     """(forward branch, backward branch, z, out_proj qparams) in Vim's layouts: each branch is
     (u, delta, A, B, C, D, delta_bias) with B and C transposed column slices of x_proj's output and A
-    channel-major (as the lowering passes it)."""
+    channel-major (as Vim computes it)."""
     shape = vim_shape(model)
     d, n, length, r = shape.d_inner, shape.d_state, shape.tokens, shape.dt_rank
     g = torch.Generator(device=device).manual_seed(0)
@@ -181,8 +181,8 @@ def dt_quantize_args(p: dict, dt_rank: int) -> tuple:
         torch.zeros(tokens, dtype=torch.int32, device=device), 8
 
 
-def time_linear_quantize(p: dict, dt_rank: int, timer=graphed_ms) -> dict:
-    """{variant: ms}: the GEMM quantizing the first dt_rank columns in its epilogue, and the GEMM
+def linear_quantize_calls(p: dict, dt_rank: int) -> tuple:
+    """(fused, separate): the GEMM quantizing the first dt_rank columns in its epilogue, and the GEMM
     followed by the standalone quantize kernel on that column slice (what runs without the fusion)."""
     qparams = dt_quantize_args(p, dt_rank)
     gemm_args = (p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"], torch.float16)
@@ -194,6 +194,12 @@ def time_linear_quantize(p: dict, dt_rank: int, timer=graphed_ms) -> dict:
         y = fused_ops.int8_linear(*gemm_args)
         return y, fused_ops.quantize_per_token(y[..., :dt_rank], *qparams)
 
+    return fused, separate
+
+
+def time_linear_quantize(p: dict, dt_rank: int, timer=graphed_ms) -> dict:
+    """{variant: ms} of :func:`linear_quantize_calls`, after checking both give the same y and codes."""
+    fused, separate = linear_quantize_calls(p, dt_rank)
     (y, yq), (y_sep, yq_sep) = fused(), separate()
     assert torch.equal(y, y_sep) and torch.equal(yq, yq_sep)
     return {"linear_quantize": timer(fused), "int8_linear_then_quantize": timer(separate)}
@@ -206,9 +212,7 @@ def test_x_proj_quantizes_dt_input(model, batch, record, benchmark):
     dt_rank = vim_shape(model).dt_rank
     times = time_linear_quantize(p, dt_rank)
     benchmark.extra_info.update(times_ms=times)
-    benchmark.pedantic(synced(lambda: fused_ops.int8_linear_quantize(
-        p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"], torch.float16, 0, dt_rank,
-        *dt_quantize_args(p, dt_rank))), rounds=50, warmup_rounds=5)
+    benchmark.pedantic(synced(linear_quantize_calls(p, dt_rank)[0]), rounds=50, warmup_rounds=5)
     record("linear_quantize", f"{vim_shape(model).short}/x_proj/b{batch}", times, "linear_quantize",
            ("int8_linear_then_quantize",))
 

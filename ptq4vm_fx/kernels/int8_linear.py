@@ -28,6 +28,7 @@ from ._common import (
     check_tensor,
     interpret_mode,
     qrange,
+    vec,
 )
 from .quantize import quantize_per_token_ref
 
@@ -208,11 +209,11 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
     w_colsum, w_scale = w_colsum.contiguous(), w_scale.contiguous()
     x_scale, x_zero_point = x_scale.contiguous(), x_zero_point.contiguous()
     dummy = w_scale  # pointer for absent tensors, never read
-    inv_smooth = inv_smooth.contiguous() if inv_smooth is not None else None
+    bias, inv_smooth, inv_scale, zero_point = vec(bias), vec(inv_smooth), vec(inv_scale), vec(zero_point)
     qmin, qmax = qrange(bits) if quant else (0.0, 0.0)
-    args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias.contiguous() if bias is not None else dummy, y,
+    args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias if bias is not None else dummy, y,
             yq if quant else y, inv_smooth if inv_smooth is not None else dummy,
-            inv_scale.contiguous() if quant else dummy, zero_point.contiguous() if quant else dummy,
+            inv_scale if quant else dummy, zero_point if quant else dummy,
             M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1),
             yq.stride(0) if quant else 0, qmin, qmax)

@@ -54,10 +54,9 @@ def _column_range(sliced: object) -> tuple[int, int] | None:
     if not isinstance(index, tuple) or not index or y is None:
         return None
     *lead, last = index
-    full = slice(None, None, None)
-    if not isinstance(last, slice) or last.step not in (None, 1) or any(i is not Ellipsis and i != full for i in lead):
+    if lead != [Ellipsis] and lead != [slice(None)] * (y.dim() - 1):
         return None
-    if not (lead and lead[0] is Ellipsis and len(lead) == 1) and len(lead) != y.dim() - 1:
+    if not isinstance(last, slice) or last.step not in (None, 1):
         return None
     if not all(isinstance(b, (int, type(None))) for b in (last.start, last.stop)):
         return None
