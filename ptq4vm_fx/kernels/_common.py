@@ -6,6 +6,9 @@ Numerics contract shared by every kernel that quantizes activations (see ``quant
     q = clamp(round((x[c] * inv_smooth[c]) * inv_scale[t]) + zp[t], -2^(b-1), 2^(b-1) - 1)
 
 evaluated in fp32 in exactly that order, with round = round half to even (``torch.round``).
+
+Float intermediates of a model run in fp16 / bf16 are rounded where PyTorch's ops round them
+(:func:`_round_to`): the kernels compute in fp32 and round to the model's dtype at the same points.
 """
 
 from __future__ import annotations
@@ -36,6 +39,24 @@ def _round_half_even(v):
 
 
 @triton.jit
+def _round_to(x, dtype: tl.constexpr):
+    """An fp32 tensor rounded to ``dtype`` (tl.float32 / float16 / bfloat16), to nearest even, and
+    returned as fp32 (exactly representable in ``dtype``, so a later cast to it is exact).
+
+    bf16 is rounded on the bits (add half an ulp minus one, plus the kept lsb, then truncate):
+    the Triton interpreter converts fp32 -> bf16 by truncation, a GPU to nearest even; this
+    gives the GPU's result on both (finite values and infinities; NaN is not preserved)."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    elif dtype == tl.float16:
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
 def _quantize_values(x, inv_smooth, inv_scale, zp, qmin, qmax):
     """Quantize an fp32 tile with the contract above; all operands broadcast against ``x``.
 
@@ -54,6 +75,8 @@ def _quantize_values(x, inv_smooth, inv_scale, zp, qmin, qmax):
 # --------------------------------------------------------------------------------------------
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# the Triton dtype of each float dtype (kernel constexprs naming a rounding dtype)
+TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
 def interpret_mode() -> bool:

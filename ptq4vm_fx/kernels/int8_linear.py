@@ -22,6 +22,7 @@ import triton.language as tl
 
 from ._common import (
     _quantize_values,
+    _round_to,
     check_devices,
     check_int,
     check_quant_params,
@@ -92,8 +93,9 @@ def _int8_linear_kernel(
         y = y + bias[None, :]
 
     rows = offs_m.to(tl.int64)[:, None]
-    y_out = y.to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + rows * stride_ym + offs_n[None, :] * stride_yn, y_out, mask=mask_m[:, None] & mask_n[None, :])
+    y_out = _round_to(y, y_ptr.dtype.element_ty)  # fp32 holding the stored value
+    tl.store(y_ptr + rows * stride_ym + offs_n[None, :] * stride_yn, y_out.to(y_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
     if QUANT:  # the columns [q_start, q_start + q_cols) of y as stored, quantized per token
         q_col = offs_n - q_start
         mask_q = (q_col >= 0) & (q_col < q_cols)
@@ -103,7 +105,7 @@ def _int8_linear_kernel(
             inv_smooth = tl.full((BLOCK_N,), 1.0, tl.float32)
         inv_scale = tl.load(inv_scale_ptr + tok, mask=mask_m, other=0.0)
         qzp = tl.load(qzp_ptr + tok, mask=mask_m, other=0)
-        q = _quantize_values(y_out.to(tl.float32), inv_smooth[None, :], inv_scale[:, None], qzp[:, None], qmin, qmax)
+        q = _quantize_values(y_out, inv_smooth[None, :], inv_scale[:, None], qzp[:, None], qmin, qmax)
         tl.store(q_ptr + rows * stride_qm + q_col[None, :], q, mask=mask_m[:, None] & mask_q[None, :])
 
 

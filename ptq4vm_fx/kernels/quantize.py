@@ -26,7 +26,9 @@ import triton.language as tl
 from ..ops import token_major_empty
 from ._common import (
     FLOAT_DTYPES,
+    TL_DTYPES,
     _quantize_values,
+    _round_to,
     check_devices,
     check_quant_params,
     check_tensor,
@@ -141,7 +143,7 @@ def _add_rmsnorm_quantize_kernel(
     M, K, L, eps,
     stride_xm, stride_rm, stride_om, stride_qm,
     qmin, qmax,
-    HAS_RESIDUAL: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, HAS_SMOOTH: tl.constexpr, NORM_DTYPE: tl.constexpr,
     BLOCK_K: tl.constexpr, ROWS: tl.constexpr,
 ):
     offs_k = tl.arange(0, BLOCK_K)
@@ -161,10 +163,11 @@ def _add_rmsnorm_quantize_kernel(
                 r = r + tl.load(res_ptr + row64 * stride_rm + offs_k, mask=mask_k, other=0.0).to(tl.float32)
             tl.store(res_out_ptr + row64 * stride_om + offs_k, r, mask=mask_k)
 
+            r = _round_to(r, NORM_DTYPE)
             mean_sq = tl.sum(r * r, axis=0) / K
             # IEEE sqrt and division: 1 / sqrt(.) rounded like torch.rsqrt on the CPU (no libdevice)
             rstd = tl.div_rn(1.0, tl.sqrt_rn(mean_sq + eps))
-            normed = (r * rstd) * w
+            normed = _round_to((r * rstd) * w, NORM_DTYPE)
 
             tok = row % L
             inv_scale = tl.load(inv_scale_ptr + tok)
@@ -183,23 +186,30 @@ def _add_rmsnorm_config(M, K):
     return block_k, rows, num_warps
 
 
-def _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens):
+def _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens, norm_dtype):
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     M, K = x.shape
     check_tensor("residual", residual, shape=(M, K), dtypes=FLOAT_DTYPES, allow_none=True)
     check_tensor("weight", weight, shape=(K,), dtypes=FLOAT_DTYPES)
     if not isinstance(eps, (float, int)) or isinstance(eps, bool) or eps < 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if norm_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"norm_dtype must be one of float32, float16, bfloat16, got {norm_dtype}")
     check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, K)
     return M, K
 
 
-def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens):
+def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens,
+                         norm_dtype=torch.float32):
     """Fused residual add + RMSNorm + static per-token quantization (one row per step).
 
         residual_out = float32(x) + float32(residual)            (= float32(x) if residual is None)
-        normed       = residual_out * rsqrt(mean(residual_out^2, over K) + eps) * weight
+        r            = round(residual_out)
+        normed       = round(r * rsqrt(mean(r^2, over K) + eps) * weight)
         xq           = quantize(normed)                           (contract in the module docstring)
+
+    computed in fp32, with round = rounding to ``norm_dtype`` (none for float32): a norm run in
+    fp16 / bf16 on the fp32 residual (``RMSNorm(residual.to(dtype))`` returning ``dtype``).
 
     Args:
         x: (M, K) fp32 / fp16 / bf16 block output; row m is token m % tokens.
@@ -208,11 +218,13 @@ def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_p
         eps: float.
         inv_smooth: (K,) fp32 or None; inv_scale: (tokens,) fp32; zero_point: (tokens,) int32.
         bits: int in [2, 8]; tokens: int.
+        norm_dtype: torch.float32 / float16 / bfloat16.
 
     Returns:
         (xq (M, K) int8, residual_out (M, K) fp32).
     """
-    M, K = _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens)
+    M, K = _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens,
+                               norm_dtype)
     check_devices(x=x, residual=residual, weight=weight, inv_smooth=inv_smooth, inv_scale=inv_scale,
                   zero_point=zero_point)
     q = torch.empty((M, K), dtype=torch.int8, device=x.device)
@@ -233,20 +245,22 @@ def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_p
         M, K, tokens, float(eps),
         x.stride(0), residual.stride(0) if residual is not None else 0, res_out.stride(0), q.stride(0),
         qmin, qmax,
-        HAS_RESIDUAL=residual is not None, HAS_SMOOTH=inv_smooth is not None,
+        HAS_RESIDUAL=residual is not None, HAS_SMOOTH=inv_smooth is not None, NORM_DTYPE=TL_DTYPES[norm_dtype],
         BLOCK_K=block_k, ROWS=rows, num_warps=num_warps, enable_fp_fusion=False,
     )
     return q, res_out
 
 
-def add_rmsnorm_quantize_ref(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens):
+def add_rmsnorm_quantize_ref(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens,
+                             norm_dtype=torch.float32):
     """Pure-PyTorch specification of :func:`add_rmsnorm_quantize`."""
-    _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens)
+    _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens, norm_dtype)
     res_out = x.float()
     if residual is not None:
         res_out = res_out + residual.float()
-    rstd = torch.rsqrt(res_out.pow(2).mean(-1, keepdim=True) + eps)
-    normed = (res_out * rstd) * weight.float()
+    r = res_out.to(norm_dtype).float()
+    rstd = torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps)
+    normed = ((r * rstd) * weight.float()).to(norm_dtype)
     return quantize_per_token_ref(normed, inv_smooth, inv_scale, zero_point, bits, tokens), res_out
 
 
@@ -293,9 +307,12 @@ def _conv1d_silu_quantize_kernel(
         wj = tl.load(w_ptr + offs_d * stride_wd + j * stride_ww, mask=mask_d, other=0.0).to(tl.float32)
         acc += wj[:, None] * xv
 
-    u = acc / (1.0 + tl.exp(-acc))
+    # the conv's and the SiLU's outputs rounded to u's dtype (x's), as the unfused ops round them
+    v = _round_to(acc, u_ptr.dtype.element_ty)
+    u = _round_to(v / (1.0 + tl.exp(-v)), u_ptr.dtype.element_ty)
     mask = mask_d[:, None] & mask_l[None, :]
-    tl.store(u_ptr + b * stride_ub + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul, u, mask=mask)
+    tl.store(u_ptr + b * stride_ub + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul,
+             u.to(u_ptr.dtype.element_ty), mask=mask)
 
     inv_scale = tl.load(inv_scale_ptr + offs_l, mask=mask_l, other=0.0)
     zp = tl.load(zp_ptr + offs_l, mask=mask_l, other=0)
@@ -335,6 +352,9 @@ def conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bit
         reverse=True, anticausal:          v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t+(W-1)-j]
         u = v / (1 + exp(-v));  xq[b,t,d] = quantize(u[b,d,t]) with channel d, token t.
 
+    Computed in fp32; for fp16 / bf16 ``x``, v and u are rounded to x's dtype (as ``F.conv1d`` and
+    ``F.silu`` in that dtype round their outputs), u is stored in it and xq quantizes it as stored.
+
     reverse=True equals ``flip(conv(flip(x)))``: the input path of Vim's backward branch,
     without the flip copies.
 
@@ -346,12 +366,12 @@ def conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bit
         reverse: bool.
 
     Returns:
-        (u (B, D, L) fp32 stored token-major (stride 1 along D), xq (B, L, D) int8).
+        (u (B, D, L) in x's dtype stored token-major (stride 1 along D), xq (B, L, D) int8).
     """
     Bsz, D, L, weight = _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse)
     check_devices(x=x, weight=weight, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
                   zero_point=zero_point)
-    u = token_major_empty(Bsz, D, L, torch.float32, x.device)
+    u = token_major_empty(Bsz, D, L, x.dtype, x.device)
     q = torch.empty((Bsz, L, D), dtype=torch.int8, device=x.device)
     if u.numel() == 0:
         return u, q
@@ -386,7 +406,8 @@ def conv1d_silu_quantize_ref(x, weight, bias, inv_smooth, inv_scale, zero_point,
         v = F.conv1d(F.pad(xf, (0, W - 1)), w.flip(-1), b, groups=D)
     else:
         v = F.conv1d(F.pad(xf, (W - 1, 0)), w, b, groups=D)
-    u = v / (1.0 + torch.exp(-v))
+    v = v.to(x.dtype).float()
+    u = (v / (1.0 + torch.exp(-v))).to(x.dtype)
     xq = quantize_per_token_ref(u.transpose(1, 2).reshape(Bsz * L, D), inv_smooth, inv_scale, zero_point,
                                 bits, L)
     return u, xq.reshape(Bsz, L, D)

@@ -36,6 +36,7 @@ from ..ops import channel_major, token_major_empty
 from ._common import (
     FLOAT_DTYPES,
     _quantize_values,
+    _round_to,
     check_devices,
     check_quant_params,
     check_tensor,
@@ -118,10 +119,10 @@ def _scan_step(
 def _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
           q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT: tl.constexpr):
     """Store y_t as out[b, :, t] (out's dtype) and, with QUANT, its token-major quantization as stored."""
-    y_out = y.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + b * s_ob + offs_d * s_od + t * s_ol, y_out, mask=mask_d)
+    y_out = _round_to(y, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + b * s_ob + offs_d * s_od + t * s_ol, y_out.to(out_ptr.dtype.element_ty), mask=mask_d)
     if QUANT:
-        q = _quantize_values(y_out.to(tl.float32), inv_smooth, tl.load(inv_scale_ptr + t), tl.load(zp_ptr + t),
+        q = _quantize_values(y_out, inv_smooth, tl.load(inv_scale_ptr + t), tl.load(zp_ptr + t),
                              qmin, qmax)
         tl.store(q_ptr + b * s_qb + t * s_ql + offs_d * s_qd, q, mask=mask_d)
 
@@ -181,9 +182,11 @@ def _bidirectional_scan_kernel(
 ):
     """Both directions in one walk: step i advances the forward scan at token i and the backward
     scan at token L-1-i (two independent recurrences per thread). In the first half each output
-    waits in the fp32 scratch ``acc`` for its partner; in the second half the partner is there and
-    (y_f + y_b) / 2 is stored (and quantized) for both tokens. ``acc`` must not alias ``out``: a
-    token's output is stored while other threads may still read its parked partner."""
+    waits in the scratch ``acc`` (out's dtype) for its partner; in the second half the partner is
+    there and (y_f + y_b) / 2 is stored (and quantized) for both tokens. Each direction's output, their
+    sum and the average are rounded to out's dtype, as the two scans, the add and the halving of the
+    unfused graph round them. ``acc`` must not alias ``out``: a token's output is stored while other
+    threads may still read its parked partner."""
     b = tl.program_id(0).to(tl.int64)
     offs_d, mask_d = _lanes(tl.program_id(1), BLOCK_D, Dm, EVEN_D)
     offs_n, mask_n = _lanes(0, BLOCK_N, N, EVEN_N)
@@ -196,6 +199,7 @@ def _bidirectional_scan_kernel(
     A2b, Dvb, dbiasb = _branch_constants(Ab_ptr, s_abd, s_abn, Db_ptr, dbb_ptr, offs_d, mask_d, offs_n, mask_n,
                                          HAS_DB, HAS_DBB, BLOCK_D)
     acc_base = acc_ptr + b * s_ab + offs_d * s_ad
+    dtype = out_ptr.dtype.element_ty
     hf = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     hb = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for i in range(L):
@@ -208,18 +212,20 @@ def _bidirectional_scan_kernel(
                             ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl,
                             Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl, z_ptr, s_zb, s_zd, s_zl,
                             HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS)
+        yf = _round_to(yf, dtype)
+        yb = _round_to(yb, dtype)
         if i < tb:  # first half: park both outputs until their partners exist
-            tl.store(acc_base + i * s_al, yf, mask=mask_d)
-            tl.store(acc_base + tb * s_al, yb, mask=mask_d)
+            tl.store(acc_base + i * s_al, yf.to(dtype), mask=mask_d)
+            tl.store(acc_base + tb * s_al, yb.to(dtype), mask=mask_d)
         else:
             if i == L // 2:
                 tl.debug_barrier()  # the first step of the second half: every parked output is written
             # token i's partner y_b[i] was parked at step L-1-i (the middle token, i == tb, has both here)
-            partner_f = tl.where(i == tb, yb, tl.load(acc_base + i * s_al, mask=mask_d, other=0.0))
-            partner_b = tl.where(i == tb, yf, tl.load(acc_base + tb * s_al, mask=mask_d, other=0.0))
-            _emit((partner_f + yf) * 0.5, i, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+            partner_f = tl.where(i == tb, yb, tl.load(acc_base + i * s_al, mask=mask_d, other=0.0).to(tl.float32))
+            partner_b = tl.where(i == tb, yf, tl.load(acc_base + tb * s_al, mask=mask_d, other=0.0).to(tl.float32))
+            _emit(_round_to(partner_f + yf, dtype) * 0.5, i, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
                   q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT)
-            _emit((partner_b + yb) * 0.5, tb, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+            _emit(_round_to(partner_b + yb, dtype) * 0.5, tb, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
                   q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT)
 
 
@@ -323,13 +329,14 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     ``scan_f = selective_scan(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)`` and
     ``scan_b = selective_scan(u_b, ..., z, delta_bias_b, delta_softplus, reverse=True)``; both
     directions are gated by the same ``z``. Each program walks both directions at once (forward at
-    token i, backward at token L-1-i), parking the first half's outputs in an fp32 scratch buffer
-    and combining them with their partners in the second half.
+    token i, backward at token L-1-i), parking the first half's outputs in a scratch buffer and
+    combining them with their partners in the second half. In fp16 / bf16 the result is rounded as
+    the unfused graph rounds it: each scan's output, their sum, and the half of the sum.
 
     Args:
         *_f / *_b: the forward / backward branch's tensors, shapes and dtypes as in
             :func:`selective_scan` (u: (Bsz, Dm, L), A: (Dm, N), B / C: (Bsz, N, L), D and
-            delta_bias: (Dm,) fp32 or None); both branches share Bsz, Dm, L and N.
+            delta_bias: (Dm,) fp32 or None); both branches share Bsz, Dm, L, N and u's dtype.
         z: (Bsz, Dm, L) or None.
         delta_softplus: bool, applied to both branches.
         inv_smooth, inv_scale, zero_point, bits: optional fused static quantization of the
@@ -345,6 +352,8 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     if (Bb, Dmb, Lb, Nb) != (Bsz, Dm, L, N):
         raise ValueError(f"backward branch has (Bsz, Dm, L, N)={(Bb, Dmb, Lb, Nb)}, "
                          f"forward branch has {(Bsz, Dm, L, N)}")
+    if u_b.dtype != u_f.dtype:
+        raise ValueError(f"u_b must have u_f's dtype (the output's), got {u_b.dtype} and {u_f.dtype}")
     _check_flag("delta_softplus", delta_softplus)
     quant = inv_scale is not None
     if quant:
@@ -358,7 +367,7 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 
     dev = u_f.device
     out = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)
-    acc = token_major_empty(Bsz, Dm, L, torch.float32, dev)  # scratch for parked outputs
+    acc = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)  # scratch for parked outputs
     xq = torch.empty((Bsz, L, Dm), dtype=torch.int8, device=dev) if quant else None
     if out.numel() == 0:
         return (out, xq) if quant else out
@@ -444,9 +453,10 @@ def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_
 
     Bsz, Dm, L, _ = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
     _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
+    dtype = u_f.dtype
     out_f = _selective_scan_ref_fp32(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
     out_b = _selective_scan_ref_fp32(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True)
-    out = ((out_f + out_b) * 0.5).to(u_f.dtype)
+    out = (out_f.to(dtype) + out_b.to(dtype)) / 2
     if inv_scale is None:
         return out
     xq = quantize_per_token_ref(out.transpose(1, 2).reshape(Bsz * L, Dm), inv_smooth, inv_scale, zero_point,

@@ -61,5 +61,7 @@ def _plan(node: Node) -> None | str | Replacement:
         shapes.append((tensor(branch["u"]).shape, tensor(branch["A"]).shape))
     if shapes[0] != shapes[1]:
         return "the two directions have different shapes"
+    if tensor(fwd["u"]).dtype != tensor(bwd["u"]).dtype:
+        return "the two directions' outputs have different dtypes"
     args = (*(fwd[k] for k in _BRANCH), *(bwd[k] for k in _BRANCH), fwd["z"], fwd["delta_softplus"])
     return Replacement(average, FUSED.default, args, (average,))

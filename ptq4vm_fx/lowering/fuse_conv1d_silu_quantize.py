@@ -5,12 +5,13 @@ Causal (forward branch), either spelling:
 Anticausal (backward branch, no flips of the activations):
     v = conv1d(pad(x, (0, W-1)), w.flip(-1), b, groups=D)
 then
-    u  = silu(v)                                                   (batch, D, L) fp32, also the scan's input
+    u  = silu(v)                                                   (batch, D, L), also the scan's input
     xq = ptq4vm::quantize_per_token(u.transpose(1, 2), inv_smooth, scale, zero_point, bits)
  -> u, xq = ptq4vm_fused::conv1d_silu_quantize(x, w, b, inv_smooth, scale, zero_point, bits, reverse)
 
-``inv_smooth`` (x_proj's 1/m, which no producer weight can absorb) is applied in the kernel.
-Anchored on the quantize call.
+``inv_smooth`` (x_proj's 1/m, which no producer weight can absorb) is applied in the kernel. The
+kernel computes in fp32; in a model run in fp16 / bf16 it rounds v and u to that dtype, as the
+conv and the SiLU do. Anchored on the quantize call.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def _match_conv(v: Any) -> None | str | tuple[Node, Node, Any, bool]:
         return "not a depthwise conv1d"
     if conv["stride"] not in (1, (1,), [1]):
         return "a strided conv1d"
-    if vt.dtype != torch.float32 or xt.dtype not in KERNEL_DTYPES:
-        return f"conv1d computed in {vt.dtype} (the kernel computes in float32)"
+    if xt.dtype not in KERNEL_DTYPES or vt.dtype != xt.dtype:
+        return f"conv1d of a {xt.dtype} input computed in {vt.dtype}"
     return x, weight, conv["bias"], reverse
 
 

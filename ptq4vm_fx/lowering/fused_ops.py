@@ -180,11 +180,12 @@ def _(x, inv_smooth, scale, zero_point, bits):
 # --------------------------------------------------------------------------------------------
 
 
-def _add_rmsnorm_quantize(kernel, x, residual, weight, eps, inv_smooth, scale, zero_point, bits):
+def _add_rmsnorm_quantize(kernel, x, residual, weight, eps, inv_smooth, scale, zero_point, bits, norm_dtype):
     tokens, k = x.shape[-2], x.shape[-1]
     inv_scale, zp = _token_params(scale, zero_point, tokens, "add_rmsnorm_quantize")
     res2 = None if residual is None else residual.reshape(-1, k)
-    xq, res_out = kernel(x.reshape(-1, k), res2, weight, eps, inv_smooth.float(), inv_scale, zp, bits, tokens)
+    xq, res_out = kernel(x.reshape(-1, k), res2, weight, eps, inv_smooth.float(), inv_scale, zp, bits, tokens,
+                         norm_dtype)
     return xq.reshape(x.shape).contiguous(), res_out.reshape(x.shape).contiguous()
 
 
@@ -198,24 +199,26 @@ def add_rmsnorm_quantize(
     scale: Tensor,
     zero_point: Tensor,
     bits: int,
+    norm_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     """x, residual (..., L, C) float (residual may be None); weight (C,) -> (xq (..., L, C) int8,
     residual_out (..., L, C) fp32), with ``residual_out = x + residual`` and
-    ``xq = quantize(residual_out * rsqrt(mean(residual_out^2) + eps) * weight)``."""
+    ``xq = quantize(r * rsqrt(mean(r^2) + eps) * weight)``, r = residual_out; r and the norm's output
+    rounded to ``norm_dtype`` (a norm run in fp16 / bf16; float32: not rounded)."""
     xq, res_out = _add_rmsnorm_quantize(_quant.add_rmsnorm_quantize_ref, x, residual, weight, eps, inv_smooth,
-                                        scale, zero_point, bits)
+                                        scale, zero_point, bits, norm_dtype)
     # without a residual the reference's x.float() may be x itself: outputs must not alias inputs
     return xq, res_out if residual is not None else res_out.clone()
 
 
 @add_rmsnorm_quantize.register_kernel("cuda")
-def _add_rmsnorm_quantize_cuda(x, residual, weight, eps, inv_smooth, scale, zero_point, bits):
+def _add_rmsnorm_quantize_cuda(x, residual, weight, eps, inv_smooth, scale, zero_point, bits, norm_dtype):
     return _add_rmsnorm_quantize(_quant.add_rmsnorm_quantize, x, residual, weight, eps, inv_smooth, scale,
-                                 zero_point, bits)
+                                 zero_point, bits, norm_dtype)
 
 
 @add_rmsnorm_quantize.register_fake
-def _(x, residual, weight, eps, inv_smooth, scale, zero_point, bits):
+def _(x, residual, weight, eps, inv_smooth, scale, zero_point, bits, norm_dtype):
     return (torch.empty_like(x, dtype=torch.int8, memory_format=torch.contiguous_format),
             torch.empty_like(x, dtype=torch.float32, memory_format=torch.contiguous_format))
 
@@ -242,9 +245,10 @@ def conv1d_silu_quantize(
     bits: int,
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
-    """x (batch, D, L) float; weight (D, 1, W); bias (D,) or None -> (u (batch, D, L) fp32 token-major,
-    xq (batch, L, D) int8): ``u = silu(conv)``, causal, or anticausal when ``reverse`` (the unflipped
-    weight: equals ``conv1d(pad(x, (0, W-1)), weight.flip(-1))``), and ``xq = quantize(u^T)``."""
+    """x (batch, D, L) float; weight (D, 1, W); bias (D,) or None -> (u (batch, D, L) in x's dtype,
+    token-major, xq (batch, L, D) int8): ``u = silu(conv)``, causal, or anticausal when ``reverse`` (the
+    unflipped weight: equals ``conv1d(pad(x, (0, W-1)), weight.flip(-1))``), and ``xq = quantize(u^T)``;
+    computed in fp32, the conv's and the SiLU's outputs rounded to x's dtype."""
     return _conv1d_silu_quantize(_quant.conv1d_silu_quantize_ref, x, weight, bias, inv_smooth, scale,
                                  zero_point, bits, reverse)
 
@@ -258,7 +262,7 @@ def _conv1d_silu_quantize_cuda(x, weight, bias, inv_smooth, scale, zero_point, b
 @conv1d_silu_quantize.register_fake
 def _(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
     batch, d, length = x.shape
-    u = token_major_empty(batch, d, length, torch.float32, x.device)
+    u = token_major_empty(batch, d, length, x.dtype, x.device)
     return u, x.new_empty((batch, length, d), dtype=torch.int8)
 
 

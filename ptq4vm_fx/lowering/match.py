@@ -133,6 +133,33 @@ def strip_casts(node: Any) -> Any:
     return node
 
 
+def _cast_dtypes(node: Any) -> tuple[torch.dtype, torch.dtype] | None:
+    """(input dtype, output dtype) of a cast method that changes nothing but the dtype, else None."""
+    if not (isinstance(node, Node) and node.op == "call_method" and node.target in _CASTS and node.args):
+        return None
+    src, out = tensor(node.args[0]), tensor(node)
+    if src is None or out is None or (src.device, src.shape) != (out.device, out.shape):
+        return None
+    return src.dtype, out.dtype
+
+
+def rounding(node: Any) -> tuple[Any, torch.dtype]:
+    """For ``node`` a cast of an fp32 value to fp16 / bf16 (a rounding): (that value, the dtype);
+    otherwise (``node``, torch.float32): no rounding."""
+    dtypes = _cast_dtypes(node)
+    if dtypes is not None and dtypes[0] == torch.float32 and dtypes[1] in (torch.float16, torch.bfloat16):
+        return node.args[0], dtypes[1]
+    return node, torch.float32
+
+
+def widened(node: Any) -> Node | None:
+    """For ``node`` a cast of an fp16 / bf16 value to fp32 (exact): that value, else None."""
+    dtypes = _cast_dtypes(node)
+    if dtypes is not None and dtypes[0] in (torch.float16, torch.bfloat16) and dtypes[1] == torch.float32:
+        return node.args[0]
+    return None
+
+
 def only_user(node: Node) -> Node | None:
     """The single user of ``node``, or None when it has several or none."""
     return next(iter(node.users)) if len(node.users) == 1 else None

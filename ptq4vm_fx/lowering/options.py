@@ -6,6 +6,10 @@
 * ``inductor``: further Inductor config patches, e.g. ``{"triton.cudagraphs": True}``.
 
 ``torch.compile(..., mode=...)`` adds that mode's Inductor options. Unknown names are errors.
+Inductor always runs with ``emulate_precision_casts`` (unless ``inductor`` sets it): its fused
+kernels then round at every cast to fp16 / bf16 where eager PyTorch rounds, so a quantized model run
+in half precision compiles to the codes its eager run computes (without it, Inductor keeps fp32
+across a round trip such as ``x.to(torch.float16).float()``).
 """
 
 from __future__ import annotations
@@ -68,8 +72,10 @@ class BackendOptions:
         return cls(**options)
 
     def inductor_patches(self, mode: str | None) -> dict[str, Any]:
-        """Inductor config patches for compile_fx: the mode's, then autotune, then ``inductor``."""
-        patches = dict(torch._inductor.list_mode_options(mode)) if mode else {}
+        """Inductor config patches for compile_fx: precision-faithful casts, the mode's, then autotune,
+        then ``inductor``."""
+        patches = {"emulate_precision_casts": True}
+        patches.update(torch._inductor.list_mode_options(mode) if mode else {})
         if self.autotune:
             patches["max_autotune"] = True
         patches.update(self.inductor)

@@ -109,16 +109,18 @@ def test_quantize_bad_inputs():
 
 @pytest.mark.parametrize("M,tokens", [(1, 1), (7, 7), (10, 5)])
 @pytest.mark.parametrize("K", [12, 33])
-@pytest.mark.parametrize("dtype,has_res",
-                         [(torch.float32, True), (torch.float16, True), (torch.bfloat16, False)])
-def test_add_rmsnorm_quantize(device, M, tokens, K, dtype, has_res):
+@pytest.mark.parametrize("dtype,has_res,norm_dtype",
+                         [(torch.float32, True, torch.float32), (torch.float16, True, torch.float32),
+                          (torch.bfloat16, False, torch.float32), (torch.float16, True, torch.float16),
+                          (torch.float32, False, torch.bfloat16)])
+def test_add_rmsnorm_quantize(device, M, tokens, K, dtype, has_res, norm_dtype):
     g = torch.Generator().manual_seed(M * 10 + K)
     x = (torch.randn(M, K, generator=g) * 2).to(dtype)
     res = torch.randn(M, K, generator=g) if has_res else None
     weight = torch.rand(K, generator=g) + 0.5
     params = _qparams(K, tokens, 8, M + K)
-    q, res_out = add_rmsnorm_quantize(*_to((x, res, weight, 1e-5, *params), device), 8, tokens)
-    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, weight, 1e-5, *params, 8, tokens)
+    q, res_out = add_rmsnorm_quantize(*_to((x, res, weight, 1e-5, *params), device), 8, tokens, norm_dtype)
+    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, weight, 1e-5, *params, 8, tokens, norm_dtype)
     assert res_out.dtype == torch.float32 and q.dtype == torch.int8
     assert torch.equal(res_out.cpu(), res_ref)  # one fp32 add: exact
     # normed values agree to ~1 ulp (different summation order for the mean): codes may differ
@@ -126,6 +128,26 @@ def test_add_rmsnorm_quantize(device, M, tokens, K, dtype, has_res):
     diff = (q.cpu().int() - q_ref.int()).abs()
     assert diff.max() <= 1
     assert diff.float().mean() <= 0.02
+
+
+@pytest.mark.parametrize("norm_dtype", [torch.float16, torch.bfloat16])
+def test_add_rmsnorm_quantize_ref_is_a_norm_in_half(norm_dtype):
+    """norm_dtype is Vim's block with its norm in fp16 / bf16 on the fp32 residual:
+    quantize(RMSNorm(residual.to(dtype))); rounding at neither point changes the codes."""
+    from ptq4vm_fx.models.vim import RMSNorm
+
+    g = torch.Generator().manual_seed(7)
+    x, res = torch.randn(40, 24, generator=g).half(), torch.randn(40, 24, generator=g) * 3
+    norm = RMSNorm(24).to(norm_dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(24, generator=g) + 0.5)
+    params = _qparams(24, 8, 8, 5, amax=1.0)
+    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, norm.weight, norm.eps, *params, 8, 8, norm_dtype)
+    residual = x + res  # fp16 + fp32 -> fp32
+    expect = quantize_per_token_ref(norm(residual.to(norm_dtype)), *params, 8, 8)
+    assert torch.equal(res_ref, residual) and torch.equal(q_ref, expect)
+    q_fp32, _ = add_rmsnorm_quantize_ref(x, res, norm.weight, norm.eps, *params, 8, 8)
+    assert not torch.equal(q_fp32, expect)
 
 
 def test_add_rmsnorm_quantize_bad_inputs():
@@ -140,6 +162,8 @@ def test_add_rmsnorm_quantize_bad_inputs():
         add_rmsnorm_quantize(x.to(torch.int32), None, w, 1e-5, *params, 8, 5)
     with pytest.raises(ValueError, match="eps"):
         add_rmsnorm_quantize(x, None, w, -1.0, *params, 8, 5)
+    with pytest.raises(ValueError, match="norm_dtype"):
+        add_rmsnorm_quantize(x, None, w, 1e-5, *params, 8, 5, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +174,8 @@ def test_add_rmsnorm_quantize_bad_inputs():
 @pytest.mark.parametrize("Bsz,D,L", [(1, 5, 1), (2, 12, 7), (1, 20, 19)])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("W,bias,smooth,dtype",
-                         [(4, True, True, torch.float32), (2, False, False, torch.bfloat16)])
+                         [(4, True, True, torch.float32), (4, True, False, torch.float16),
+                          (2, False, False, torch.bfloat16)])
 def test_conv1d_silu_quantize(device, Bsz, D, L, reverse, W, bias, smooth, dtype):
     g = torch.Generator().manual_seed(Bsz * 100 + D * 10 + L)
     x = torch.randn(Bsz, D, L, generator=g).to(dtype)
@@ -160,9 +185,10 @@ def test_conv1d_silu_quantize(device, Bsz, D, L, reverse, W, bias, smooth, dtype
     u, q = conv1d_silu_quantize(*_to((x, weight, b, *params), device), 8, reverse=reverse)
     u_ref, q_ref = conv1d_silu_quantize_ref(x, weight, b, *params, 8, reverse=reverse)
     u, q = u.cpu(), q.cpu()
-    assert u.shape == (Bsz, D, L) and u.dtype == torch.float32
+    assert u.shape == (Bsz, D, L) and u.dtype == dtype  # fp16 / bf16: v and u rounded to x's dtype
     assert q.shape == (Bsz, L, D) and q.dtype == torch.int8
-    torch.testing.assert_close(u, u_ref, rtol=1e-5, atol=1e-6)
+    ulp = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    torch.testing.assert_close(u.float(), u_ref.float(), rtol=ulp, atol=1e-6)
     # the codes are exactly the quantization of the kernel's own u ...
     q_own = quantize_per_token_ref(u.transpose(1, 2).reshape(Bsz * L, D), *params, 8, L).reshape(Bsz, L, D)
     assert torch.equal(q, q_own)

@@ -168,6 +168,26 @@ def test_bidirectional_fp32(device, Bsz, Dm, L, N, with_z):
     torch.testing.assert_close(ref, two, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bidirectional_ref_rounds_like_the_unfused_graph(dtype):
+    """In fp16 / bf16 each direction's output, their sum and the average are rounded to the dtype,
+    as two ptq4vm::selective_scan calls, an add and a halving compute it."""
+    branches, z = _bidir_inputs(2, 12, 9, 16, seed=4, dtype=dtype)
+    uf, df, Af, Bf, Cf, Df, dbf, ub, db_, Ab, Bb, Cb, Db, dbb = branches
+    two = (selective_scan_ref(uf, df, Af, Bf, Cf, Df, z, dbf, True)
+           + selective_scan_ref(ub, db_, Ab, Bb, Cb, Db, z, dbb, True, reverse=True)) / 2
+    assert two.dtype == dtype
+    assert torch.equal(bidirectional_scan_combine_ref(*branches, z=z, delta_softplus=True), two)
+
+
+def test_bidirectional_branches_share_a_dtype():
+    branches, z = _bidir_inputs(1, 4, 5, 8, seed=0)
+    bad = list(branches)
+    bad[7] = bad[7].half()  # u_b
+    with pytest.raises(ValueError, match="u_b must have u_f's dtype"):
+        bidirectional_scan_combine(*bad, z=None)
+
+
 @pytest.mark.parametrize("dtype,smooth,bits", [(torch.float32, True, 8), (torch.float16, False, 8),
                                                (torch.bfloat16, True, 4)])
 def test_bidirectional_quantized(device, dtype, smooth, bits):

@@ -58,7 +58,8 @@ def sample_args(op, batch, seed=0):
         return (x_dbl[..., :C], *_qparams(C, seed), 8)
     if op is fused_ops.add_rmsnorm_quantize:
         x, residual = torch.randn(batch, L, C, generator=g), torch.randn(batch, L, C, generator=g)
-        return (x, residual, torch.rand(C, generator=g) + 0.5, 1e-5, torch.ones(C), *_qparams(C, seed)[1:], 8)
+        return (x, residual, torch.rand(C, generator=g) + 0.5, 1e-5, torch.ones(C), *_qparams(C, seed)[1:], 8,
+                torch.float32)
     if op is fused_ops.conv1d_silu_quantize:
         xz = torch.randn(batch, L, 2 * D, generator=g)  # in_proj's output, x half transposed
         return (xz[..., :D].transpose(1, 2), torch.randn(D, 1, W, generator=g) * 0.5, torch.randn(D, generator=g),
@@ -114,30 +115,37 @@ def test_quantize_per_token_equals_eager(batch):
 
 
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_add_rmsnorm_quantize_equals_eager(with_residual):
-    x, residual, weight, eps, inv_smooth, scale, zp, bits = sample_args(fused_ops.add_rmsnorm_quantize, 3)
-    norm = RMSNorm(C, eps=eps)
+@pytest.mark.parametrize("norm_dtype", [torch.float32, torch.float16])
+def test_add_rmsnorm_quantize_equals_eager(with_residual, norm_dtype):
+    """Vim's block: the norm (in fp32, or in fp16 on the fp32 residual) and the quantize of its output."""
+    x, residual, weight, eps, inv_smooth, scale, zp, bits, _ = sample_args(fused_ops.add_rmsnorm_quantize, 3)
+    norm = RMSNorm(C, eps=eps).to(norm_dtype)
     norm.weight.data.copy_(weight)
     summed = residual + x if with_residual else x
-    expect = torch.ops.ptq4vm.quantize_per_token(norm(summed), inv_smooth, scale, zp, bits)
-    xq, res_out = fused_ops.add_rmsnorm_quantize(x, residual if with_residual else None, weight, eps,
-                                                 inv_smooth, scale, zp, bits)
+    expect = torch.ops.ptq4vm.quantize_per_token(norm(summed.to(norm_dtype)), inv_smooth, scale, zp, bits)
+    xq, res_out = fused_ops.add_rmsnorm_quantize(x, residual if with_residual else None, norm.weight, eps,
+                                                 inv_smooth, scale, zp, bits, norm_dtype)
     assert torch.equal(xq, expect) and torch.equal(res_out, summed)
     assert res_out.data_ptr() != x.data_ptr()
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_conv1d_silu_quantize_equals_vim_branch(reverse):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_conv1d_silu_quantize_equals_vim_branch(reverse, dtype):
     """Vim's forward branch (causal conv, padding W-1 then cut) and backward branch (F.pad right,
-    flipped weight) against the fused op with the unflipped weight."""
+    flipped weight) against the fused op with the unflipped weight; in fp16, u is rounded as the
+    half conv and SiLU round it (to the last ulp: the conv sums in another order)."""
     x, weight, bias, inv_smooth, scale, zp, bits, _ = sample_args(fused_ops.conv1d_silu_quantize, 3)
+    x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     if reverse:
         v = F.conv1d(F.pad(x, (0, W - 1)), weight.flip(-1), bias, groups=D)
     else:
         v = F.conv1d(x, weight, bias, padding=W - 1, groups=D)[..., : -(W - 1)]
     u_expect = F.silu(v)
     u, xq = fused_ops.conv1d_silu_quantize(x, weight, bias, inv_smooth, scale, zp, bits, reverse)
-    torch.testing.assert_close(u, u_expect, rtol=1e-6, atol=1e-6)
+    assert u.dtype == dtype
+    ulp = 1e-6 if dtype == torch.float32 else 2**-10
+    torch.testing.assert_close(u, u_expect, rtol=ulp, atol=1e-6)
     codes = torch.ops.ptq4vm.quantize_per_token(u.transpose(1, 2), inv_smooth, scale, zp, bits)
     assert torch.equal(xq, codes)  # the codes of the fused op's own u, bit for bit
 

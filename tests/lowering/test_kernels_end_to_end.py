@@ -1,6 +1,7 @@
 """The trained digits Vim, quantized W8A8 and lowered, with every fused op running its Triton
 kernel (natively on a GPU, else through the Triton interpreter), against the eager quantized
-model: the kernels, as the lowering composes them, compute what the simulation computes.
+model: the kernels, as the lowering composes them, compute what the simulation computes; in
+fp32, and with the model moved to fp16 (the kernels rounding where its ops round).
 
 A trained model is the fair subject: a random-weight Vim is chaotic (moving its input by 1e-6
 already costs its logits ~36 dB, scripts/int8_sensitivity.py), so one fp32 rounding that flips a
@@ -8,6 +9,7 @@ single int8 code swings the whole output; the digits model is not, and the 40 dB
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 
 import ptq4vm_fx
@@ -35,14 +37,15 @@ def _forward(gm, example_inputs):
         return gm(*example_inputs)[0]
 
 
-def test_trained_vim_on_triton_kernels_matches_eager_int8(float_model, digits, device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_trained_vim_on_triton_kernels_matches_eager_int8(float_model, digits, device, dtype):
     calib, images = digits["calib"].images[:64], digits["test"].images[:4]
     config = ptq4vm_fx.QuantConfig.preset_config("w8a8", "pts_smooth")
     prepared = ptq4vm_fx.prepare(float_model, calib[:1], config)
     with torch.no_grad():
         prepared(calib)
-    qmodel = ptq4vm_fx.convert(prepared).to(device)
-    images = images.to(device)
+    qmodel = ptq4vm_fx.convert(prepared).to(device, dtype)
+    images = images.to(device, dtype)
 
     gm, example_inputs = dynamo_graph(qmodel, images)
     depth = len(float_model.layers)

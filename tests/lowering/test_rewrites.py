@@ -2,6 +2,7 @@
 quantized Vim, not on what it must not touch, and the rewritten graph (run eagerly, fused ops on
 their reference implementations) computes what the quantized model computes."""
 
+import copy
 import operator
 
 import pytest
@@ -96,6 +97,55 @@ def test_summed_but_not_averaged_scans_are_not_fused(fresh_counters):
     assert fresh_counters.skipped_counters() == {
         "bidirectional_scan: the two directions are summed but not averaged": 2}
     assert_agrees(got, expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_vim_in_half_precision_lowers_completely(qvim, dtype, fresh_counters):
+    """``qmodel.to(fp16 / bf16)``: norms, convs and scans run in half on an fp32 residual. Every
+    rewrite still fires, and the fused ops round where the model's ops round: same logits."""
+    model = copy.deepcopy(qvim).to(dtype)
+    counts, expect, got, gm = _lowered(model, images(3).to(dtype))
+    assert counts == EXPECTED
+    assert _ops_left(gm, "ptq4vm") == []
+    assert fresh_counters.skipped_counters() == {}
+    assert got.dtype == dtype
+    assert_agrees(got, expect, min_sqnr_db=80.0)
+
+
+class _Norm(torch.nn.Module):
+    """An RMSNorm whose input is rounded to ``in_dtype`` and output to ``out_dtype``, then quantized."""
+
+    def __init__(self, in_dtype, out_dtype, channels=8, tokens=4):
+        super().__init__()
+        self.in_dtype, self.out_dtype = in_dtype, out_dtype
+        self.weight = torch.nn.Parameter(torch.rand(channels) + 0.5)
+        self.register_buffer("inv_smooth", torch.ones(channels))
+        self.register_buffer("scale", torch.full((tokens,), 0.02))
+        self.register_buffer("zero_point", torch.zeros(tokens, dtype=torch.int32))
+
+    def forward(self, x):
+        xf = x.to(self.in_dtype).float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)) * self.weight
+        return torch.ops.ptq4vm.quantize_per_token(y.to(self.out_dtype), self.inv_smooth, self.scale,
+                                                   self.zero_point, 8)
+
+
+@pytest.mark.parametrize("in_dtype, out_dtype, fused", [
+    (torch.float16, torch.float16, True),
+    (torch.bfloat16, torch.bfloat16, True),
+    (torch.float16, torch.float32, False),
+    (torch.float32, torch.bfloat16, False),
+])
+def test_a_norm_rounded_at_one_end_only_is_not_fused(in_dtype, out_dtype, fused, fresh_counters):
+    """The kernel rounds the norm's input and output to one dtype: both or neither."""
+    model = _Norm(in_dtype, out_dtype).eval()
+    x = torch.randn(2, 4, 8)
+    gm, example_inputs = dynamo_graph(model, x)
+    assert lower_graph(gm, ["add_rmsnorm_quantize"]) == {"add_rmsnorm_quantize": int(fused)}
+    reason = f"the norm rounds its input to {in_dtype} but its output to {out_dtype}"
+    assert fresh_counters.skipped_counters() == ({} if fused else {f"add_rmsnorm_quantize: {reason}": 1})
+    with torch.no_grad():
+        assert torch.equal(gm(*example_inputs)[0], model(x))
 
 
 def test_only_the_enabled_fusions_run(qvim):
