@@ -19,7 +19,7 @@ for step in $steps; do
     bench-kernels) timeout "${KERNELS_S:-200}" python3 -m pytest -q -p no:cacheprovider benchmarks/test_kernels.py \
              >"$OUT/bench-kernels.log" 2>&1 ;;
     tune) timeout "${TUNE_S:-200}" python3 scripts/tune_kernels.py --out "$OUT/tune.json" >"$OUT/tune.log" 2>&1 ;;
-    bench-e2e) timeout "${E2E_S:-300}" python3 -m pytest -q -p no:cacheprovider benchmarks/test_end_to_end.py \
+    bench-e2e) timeout "${E2E_S:-540}" python3 -m pytest -q -p no:cacheprovider benchmarks/test_end_to_end.py \
              -k "${E2E_K:-}" \
              >"$OUT/bench-e2e.log" 2>&1 ;;
     *) echo "unknown step $step"; exit 2 ;;
