@@ -211,7 +211,7 @@ def _eval_table(evals: dict[str, Evaluation]) -> str:
     return tabulate(rows, headers=["model", "top-1 %", "top-5 %", "images/s"], tablefmt="github")
 
 
-def _compiled(qmodel: torch.nn.Module, loader: DataLoader, device: torch.device) -> torch.nn.Module:
+def _compiled(qmodel: torch.nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """``qmodel`` compiled with the ptq4vm backend (Triton INT8 kernels on CUDA), warmed up on a full and
     a one-smaller batch so that the timed run pays for no compilation (the second size makes the batch
     dimension dynamic)."""
@@ -221,7 +221,7 @@ def _compiled(qmodel: torch.nn.Module, loader: DataLoader, device: torch.device)
     images, _ = next(iter(loader))
     with torch.no_grad():
         for batch in (images, images[:-1]) if len(images) > 1 else (images,):
-            compiled(batch.to(device))
+            compiled(batch.to(device, dtype))
     return compiled
 
 
@@ -229,6 +229,7 @@ def cmd_eval(args) -> int:
     if args.compile and not args.quantized:
         raise ValueError("--compile runs the quantized model through the ptq4vm backend: give --quantized")
     device = distributed.start(args.device)
+    dtype = getattr(torch, args.dtype)
     try:
         models = {}
         if args.quantized:
@@ -242,17 +243,19 @@ def cmd_eval(args) -> int:
             reference = models["float"] = _float_model(name, args.checkpoint, args.model_kwargs)
         dataset, source = _eval_dataset(args, reference)
         loader = _loader(distributed.shard(dataset), args)
+        models = {label: model.to(device, dtype) for label, model in models.items()}
         if args.compile:
-            models["compiled"] = _compiled(models["quantized"].to(device), loader, device)
+            models["compiled"] = _compiled(models["quantized"], loader, device, dtype)
         evals = {
             label: evaluate(
-                model.to(device), loader, desc=f"{label} eval", device=device, total=len(loader.dataset)
+                model, loader, desc=f"{label} eval", device=device, total=len(loader.dataset), dtype=dtype
             )
             for label, model in models.items()
         }
         payload = {
             "model": name,
             "data": source,
+            "dtype": args.dtype,
             "processes": distributed.world_size(),
             **{label: e.to_dict() for label, e in evals.items()},
         }
@@ -264,7 +267,8 @@ def cmd_eval(args) -> int:
         if distributed.is_main():
             images = next(iter(evals.values())).images
             print(
-                f"{name} on {source}: {images} images, {distributed.world_size()} process(es), {device.type}"
+                f"{name} on {source}: {images} images, {distributed.world_size()} process(es), {device.type}, "
+                f"{args.dtype}"
             )
             print(_eval_table(evals))
             if "sqnr_db" in payload:
@@ -406,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the quantized model compiled by torch.compile(backend='ptq4vm') (Triton INT8 kernels "
         "on CUDA) and compare its logits with the eager quantized model's",
+    )
+    e.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="dtype of the float parts (norms, convs, scans; the whole float model); a quantized model "
+        "keeps its scales in fp32 (default: float32)",
     )
     e.add_argument("--json", help="write the metrics as JSON here")
     e.set_defaults(func=cmd_eval)

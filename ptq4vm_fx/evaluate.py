@@ -50,13 +50,15 @@ def evaluate(
     desc: str = "eval",
     device: torch.device | str = "cpu",
     total: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Evaluation:
-    """Run ``model`` on (images (B, C, H, W), labels (B,)) batches; ``total`` sizes the progress bar."""
+    """Run ``model`` on (images (B, C, H, W), labels (B,)) batches, the images moved to ``device`` and
+    cast to ``dtype`` (None: as they come); ``total`` sizes the progress bar."""
     logits, labels = [], []
     start = time.perf_counter()
     with progress(total=total, desc=desc, unit="img") as bar:
         for images, target in batches:
-            logits.append(model(images.to(device)).float().cpu())
+            logits.append(model(images.to(device=device, dtype=dtype)).float().cpu())
             labels.append(target)
             bar.update(len(target))
     seconds = time.perf_counter() - start

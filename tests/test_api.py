@@ -48,6 +48,25 @@ def test_quantized_linear_refuses_another_token_count(ptq4vm_w8a8):
         linear(torch.randn(2, 65, 48))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_quantized_model_in_half_precision_keeps_its_scales(ptq4vm_w8a8, digits, dtype):
+    """``qmodel.to(dtype)`` runs the float parts in half; the quantization parameters stay fp32
+    (exact copies), the accuracy stays where fp32 has it."""
+    import copy
+
+    _, qmodel, _ = ptq4vm_w8a8
+    half = copy.deepcopy(qmodel).to(dtype)
+    for name, m in qmodel.named_modules():
+        if isinstance(m, QuantizedLinear):
+            h = half.get_submodule(name)
+            assert all(torch.equal(h.get_buffer(b), m.get_buffer(b)) for b in ("w_scale", "act_scale", "inv_smooth"))
+    x, y = digits["test"].images, digits["test"].labels
+    with torch.no_grad():
+        logits = half(x.to(dtype))
+        assert logits.dtype == dtype
+        assert topk_accuracy(logits.float(), y) >= topk_accuracy(qmodel(x), y) - 1.0
+
+
 def test_unknown_preset_method_and_config_type():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="unknown preset 'w3a3'"):

@@ -87,6 +87,14 @@ def test_a_saved_bundled_model_evaluates_with_no_other_argument(tmp_path, capsys
     assert e["compiled"]["top1"] == e["quantized"]["top1"] == m["quant_top1"] and e["compiled"]["images"] == 360
     assert e["compiled_vs_eager_sqnr_db"] >= 40
 
+    # the same in fp16 (the float parts in half precision, the scales in fp32)
+    args = ["eval", "--quantized", str(q), "--compile", "--dtype", "float16", "--json", str(evaluation), "--quiet"]
+    assert main(args) == 0
+    assert "360 images, 1 process(es), cpu, float16" in capsys.readouterr().out
+    e = json.loads(evaluation.read_text())
+    assert e["dtype"] == "float16" and e["compiled_vs_eager_sqnr_db"] >= 40
+    assert abs(e["quantized"]["top1"] - m["quant_top1"]) <= 1.0
+
 
 # ---- an ImageNet-layout folder and a user's checkpoint ----------------------------------------------
 

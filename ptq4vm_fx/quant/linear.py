@@ -95,6 +95,7 @@ class QuantizedLinear(nn.Module):
     Buffers: wq int8 (O, C); w_scale fp32 (O,); w_colsum int32 (O,); bias fp32 (O,) or None;
     inv_smooth fp32 (C,); act_scale fp32 (L,); act_zero_point int32 (L,), signed; smooth fp32 (C,),
     the smoothing scale m, kept for reports (``inv_smooth`` is 1/m, or ones where 1/m is folded).
+    They stay fp32 when the model is cast (``.half()``): the output takes the input's dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, tokens: int, w_bits: int, a_bits: int,
@@ -119,6 +120,18 @@ class QuantizedLinear(nn.Module):
         xq = torch.ops.ptq4vm.quantize_per_token(x, self.inv_smooth, scale, zero_point, self.a_bits)
         y = torch.ops.ptq4vm.qlinear(xq, scale, zero_point, self.wq, self.w_scale, self.w_colsum, self.bias)
         return y.to(x.dtype)
+
+    def _apply(self, fn, recurse=True):
+        """Device moves apply to every buffer; a dtype cast of the model (``.half()``, ``.to(torch.bfloat16)``)
+        leaves the fp32 buffers as they are: rounding the scales to half precision would change the
+        quantization (and a weight scale of 1e-5 is subnormal in fp16)."""
+        kept = {name: b for name, b in self._buffers.items() if b is not None and b.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:
+                self._buffers[name] = old.to(new.device)
+        return self
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else f"tokens={self.act_scale.shape[0]}"
