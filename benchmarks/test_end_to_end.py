@@ -10,10 +10,11 @@ INT8 variant.
 Random weights (timing does not depend on them); the INT8 model is calibrated with "pts_smooth"
 on two random batches. It runs twice: with its float parts (norms, convs, scan inputs) in fp32, as
 ``convert`` produces it ("int8_*"), and moved to fp16 like the FP16 baseline ("int8_fp16_*": half
-the bytes between the kernels; the residual stays fp32, as in the float model). Both FP16 baselines run the same float scan implementation as the
-lowered model: the Triton scan kernel, installed as ptq4vm::selective_scan's CUDA kernel for this
-session (the op's reference implementation is a chunked loop meant for the CPU). Static shapes
-(dynamic=False) for all compiled models: one graph per batch size.
+the bytes between the kernels; the residual and the scales stay fp32). Both FP16 baselines run the
+same float scan implementation as the lowered model: the Triton scan kernel, installed as
+ptq4vm::selective_scan's CUDA kernel for this session (the op's reference implementation is a
+chunked loop meant for the CPU). Static shapes (dynamic=False) for all compiled models: one graph
+per batch size.
 """
 
 import copy
