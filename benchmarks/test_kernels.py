@@ -61,9 +61,9 @@ def linear_problem(model: str, linear: str, batch: int, device="cuda") -> dict:
             "w16": w.half(), "m": batch * shape.tokens, "n": n, "k": k}
 
 
-def int8_fused(p: dict) -> torch.Tensor:
+def int8_fused(p: dict, autotune: bool = True) -> torch.Tensor:
     return fused_ops.int8_linear(p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"],
-                                 torch.float16)
+                                 torch.float16, autotune)
 
 
 def int_mm_unfused(p: dict) -> torch.Tensor:

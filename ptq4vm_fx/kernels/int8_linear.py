@@ -38,7 +38,7 @@ from .quantize import quantize_per_token_ref
 def _int8_linear_kernel(
     xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
     q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr,
-    M, N, K, L, q_start, q_cols,
+    M, N, K, L, q_start, q_cols, M_BUCKET,
     stride_xm, stride_xk,
     stride_wn, stride_wk,
     stride_ym, stride_yn,
@@ -129,7 +129,24 @@ _GPU_CONFIGS = [
 # One small fixed configuration for the CPU interpreter (autotuning there would only cost time).
 _INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}
 
-_int8_linear_kernel_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["M", "N", "K"])(_int8_linear_kernel)
+# Tuned once per (M_BUCKET, N, K): rows bucketed by powers of two, so a new batch size reuses the
+# tiles of its bucket instead of benchmarking every configuration again (M_BUCKET is the kernel's
+# otherwise unused tuning key).
+_int8_linear_kernel_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["M_BUCKET", "N", "K"])(_int8_linear_kernel)
+
+
+def fixed_config(M: int, N: int, K: int) -> triton.Config:
+    """Tiles without tuning, for Vim's shapes: the autotuner's picks on an H100 over Vim-T/S/B's
+    linears at batch 32 and 128 (benchmarks/results/tune-nvidia-h100-80gb-hbm3-2026-11-23.json)."""
+    if K <= 64:  # dt_proj (K = dt_rank, 12..48)
+        block_n, warps = (128, 8) if N < 1536 else (64, 4)
+        return triton.Config({"BLOCK_M": 128, "BLOCK_N": block_n, "BLOCK_K": 64, "GROUP_M": 8},
+                             num_stages=4, num_warps=warps)
+    if N <= 128:  # x_proj (N = dt_rank + 2 * d_state)
+        return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=4)
+    if M * N >= 1 << 24 and K >= 768:  # Vim-B's in_proj / out_proj at large batches
+        return triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8)
+    return triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4)
 
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -168,7 +185,7 @@ def _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, 
 
 
 def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
-                inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None):
+                inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, autotune=True):
     """Quantized linear layer ``y = dequant(xq) @ dequant(wq).T + bias`` on integer tensor cores.
 
     Args:
@@ -185,12 +202,17 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
             of the output columns [q_start, q_start + q_cols) (``inv_scale`` given turns it on;
             q_cols None: up to N): inv_smooth (q_cols,) fp32 or None, inv_scale (tokens,) fp32,
             zero_point (tokens,) int32, bits in [2, 8].
+        autotune: True: on a GPU the tiles are tuned on the first call for each (M bucket, N, K)
+            (a one-time cost of benchmarking every configuration); False: :func:`fixed_config`'s
+            tiles, also under the interpreter (where True means a small fixed tile).
 
     Returns:
         y: (M, N) tensor of ``out_dtype`` on the inputs' device, or ``(y, yq)`` with yq (M, q_cols)
         int8, the quantization of ``y[:, q_start:q_start + q_cols]`` as stored.
     """
     M, N, K = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    if not isinstance(autotune, bool):
+        raise ValueError(f"autotune must be a bool, got {type(autotune).__name__}")  # noqa: TRY004 (API: ValueError)
     quant = inv_scale is not None
     if quant:
         q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
@@ -216,12 +238,17 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
     args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias if bias is not None else dummy, y,
             yq if quant else y, inv_smooth if inv_smooth is not None else dummy,
             inv_scale if quant else dummy, zero_point if quant else dummy,
-            M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0,
+            M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0, triton.next_power_of_2(M),
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1),
             yq.stride(0) if quant else 0, qmin, qmax)
     flags = {"HAS_BIAS": bias is not None, "QUANT": quant, "HAS_SMOOTH": inv_smooth is not None}
 
-    if interpret_mode():
+    if not autotune:
+        cfg = fixed_config(M, N, K)
+        grid = (triton.cdiv(M, cfg.kwargs["BLOCK_M"]) * triton.cdiv(N, cfg.kwargs["BLOCK_N"]),)
+        _int8_linear_kernel[grid](*args, **flags, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                  enable_fp_fusion=False)
+    elif interpret_mode():
         cfg = _INTERPRET_CONFIG
         grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
         _int8_linear_kernel[grid](*args, **flags, **cfg, num_warps=4, num_stages=1)
@@ -239,8 +266,9 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
 
 
 def int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
-                    inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None):
-    """Pure-PyTorch specification of :func:`int8_linear` (same arguments, same result).
+                    inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, autotune=True):
+    """Pure-PyTorch specification of :func:`int8_linear` (same arguments, same result; ``autotune``
+    chooses tiles, which the reference has none of).
 
     The integer accumulator is computed exactly through a float64 matmul (|acc| <= 127*128*K is
     far below 2^53) and converted to int32.

@@ -2,6 +2,8 @@
 
     torch.compile(qmodel, backend="ptq4vm", options={"fusions": [...], "autotune": False})
 
+(options: :mod:`.options`).
+
 Found through the ``torch_dynamo_backends`` entry point declared in pyproject.toml (this module is
 never registered on import). On the graph Dynamo hands it, the backend applies the enabled
 rewrites (:data:`REWRITES`, in order): each replaces a ptq4vm op pattern by a ``ptq4vm_fused`` op
@@ -52,6 +54,7 @@ REWRITES: dict[str, Callable[[GraphModule], int]] = {
     "quantize_per_token": lower_quantize_per_token,
 }
 QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.qlinear)
+GEMMS = (fused_ops.FUSED_OPS.int8_linear, fused_ops.FUSED_OPS.int8_linear_quantize)
 
 
 def has_quantized_ops(gm: GraphModule) -> bool:
@@ -70,12 +73,17 @@ def ops_fingerprint() -> str:
     return "ptq4vm-" + digest.hexdigest()[:16]
 
 
-def lower_graph(gm: GraphModule, fusions: Iterable[str] = FUSIONS) -> dict[str, int]:
-    """Apply the rewrites named in ``fusions`` to ``gm`` in place (in :data:`REWRITES` order).
+def lower_graph(gm: GraphModule, fusions: Iterable[str] = FUSIONS, tune_gemm: bool = True) -> dict[str, int]:
+    """Apply the rewrites named in ``fusions`` to ``gm`` in place (in :data:`REWRITES` order); with
+    ``tune_gemm`` False, the INT8 GEMMs they produce take fixed tiles instead of tuning them.
 
     Returns the number of times each was applied; the counters in :mod:`.report` add them up."""
     enabled = BackendOptions(fusions=tuple(fusions)).fusions
     applied = {name: REWRITES[name](gm) for name in enabled}
+    if not tune_gemm:
+        for node in gm.graph.nodes:
+            if any(is_custom_op(node, op) for op in GEMMS):
+                node.kwargs = {**node.kwargs, "autotune": False}
     gm.graph.lint()
     gm.recompile()
     report.graph_lowered()
@@ -97,7 +105,7 @@ def ptq4vm_backend(
                 "ptq4vm backend: the integer ops of a quantized model have no gradient; call the compiled "
                 "model under torch.no_grad() or torch.inference_mode() (or requires_grad_(False) the model)"
             )
-        lower_graph(gm, opts.fusions)
+        lower_graph(gm, opts.fusions, tune_gemm=opts.autotune is not False)
     else:
         report.graph_without_ptq4vm_ops()
     tag = "|".join(t for t in (torch.compiler.config.cache_key_tag, ops_fingerprint()) if t)

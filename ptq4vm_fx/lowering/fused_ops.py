@@ -60,7 +60,7 @@ def _vec(t: Optional[Tensor]) -> Optional[Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
-def _int8_linear(gemm, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, quant=None):
+def _int8_linear(gemm, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune, quant=None):
     """quant: None, or (q_start, q_cols, inv_smooth, scale, zero_point, bits) for the quantized columns."""
     tokens, k = xq.shape[-2], xq.shape[-1]
     if x_scale.dim() != 1 or x_scale.shape[0] != tokens or tuple(x_zero_point.shape) != (tokens,):
@@ -75,7 +75,7 @@ def _int8_linear(gemm, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, o
         quant_args = {"inv_smooth": inv_smooth.float(), "inv_scale": inv_scale, "zero_point": zp, "bits": bits,
                       "q_start": q_start, "q_cols": q_cols}
     out = gemm(xq.reshape(-1, k), wq, w_colsum.to(torch.int32), w_scale.float(), x_scale.float(),
-               x_zero_point.to(torch.int32), _vec(bias), tokens, out_dtype, **quant_args)
+               x_zero_point.to(torch.int32), _vec(bias), tokens, out_dtype, autotune=autotune, **quant_args)
     y = (out[0] if quant else out).reshape(*xq.shape[:-1], wq.shape[0]).contiguous()
     return (y, out[1].reshape(*xq.shape[:-1], out[1].shape[-1]).contiguous()) if quant else y
 
@@ -90,23 +90,26 @@ def int8_linear(
     w_colsum: Tensor,
     bias: Optional[Tensor],
     out_dtype: torch.dtype,
+    autotune: bool = True,
 ) -> Tensor:
     """``ptq4vm::qlinear`` followed by a cast to ``out_dtype``, as one GEMM with a fused epilogue.
 
     xq (..., L, K) int8; x_scale (L,) float; x_zero_point (L,) integer; wq (N, K) int8; w_scale (N,)
     float; w_colsum (N,) integer; bias (N,) float or None. Returns (..., L, N) ``out_dtype``.
+    ``autotune``: the kernel's tiles tuned on first use (True) or fixed per shape (False).
     """
     return _int8_linear(_gemm.int8_linear_ref, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias,
-                        out_dtype)
+                        out_dtype, autotune)
 
 
 @int8_linear.register_kernel("cuda")
-def _int8_linear_cuda(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype):
-    return _int8_linear(_gemm.int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype)
+def _int8_linear_cuda(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True):
+    return _int8_linear(_gemm.int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune)
 
 
 @int8_linear.register_fake
-def _(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype):
+def _(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True):
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
 
 
@@ -126,24 +129,25 @@ def int8_linear_quantize(
     scale: Tensor,
     zero_point: Tensor,
     bits: int,
+    autotune: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """:func:`int8_linear` whose epilogue also quantizes the output columns [q_start, q_start + q_cols):
     returns (y (..., L, N) ``out_dtype``, yq (..., L, q_cols) int8 = quantize(y[..., q_start:q_start + q_cols]));
     inv_smooth (q_cols,), scale / zero_point (L,)."""
     return _int8_linear(_gemm.int8_linear_ref, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
-                        (q_start, q_cols, inv_smooth, scale, zero_point, bits))
+                        autotune, (q_start, q_cols, inv_smooth, scale, zero_point, bits))
 
 
 @int8_linear_quantize.register_kernel("cuda")
 def _int8_linear_quantize_cuda(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, q_start, q_cols,
-                               inv_smooth, scale, zero_point, bits):
+                               inv_smooth, scale, zero_point, bits, autotune=True):
     return _int8_linear(_gemm.int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
-                        (q_start, q_cols, inv_smooth, scale, zero_point, bits))
+                        autotune, (q_start, q_cols, inv_smooth, scale, zero_point, bits))
 
 
 @int8_linear_quantize.register_fake
 def _(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, q_start, q_cols, inv_smooth, scale,
-      zero_point, bits):
+      zero_point, bits, autotune=True):
     return (xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype),
             xq.new_empty((*xq.shape[:-1], q_cols), dtype=torch.int8))
 

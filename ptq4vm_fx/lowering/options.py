@@ -1,8 +1,11 @@
 """Options of the ``ptq4vm`` backend: ``torch.compile(m, backend="ptq4vm", options={...})``.
 
 * ``fusions``: the rewrites to apply (default: all of :data:`FUSIONS`);
-* ``autotune``: Inductor's ``max_autotune`` for the float rest of the graph (default False). The
-  INT8 GEMM kernel tunes its tiles by itself on the GPU, once per problem shape;
+* ``autotune``: None (default): the INT8 GEMM kernel tunes its tiles on the GPU on first use, once
+  per (rows bucketed by powers of two, N, K); the float rest of the graph compiles with Inductor's
+  defaults. True: that, and Inductor's ``max_autotune`` for the float rest. False: nothing is
+  tuned; the GEMM takes fixed tiles chosen for Vim's shapes (``kernels.int8_linear.fixed_config``),
+  with no benchmarking on the first calls;
 * ``inductor``: further Inductor config patches, e.g. ``{"triton.cudagraphs": True}``.
 
 ``torch.compile(..., mode=...)`` adds that mode's Inductor options. Unknown names are errors.
@@ -39,7 +42,7 @@ class BackendOptions:
     """The backend's options (module docstring), validated; ``fusions`` kept in FUSIONS order."""
 
     fusions: tuple[str, ...] = FUSIONS
-    autotune: bool = False
+    autotune: bool | None = None
     inductor: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -53,8 +56,8 @@ class BackendOptions:
             raise ValueError("ptq4vm backend: fusion 'scan_quantize' quantizes in the epilogue of the "
                              "'bidirectional_scan' kernel; enable both or neither")
         object.__setattr__(self, "fusions", tuple(f for f in FUSIONS if f in fusions))
-        if not isinstance(self.autotune, bool):
-            raise TypeError(f"ptq4vm backend option 'autotune' must be a bool, got {self.autotune!r}")
+        if self.autotune is not None and not isinstance(self.autotune, bool):
+            raise TypeError(f"ptq4vm backend option 'autotune' must be True, False or None, got {self.autotune!r}")
         if not isinstance(self.inductor, Mapping):
             raise TypeError(f"ptq4vm backend option 'inductor' must be a dict, got {self.inductor!r}")
         known = set(torch._inductor.list_options())
@@ -76,7 +79,7 @@ class BackendOptions:
         then ``inductor``."""
         patches = {"emulate_precision_casts": True}
         patches.update(torch._inductor.list_mode_options(mode) if mode else {})
-        if self.autotune:
+        if self.autotune is True:
             patches["max_autotune"] = True
         patches.update(self.inductor)
         return patches

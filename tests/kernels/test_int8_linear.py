@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ptq4vm_fx.kernels.int8_linear import int8_linear, int8_linear_ref
+from ptq4vm_fx.kernels import int8_linear as int8_linear_module
+from ptq4vm_fx.kernels.int8_linear import fixed_config, int8_linear, int8_linear_ref
 
 
 def _make(M, K, N, tokens, seed=0, bias=True, zp_range=8):
@@ -70,6 +71,35 @@ def test_multi_tile_grid(device):
     assert torch.equal(y.cpu(), int8_linear_ref(*args, 10))
 
 
+# one (M, N, K) per branch of fixed_config: dt_proj at Vim-S / Vim-B width, x_proj, Vim-B in_proj at
+# batch 128, Vim-S in_proj
+FIXED_SHAPES = [(25216, 768, 24), (25216, 1536, 48), (25216, 56, 768), (25216, 3072, 768), (6304, 1536, 384)]
+
+
+@pytest.mark.parametrize("config", sorted({str(fixed_config(*shape)) for shape in FIXED_SHAPES}))
+def test_fixed_tiles_match_ref(device, monkeypatch, config):
+    """autotune=False launches fixed_config's tiles (each of them, here on a small problem with
+    partial tiles, a quantized column range and a zero point on every token): the same result."""
+    chosen = next(fixed_config(*shape) for shape in FIXED_SHAPES if str(fixed_config(*shape)) == config)
+    monkeypatch.setattr(int8_linear_module, "fixed_config", lambda M, N, K: chosen)
+    args = _make(70, 150, 90, 7, seed=11)
+    qp = (torch.rand(30) + 0.5, torch.rand(7) * 2 + 1, torch.randint(-5, 6, (7,), dtype=torch.int32))
+    got = int8_linear(*_to(args, device), 7, torch.float16, inv_smooth=qp[0].to(device), inv_scale=qp[1].to(device),
+                      zero_point=qp[2].to(device), q_start=50, q_cols=30, autotune=False)
+    expect = int8_linear_ref(*args, 7, torch.float16, inv_smooth=qp[0], inv_scale=qp[1], zero_point=qp[2],
+                             q_start=50, q_cols=30)
+    assert all(torch.equal(g.cpu(), e) for g, e in zip(got, expect))
+
+
+def test_fixed_config_follows_the_tuned_choices():
+    """The tiles fixed_config picks where the H100 autotuner's picks were clear."""
+    def tiles(shape):
+        return tuple(fixed_config(*shape).kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    assert tiles((25216, 3072, 768)) == (128, 256, 128)  # Vim-B in_proj, batch 128
+    assert tiles((25216, 80, 1536)) == (64, 64, 128)  # x_proj: one N tile
+    assert tiles((25216, 768, 24)) == (128, 128, 64)  # dt_proj: one K step
+
+
 def test_cpu_tensors_need_interpreter(monkeypatch):
     args = _make(4, 12, 5, 2)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -115,6 +145,8 @@ def test_bad_inputs():
         int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b, 4)
     with pytest.raises(ValueError, match="x_zero_point"):
         int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp.float(), b, 5)
+    with pytest.raises(ValueError, match="autotune must be a bool"):
+        int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b, 5, autotune="no")
     with pytest.raises(ValueError, match="bias"):
         int8_linear(xq, wq, w_colsum, w_scale, x_scale, zp, b[:4], 5)
     with pytest.raises(ValueError, match="out_dtype"):

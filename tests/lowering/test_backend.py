@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from ptq4vm_fx.lowering import fused_ops, report
+from ptq4vm_fx.lowering import backend, fused_ops, report
 from ptq4vm_fx.lowering.backend import REWRITES
+from ptq4vm_fx.lowering.match import is_custom_op
 from ptq4vm_fx.lowering.options import FUSIONS, BackendOptions
 
 from .lowering_helpers import EXPECTED, assert_agrees, images, quantize, tiny_vim
@@ -80,6 +81,25 @@ def test_every_rewrite_fires_in_each_compiled_graph(compiled_cpu):
     assert stats["skipped"] == {}
 
 
+@pytest.mark.parametrize("autotune, tuned", [(None, True), (True, True), (False, False)])
+def test_autotune_false_gives_every_gemm_fixed_tiles(qvim, autotune, tuned):
+    """options={"autotune": False} reaches the INT8 GEMMs: each fused GEMM call is told not to tune."""
+    graphs = []
+
+    def inspect(gm, example_inputs, **kwargs):
+        graphs.append(gm)
+        return gm.forward
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backend, "compile_fx", inspect)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(qvim, backend="ptq4vm", options={"autotune": autotune})(images(2))
+    gemms = [n for n in graphs[0].graph.nodes if any(is_custom_op(n, op) for op in backend.GEMMS)]
+    assert len(gemms) == EXPECTED["int8_linear"]
+    assert all(n.kwargs.get("autotune", True) is tuned for n in gemms)
+
+
 def test_compiled_half_precision_vim_matches_eager(qvim):
     """A quantized Vim moved to fp16: compiled (Inductor with emulate_precision_casts, the backend's
     default) it rounds where eager rounds. Without that patch this model gives ~45 dB."""
@@ -103,13 +123,14 @@ def test_one_rewrite_per_fusion_in_order():
 
 def test_options_defaults_and_patches():
     opts = BackendOptions.from_compile(None)
-    assert opts.fusions == FUSIONS and opts.autotune is False
+    assert opts.fusions == FUSIONS and opts.autotune is None
     faithful = {"emulate_precision_casts": True}
     assert opts.inductor_patches(None) == faithful
     assert BackendOptions.from_compile({"autotune": True}).inductor_patches(None) == {**faithful, "max_autotune": True}
     assert BackendOptions.from_compile({"inductor": {"triton.cudagraphs": True}}).inductor_patches(
         "max-autotune-no-cudagraphs") == {**faithful, "max_autotune": True, "coordinate_descent_tuning": True,
                                           "triton.cudagraphs": True}
+    assert BackendOptions.from_compile({"autotune": False}).inductor_patches(None) == faithful
     # a user's choice wins
     assert BackendOptions.from_compile({"inductor": {"emulate_precision_casts": False}}).inductor_patches(
         None) == {"emulate_precision_casts": False}
@@ -125,7 +146,7 @@ def test_options_defaults_and_patches():
         ({"fusions": ["int8_gemm"]}, r"unknown fusion\(s\) \['int8_gemm'\]"),
         ({"fusions": "int8_linear"}, "must be a list of names"),
         ({"fusions": ["scan_quantize"]}, "enable both or neither"),
-        ({"autotune": "yes"}, "must be a bool"),
+        ({"autotune": "yes"}, "must be True, False or None"),
         ({"inductor": {"max_autotun": True}}, r"unknown Inductor config \['max_autotun'\]"),
     ],
 )
