@@ -9,7 +9,8 @@ quick way to compare kernel variants before a GPU is at hand:
 
 The launch is specialized as the kernel wrappers launch it for Vim: fp32 activations stored
 token-major (unit stride along channels), B and C with unit stride along the state axis, A
-channel-major, D and N that fill their blocks. Must run without TRITON_INTERPRET (the script clears it).
+channel-major, D and N that fill their blocks, the bidirectional scan storing only the codes
+(STORE_OUT off: Vim reads its float output only through out_proj's quantizer). Must run without TRITON_INTERPRET (the script clears it).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
         elif arg in ("qmin", "qmax"):
             signature[arg] = "fp32"
         else:  # constexpr flags and block sizes
-            constants[arg] = {"BLOCK_D": block_d, "BLOCK_N": block_n}.get(arg, arg != "REVERSE")
+            constants[arg] = {"BLOCK_D": block_d, "BLOCK_N": block_n}.get(arg, arg not in ("REVERSE", "STORE_OUT"))
             signature[arg] = "constexpr"
     for arg in UNIT_STRIDES[name]:
         constants[arg], signature[arg] = 1, "constexpr"

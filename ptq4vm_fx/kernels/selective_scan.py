@@ -117,10 +117,13 @@ def _scan_step(
 
 @triton.jit
 def _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
-          q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT: tl.constexpr):
-    """Store y_t as out[b, :, t] (out's dtype) and, with QUANT, its token-major quantization as stored."""
+          q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
+          QUANT: tl.constexpr, STORE_OUT: tl.constexpr):
+    """Round y_t to out's dtype; store it as out[b, :, t] (with STORE_OUT) and, with QUANT, its
+    token-major quantization."""
     y_out = _round_to(y, out_ptr.dtype.element_ty)
-    tl.store(out_ptr + b * s_ob + offs_d * s_od + t * s_ol, y_out.to(out_ptr.dtype.element_ty), mask=mask_d)
+    if STORE_OUT:
+        tl.store(out_ptr + b * s_ob + offs_d * s_od + t * s_ol, y_out.to(out_ptr.dtype.element_ty), mask=mask_d)
     if QUANT:
         q = _quantize_values(y_out, inv_smooth, tl.load(inv_scale_ptr + t), tl.load(zp_ptr + t),
                              qmin, qmax)
@@ -158,7 +161,7 @@ def _selective_scan_kernel(
                           B_ptr, s_bb, s_bn, s_bl, C_ptr, s_cb, s_cn, s_cl, z_ptr, s_zb, s_zd, s_zl,
                           HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS)
         _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
-              out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False)  # no quantization
+              out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False, True)  # no quantization
 
 
 @triton.jit
@@ -178,6 +181,7 @@ def _bidirectional_scan_kernel(
     qmin, qmax,
     HAS_DF: tl.constexpr, HAS_DBF: tl.constexpr, HAS_DB: tl.constexpr, HAS_DBB: tl.constexpr,
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+    STORE_OUT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Both directions in one walk: step i advances the forward scan at token i and the backward
@@ -224,9 +228,9 @@ def _bidirectional_scan_kernel(
             partner_f = tl.where(i == tb, yb, tl.load(acc_base + i * s_al, mask=mask_d, other=0.0).to(tl.float32))
             partner_b = tl.where(i == tb, yf, tl.load(acc_base + tb * s_al, mask=mask_d, other=0.0).to(tl.float32))
             _emit(_round_to(partner_f + yf, dtype) * 0.5, i, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
-                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT)
+                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT, STORE_OUT)
             _emit(_round_to(partner_b + yb, dtype) * 0.5, tb, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
-                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT)
+                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT, STORE_OUT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,6 +273,12 @@ def _check_scan_args(prefix, u, delta, A, B, C, D, z, delta_bias):
 def _check_flag(name, value):
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be a bool, got {type(value).__name__}")  # noqa: TRY004 (API: ValueError)
+
+
+def _check_store_out(store_out, quant):
+    _check_flag("store_out", store_out)
+    if not (store_out or quant):
+        raise ValueError("store_out=False leaves nothing to return: it needs the quantized output (inv_scale)")
 
 
 def _s3(t):
@@ -323,7 +333,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                                u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                                z=None, delta_softplus=False,
-                               inv_smooth=None, inv_scale=None, zero_point=None, bits=8):
+                               inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True):
     """Vim bidirectional SSM output ``(scan_f + scan_b) / 2`` in one launch.
 
     ``scan_f = selective_scan(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)`` and
@@ -342,6 +352,8 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
         inv_smooth, inv_scale, zero_point, bits: optional fused static quantization of the
             output (``inv_scale`` given turns it on): inv_smooth (Dm,) fp32 or None,
             inv_scale (L,) fp32, zero_point (L,) int32, bits in [2, 8]; token index = t.
+        store_out: with the quantization, False skips storing ``out`` (when only its codes are read);
+            ``out`` is then an empty tensor.
 
     Returns:
         out (Bsz, Dm, L) in ``u_f``'s dtype stored token-major, or ``(out, xq)`` with xq (Bsz, L, Dm) int8 — the
@@ -361,16 +373,18 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     elif inv_smooth is not None or zero_point is not None:
         raise ValueError("inv_smooth / zero_point given without inv_scale: "
                          "pass inv_scale to quantize the output")
+    _check_store_out(store_out, quant)
     check_devices(u_f=u_f, delta_f=delta_f, A_f=A_f, B_f=B_f, C_f=C_f, D_f=D_f, delta_bias_f=delta_bias_f,
                   u_b=u_b, delta_b=delta_b, A_b=A_b, B_b=B_b, C_b=C_b, D_b=D_b, delta_bias_b=delta_bias_b,
                   z=z, inv_smooth=inv_smooth, inv_scale=inv_scale, zero_point=zero_point)
 
     dev = u_f.device
-    out = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)
+    out = token_major_empty(Bsz, Dm, L, u_f.dtype, dev) if store_out else u_f.new_empty(0)
     acc = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)  # scratch for parked outputs
     xq = torch.empty((Bsz, L, Dm), dtype=torch.int8, device=dev) if quant else None
-    if out.numel() == 0:
+    if acc.numel() == 0:
         return (out, xq) if quant else out
+    stored = out if store_out else acc  # the kernel rounds to out's dtype: acc has it too
 
     A_f, A_b = channel_major(A_f), channel_major(A_b)
     D_f, delta_bias_f, D_b, delta_bias_b = vec(D_f), vec(delta_bias_f), vec(D_b), vec(delta_bias_b)
@@ -384,18 +398,18 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
         delta_bias_f if delta_bias_f is not None else dummy,
         u_b, delta_b, A_b, B_b, C_b, D_b if D_b is not None else dummy,
         delta_bias_b if delta_bias_b is not None else dummy,
-        z if z is not None else u_f, acc, out, xq if quant else acc,
+        z if z is not None else u_f, acc, stored, xq if quant else acc,
         inv_smooth if inv_smooth is not None else dummy,
         inv_scale if quant else dummy, zero_point if quant else dummy,
         Dm, N, L,
         *_s3(u_f), *_s3(delta_f), A_f.stride(0), A_f.stride(1), *_s3(B_f), *_s3(C_f),
         *_s3(u_b), *_s3(delta_b), A_b.stride(0), A_b.stride(1), *_s3(B_b), *_s3(C_b),
-        *_s3(z), *_s3(acc), *_s3(out), *_s3(xq),
+        *_s3(z), *_s3(acc), *_s3(stored), *_s3(xq),
         qmin, qmax,
         HAS_DF=D_f is not None, HAS_DBF=delta_bias_f is not None,
         HAS_DB=D_b is not None, HAS_DBB=delta_bias_b is not None,
         HAS_Z=z is not None, SOFTPLUS=delta_softplus, QUANT=quant, HAS_SMOOTH=inv_smooth is not None,
-        BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+        STORE_OUT=store_out, BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
         num_warps=num_warps, num_stages=2,
     )
     return (out, xq) if quant else out
@@ -447,12 +461,13 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                                    u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                                    z=None, delta_softplus=False,
-                                   inv_smooth=None, inv_scale=None, zero_point=None, bits=8):
+                                   inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True):
     """Pure-PyTorch specification of :func:`bidirectional_scan_combine`."""
     from .quantize import quantize_per_token_ref
 
     Bsz, Dm, L, _ = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
     _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
+    _check_store_out(store_out, inv_scale is not None)
     dtype = u_f.dtype
     out_f = _selective_scan_ref_fp32(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
     out_b = _selective_scan_ref_fp32(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True)
@@ -461,4 +476,4 @@ def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_
         return out
     xq = quantize_per_token_ref(out.transpose(1, 2).reshape(Bsz * L, Dm), inv_smooth, inv_scale, zero_point,
                                 bits, L)
-    return out, xq.reshape(Bsz, L, Dm)
+    return out if store_out else out.new_empty(0), xq.reshape(Bsz, L, Dm)

@@ -4,8 +4,9 @@
     xq = ptq4vm::quantize_per_token(y.transpose(1, 2), inv_smooth, scale, zero_point, bits)
  -> y, xq = ptq4vm_fused::bidirectional_scan_quantize(..., inv_smooth, scale, zero_point, bits)
 
-The kernel stores the token-major int8 codes of the averaged output next to the output itself,
-so the transpose and the separate quantize pass over y disappear. Runs after
+The kernel stores the token-major int8 codes of the averaged output, so the transpose and the
+separate quantize pass over y disappear; when nothing but this quantize reads y (Vim: only
+out_proj does), the float y is not stored at all (``store_out=False``). Runs after
 :mod:`.fuse_bidirectional_scan`; anchored on the quantize call.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from torch.fx import GraphModule, Node
 
 from .fused_ops import FUSED_OPS
-from .match import bind, is_custom_op, norm_dim, strip_casts
+from .match import bind, is_custom_op, norm_dim, only_user, strip_casts
 from .quantize_site import StaticQuantize, quantize_input, quantize_nodes, static_quantize
 from .rewrite import Replacement, apply_rewrite
 
@@ -36,4 +37,13 @@ def _plan(node: Node) -> None | str | Replacement:
     site = static_quantize(node)
     if not isinstance(site, StaticQuantize):
         return site
-    return Replacement(scan, FUSED.default, (*scan.args, *site.qparams), (scan, node))
+    store_out = not _only_feeds(scan, node)
+    return Replacement(scan, FUSED.default, (*scan.args, *site.qparams, store_out), (scan if store_out else None, node))
+
+
+def _only_feeds(scan: Node, node: Node) -> bool:
+    """True when the scan's output reaches nothing but ``node`` (a chain of single users)."""
+    user = only_user(scan)
+    while user is not None and user is not node:
+        user = only_user(user)
+    return user is node

@@ -277,15 +277,19 @@ def _(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
 
 def _bidirectional(kernel, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b,
                    delta_bias_b, z, delta_softplus, quant=None):
+    """quant: None, or (inv_smooth, scale, zero_point, bits, store_out) for the quantized epilogue."""
     quant_args = {}
     if quant is not None:
-        inv_smooth, scale, zero_point, bits = quant
+        inv_smooth, scale, zero_point, bits, store_out = quant
         inv_scale, zp = _token_params(scale, zero_point, u_f.shape[-1], "bidirectional_scan_quantize")
-        quant_args = {"inv_smooth": inv_smooth.float(), "inv_scale": inv_scale, "zero_point": zp, "bits": bits}
+        quant_args = {"inv_smooth": inv_smooth.float(), "inv_scale": inv_scale, "zero_point": zp, "bits": bits,
+                      "store_out": store_out}
     out = kernel(u_f, delta_f, A_f.float(), B_f, C_f, _vec(D_f), _vec(delta_bias_f),
                  u_b, delta_b, A_b.float(), B_b, C_b, _vec(D_b), _vec(delta_bias_b),
                  z=z, delta_softplus=delta_softplus, **quant_args)
-    return (token_major(out[0]), out[1].contiguous()) if quant is not None else token_major(out)
+    if quant is None:
+        return token_major(out)
+    return (token_major(out[0]) if store_out else out[0]), out[1].contiguous()
 
 
 @torch.library.custom_op("ptq4vm_fused::bidirectional_scan", mutates_args=())
@@ -324,29 +328,30 @@ def bidirectional_scan_quantize(
     u_b: Tensor, delta_b: Tensor, A_b: Tensor, B_b: Tensor, C_b: Tensor, D_b: Optional[Tensor],
     delta_bias_b: Optional[Tensor],
     z: Optional[Tensor], delta_softplus: bool,
-    inv_smooth: Tensor, scale: Tensor, zero_point: Tensor, bits: int,
+    inv_smooth: Tensor, scale: Tensor, zero_point: Tensor, bits: int, store_out: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """:func:`bidirectional_scan` with its output also quantized in the epilogue: returns
-    (out (batch, D, L), xq (batch, L, D) int8 = quantize(out^T)); inv_smooth (D,), scale / zero_point (L,)."""
+    (out (batch, D, L), xq (batch, L, D) int8 = quantize(out^T)); inv_smooth (D,), scale / zero_point (L,).
+    ``store_out`` False: out is not written and comes back empty (only xq is read)."""
     return _bidirectional(_scan.bidirectional_scan_combine_ref, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                           u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus,
-                          (inv_smooth, scale, zero_point, bits))
+                          (inv_smooth, scale, zero_point, bits, store_out))
 
 
 @bidirectional_scan_quantize.register_kernel("cuda")
 def _bidirectional_scan_quantize_cuda(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b,
                                       C_b, D_b, delta_bias_b, z, delta_softplus, inv_smooth, scale, zero_point,
-                                      bits):
+                                      bits, store_out=True):
     return _bidirectional(_scan.bidirectional_scan_combine, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                           u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus,
-                          (inv_smooth, scale, zero_point, bits))
+                          (inv_smooth, scale, zero_point, bits, store_out))
 
 
 @bidirectional_scan_quantize.register_fake
 def _(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z,
-      delta_softplus, inv_smooth, scale, zero_point, bits):
+      delta_softplus, inv_smooth, scale, zero_point, bits, store_out=True):
     batch, d, length = u_f.shape
-    out = token_major_empty(batch, d, length, u_f.dtype, u_f.device)
+    out = token_major_empty(batch, d, length, u_f.dtype, u_f.device) if store_out else u_f.new_empty(0)
     return out, u_f.new_empty((batch, length, d), dtype=torch.int8)
 
 

@@ -210,6 +210,21 @@ def test_bidirectional_quantized(device, dtype, smooth, bits):
     assert (xq.int() - xq_ref.int()).abs().max() <= 1
 
 
+def test_bidirectional_codes_without_the_float_output(device):
+    """store_out=False: the same codes, no float output written (an empty tensor comes back)."""
+    branches, z = _bidir_inputs(2, 40, 7, 16, seed=31, dtype=torch.float16)
+    qp = _out_qparams(40, 7, seed=32)
+    args = (*_to(branches, device), z.to(device), True, *_to(qp, device), 8)
+    out, xq = bidirectional_scan_combine(*args)
+    none, xq_only = bidirectional_scan_combine(*args, store_out=False)
+    assert none.numel() == 0 and none.dtype == out.dtype
+    assert torch.equal(xq_only, xq)
+    ref_none, ref_xq = bidirectional_scan_combine_ref(*branches, z, True, *qp, 8, store_out=False)
+    assert ref_none.numel() == 0 and torch.equal(ref_xq, bidirectional_scan_combine_ref(*branches, z, True, *qp, 8)[1])
+    with pytest.raises(ValueError, match="store_out=False leaves nothing to return"):
+        bidirectional_scan_combine(*branches, z=z, store_out=False)
+
+
 def test_bidirectional_bad_inputs():
     branches, z = _bidir_inputs(2, 4, 5, 8, seed=0)
     qp = _out_qparams(4, 5, seed=0)

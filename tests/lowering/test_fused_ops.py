@@ -197,3 +197,11 @@ def test_cuda_impl_matches_reference(device, op, batch):
 def test_opcheck(op):
     torch.library.opcheck(op, sample_args(op, 2), test_utils=("test_schema", "test_faketensor",
                                                               "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("op", [fused_ops.int8_linear, fused_ops.int8_linear_quantize,
+                                fused_ops.bidirectional_scan_quantize], ids=lambda op: op._name)
+def test_opcheck_trailing_option_off(op):
+    """The lowering's trailing options switched off (autotune=False, store_out=False): fakes still consistent."""
+    torch.library.opcheck(op, (*sample_args(op, 2), False), test_utils=("test_schema", "test_faketensor",
+                                                                        "test_aot_dispatch_dynamic"))

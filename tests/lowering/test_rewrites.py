@@ -11,7 +11,8 @@ import torch
 from ptq4vm_fx.lowering.backend import has_quantized_ops, lower_graph
 from ptq4vm_fx.lowering.fuse_linear_quantize import LINEAR as INT8_LINEAR
 from ptq4vm_fx.lowering.fuse_linear_quantize import _column_range
-from ptq4vm_fx.lowering.match import is_custom_op, op_namespace
+from ptq4vm_fx.lowering.fuse_scan_quantize import FUSED as SCAN_QUANTIZE
+from ptq4vm_fx.lowering.match import bind_custom, is_custom_op, is_op, op_namespace
 from ptq4vm_fx.lowering.options import FUSIONS
 
 from .lowering_helpers import EXPECTED, assert_agrees, dynamo_graph, images, quantize, tiny_vim
@@ -148,6 +149,27 @@ def test_a_norm_rounded_at_one_end_only_is_not_fused(in_dtype, out_dtype, fused,
         assert torch.equal(gm(*example_inputs)[0], model(x))
 
 
+def test_the_scan_stores_its_float_output_only_when_something_reads_it(qvim):
+    """Vim reads the averaged scan output only through out_proj's quantizer: the fused scan writes
+    just the codes. Give block 0's average another reader and that block's scan stores it too."""
+    x = images(2)
+    gm, example_inputs = dynamo_graph(qvim, x)
+    averages = [n for n in gm.graph.nodes if is_op(n, "div")]  # (y_f + y_b) / 2, one per block
+    assert len(averages) == 2
+    with gm.graph.inserting_after(averages[0]):
+        extra = gm.graph.call_method("sum", (averages[0],))
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output.args = ((*output.args[0], extra),)
+    gm.recompile()
+    lower_graph(gm)
+    scans = [n for n in gm.graph.nodes if is_custom_op(n, SCAN_QUANTIZE)]
+    assert [bind_custom(n, SCAN_QUANTIZE)["store_out"] for n in scans] == [True, False]
+    with torch.no_grad():
+        logits, total = gm(*example_inputs)
+        assert_agrees(logits, qvim(x))
+        assert torch.isfinite(total) and total != 0
+
+
 def test_only_the_enabled_fusions_run(qvim):
     counts, expect, got, gm = _lowered(qvim, images(2), fusions=["int8_linear"])
     assert counts == {"int8_linear": 12}
@@ -186,9 +208,12 @@ def test_batch_is_symbolic_and_tokens_static(qvim):
     fused = [n for n in gm.graph.nodes if op_namespace(n.target) == "ptq4vm_fused"]
     for node in fused:
         out = node.meta["example_value"]
-        first = out[0] if isinstance(out, tuple) else out
-        assert isinstance(first.shape[0], torch.SymInt)
-        assert all(isinstance(s, int) for s in first.shape[1:])
+        # every output but the scan's unused float output (stored nowhere, empty: store_out=False)
+        outputs = [t for t in (out if isinstance(out, tuple) else (out,)) if t.dim() > 1]
+        assert outputs
+        for t in outputs:
+            assert isinstance(t.shape[0], torch.SymInt)
+            assert all(isinstance(s, int) for s in t.shape[1:])
     getitems = [n for n in gm.graph.nodes if n.target is operator.getitem and n.args[0] in fused]
     assert all("example_value" in n.meta for n in getitems)
     # the graph takes the batch size as an input of its own, before the images
