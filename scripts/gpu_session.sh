@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One lease of a GPU machine (no registry there): install offline, run the CUDA tests and the
 # benchmark suite, and leave logs and the results JSON in $OUT. Usage: OUT=dir bash scripts/gpu_session.sh [steps]
-# steps: any of "tests bench-kernels tune bench-e2e" (default: all), each under its own time limit;
-# TESTS selects the test paths, E2E_K a pytest -k expression for the end-to-end cases.
+# steps: any of "tests bench-kernels tune bench-e2e profile" (default: all), each under its own time
+# limit; TESTS selects the test paths, E2E_K a pytest -k expression for the end-to-end cases,
+# PROFILE_ARGS the arguments of scripts/profile_e2e.py (default: Vim-S, batch 128).
 set -u
 OUT=${OUT:-/tmp/ptq4vm-gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-steps=${*:-tests bench-kernels tune bench-e2e}
+steps=${*:-tests bench-kernels tune bench-e2e profile}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
@@ -22,8 +23,10 @@ for step in $steps; do
     bench-e2e) timeout "${E2E_S:-540}" python3 -m pytest -q -p no:cacheprovider benchmarks/test_end_to_end.py \
              -k "${E2E_K:-}" \
              >"$OUT/bench-e2e.log" 2>&1 ;;
+    profile) timeout "${PROFILE_S:-300}" python3 scripts/profile_e2e.py ${PROFILE_ARGS:-} --out "$OUT/profile.json" \
+             >"$OUT/profile.log" 2>&1 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "== $step: rc=$? in $((SECONDS - start)) s"
-  grep -E "^(FAILED|ERROR)|passed|failed|^(scan|gemm) " "$OUT/$step.log" | tail -n 40 2>/dev/null
+  grep -E "^(FAILED|ERROR)|passed|failed|^(scan|gemm|int8_|fp16_)" "$OUT/$step.log" | tail -n 40 2>/dev/null
 done
