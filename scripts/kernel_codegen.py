@@ -10,7 +10,8 @@ quick way to compare kernel variants before a GPU is at hand:
 The launch is specialized as the kernel wrappers launch it for Vim: fp32 activations stored
 token-major (unit stride along channels), B and C with unit stride along the state axis, A
 channel-major, D and N that fill their blocks, the bidirectional scan storing only the codes
-(STORE_OUT off: Vim reads its float output only through out_proj's quantizer). Must run without TRITON_INTERPRET (the script clears it).
+(STORE_OUT off: Vim reads its float output only through out_proj's quantizer). Must run without
+TRITON_INTERPRET (the script clears it).
 """
 
 from __future__ import annotations
