@@ -45,11 +45,11 @@ def _round_to(x, dtype: tl.constexpr):
 
     bf16 is rounded on the bits (add half an ulp minus one, plus the kept lsb, then truncate):
     the Triton interpreter converts fp32 -> bf16 by truncation, a GPU to nearest even; this
-    gives the GPU's result on both (finite values and infinities; NaN is not preserved)."""
+    gives the GPU's result on both (NaN stays NaN)."""
     if dtype == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
+        return tl.where(x != x, x, bits.to(tl.float32, bitcast=True))
     elif dtype == tl.float16:
         return x.to(tl.float16).to(tl.float32)
     else:
