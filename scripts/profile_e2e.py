@@ -1,7 +1,9 @@
 """Where the time of one forward goes (GPU only; DESIGN.md section 8): the CUDA kernels of the INT8
 model compiled with the ptq4vm backend (float parts in fp32, and in fp16) and of the FP16 model
 compiled by Inductor, per kernel and grouped by what they compute, next to each forward's wall time
-(their difference is the host's launch overhead, which CUDA graphs remove).
+(their difference is the host's launch overhead, which CUDA graphs remove). On the host side: the
+CPU time of each fused op's call (dispatch, checks, Triton launch) and the CUDA synchronizations
+per forward (any one of them stops the host from running ahead of the GPU).
 
     python scripts/profile_e2e.py --model vim_small_patch16_224 --batch 128 --out profile.json
 
@@ -45,30 +47,40 @@ def category(kernel: str) -> str:
     return next((name for name, keys in CATEGORIES if any(k.lower() in lowered for k in keys)), "other")
 
 
-def kernel_times(fn, runs: int) -> dict[str, tuple[float, int]]:
-    """{kernel name: (device ms per forward, launches per forward)} over ``runs`` profiled calls."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+def profile(fn, runs: int) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]], float]:
+    """Over ``runs`` profiled calls of ``fn``: ({kernel: (device ms, launches)} per forward,
+    {ptq4vm_fused op: (host ms, calls)} per forward, CUDA synchronizations per forward)."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(runs):
             fn()
-        torch.cuda.synchronize()
-    times = {}
+    kernels, ops, syncs = {}, {}, 0
     for event in prof.key_averages():
         device_us = getattr(event, "self_device_time_total", 0)
         if device_us > 0:
-            times[event.key] = (device_us / 1e3 / runs, event.count // runs)
-    return times
+            kernels[event.key] = (device_us / 1e3 / runs, event.count // runs)
+        if event.key.startswith("ptq4vm_fused::"):
+            ops[event.key] = (event.cpu_time_total / 1e3 / runs, event.count // runs)
+        if "Synchronize" in event.key:  # cudaStreamSynchronize, cudaDeviceSynchronize, ...
+            syncs += event.count
+    return kernels, ops, syncs / runs
 
 
-def summarize(times: dict[str, tuple[float, int]], top: int) -> dict:
-    """Totals per category and the ``top`` kernels by device time."""
+def summarize(kernels: dict[str, tuple[float, int]], ops: dict[str, tuple[float, int]], syncs: float,
+              top: int) -> dict:
+    """Totals per kernel category, the ``top`` kernels by device time, the fused ops' host time."""
     by_category: dict[str, float] = defaultdict(float)
-    for name, (ms, _) in times.items():
+    for name, (ms, _) in kernels.items():
         by_category[category(name)] += ms
-    ranked = sorted(times.items(), key=lambda kv: -kv[1][0])[:top]
-    return {"kernel_ms": sum(ms for ms, _ in times.values()),
-            "launches": sum(n for _, n in times.values()),
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"kernel_ms": sum(ms for ms, _ in kernels.values()),
+            "launches": sum(n for _, n in kernels.values()),
             "by_category_ms": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
-            "top_kernels": [{"name": name, "ms": ms, "launches": n} for name, (ms, n) in ranked]}
+            "top_kernels": [{"name": name, "ms": ms, "launches": n} for name, (ms, n) in ranked],
+            "fused_ops_host_ms": sum(ms for ms, _ in ops.values()),
+            "fused_ops_host": {name: {"ms": ms, "calls": n, "us_per_call": ms * 1e3 / max(n, 1)}
+                               for name, (ms, n) in sorted(ops.items())},
+            "cuda_synchronizations": syncs}
 
 
 def main():
@@ -89,10 +101,12 @@ def main():
         for variant in VARIANTS:
             xi = x.half() if variant in HALF_INPUTS else x
             wall = median_ms(lambda v=variant, xi=xi: models[v](xi), warmup=3, runs=50, flush_l2=False)
-            summary = summarize(kernel_times(lambda v=variant, xi=xi: models[v](xi), args.runs), args.top)
+            summary = summarize(*profile(lambda v=variant, xi=xi: models[v](xi), args.runs), args.top)
             result["variants"][variant] = {"wall_ms": wall, **summary}
             print(f"{variant}: wall {wall:.2f} ms, kernels {summary['kernel_ms']:.2f} ms in {summary['launches']} "
-                  f"launches; " + ", ".join(f"{k} {v:.2f}" for k, v in summary["by_category_ms"].items()), flush=True)
+                  f"launches, fused ops' host time {summary['fused_ops_host_ms']:.2f} ms, "
+                  f"{summary['cuda_synchronizations']:g} synchronizations; "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in summary["by_category_ms"].items()), flush=True)
             args.out.write_text(json.dumps(result, indent=1))  # after each variant: a cut-short run keeps it
 
 
