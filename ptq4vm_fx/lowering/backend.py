@@ -109,5 +109,18 @@ def ptq4vm_backend(
     else:
         report.graph_without_ptq4vm_ops()
     tag = "|".join(t for t in (torch.compiler.config.cache_key_tag, ops_fingerprint()) if t)
+    patches = opts.inductor_patches(mode)
     with torch.compiler.config.patch(cache_key_tag=tag):
-        return compile_fx(gm, example_inputs, config_patches=opts.inductor_patches(mode))
+        compiled = compile_fx(gm, example_inputs, config_patches=patches)
+    on_gpu = any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs)
+    return cloning_outputs(compiled) if patches.get("triton.cudagraphs") and on_gpu else compiled
+
+
+def cloning_outputs(compiled: Callable) -> Callable:
+    """``compiled`` returning copies of its tensor outputs: a CUDA graph's outputs live in its memory
+    pool and the next replay overwrites them; the copies stay valid."""
+    def run(*args):
+        outs = compiled(*args)
+        return type(outs)(o.clone() if isinstance(o, torch.Tensor) else o for o in outs)
+
+    return run

@@ -123,17 +123,20 @@ def test_one_rewrite_per_fusion_in_order():
 
 def test_options_defaults_and_patches():
     opts = BackendOptions.from_compile(None)
-    assert opts.fusions == FUSIONS and opts.autotune is None
-    faithful = {"emulate_precision_casts": True}
-    assert opts.inductor_patches(None) == faithful
-    assert BackendOptions.from_compile({"autotune": True}).inductor_patches(None) == {**faithful, "max_autotune": True}
+    assert opts.fusions == FUSIONS and opts.autotune is None and opts.cudagraphs is True
+    default = {"emulate_precision_casts": True, "triton.cudagraphs": True}
+    assert opts.inductor_patches(None) == default
+    assert BackendOptions.from_compile({"autotune": True}).inductor_patches(None) == {**default, "max_autotune": True}
+    assert BackendOptions.from_compile({"autotune": False}).inductor_patches(None) == default
+    assert BackendOptions.from_compile({"cudagraphs": False}).inductor_patches(None) == {
+        **default, "triton.cudagraphs": False}
+    # a mode's patches come after the options, the ``inductor`` option last
+    assert BackendOptions.from_compile(None).inductor_patches("max-autotune-no-cudagraphs") == {
+        **default, "max_autotune": True, "coordinate_descent_tuning": True, "triton.cudagraphs": False}
     assert BackendOptions.from_compile({"inductor": {"triton.cudagraphs": True}}).inductor_patches(
-        "max-autotune-no-cudagraphs") == {**faithful, "max_autotune": True, "coordinate_descent_tuning": True,
-                                          "triton.cudagraphs": True}
-    assert BackendOptions.from_compile({"autotune": False}).inductor_patches(None) == faithful
-    # a user's choice wins
+        "max-autotune-no-cudagraphs")["triton.cudagraphs"] is True
     assert BackendOptions.from_compile({"inductor": {"emulate_precision_casts": False}}).inductor_patches(
-        None) == {"emulate_precision_casts": False}
+        None) == {**default, "emulate_precision_casts": False}
     # the order of the names does not matter: the rewrites always run in FUSIONS order
     assert BackendOptions.from_compile({"fusions": ["int8_linear", "bidirectional_scan"]}).fusions == (
         "bidirectional_scan", "int8_linear")
@@ -147,6 +150,7 @@ def test_options_defaults_and_patches():
         ({"fusions": "int8_linear"}, "must be a list of names"),
         ({"fusions": ["scan_quantize"]}, "enable both or neither"),
         ({"autotune": "yes"}, "must be True, False or None"),
+        ({"cudagraphs": 1}, "'cudagraphs' must be a bool"),
         ({"inductor": {"max_autotun": True}}, r"unknown Inductor config \['max_autotun'\]"),
     ],
 )
@@ -165,8 +169,6 @@ def test_bad_option_through_torch_compile(qvim):
 def test_compilations_are_tagged_with_the_ops_fingerprint(qvim, monkeypatch):
     """Inductor's caches see a hash of the op sources (stale code from an older fake implementation
     is never reused), after any tag of the user's."""
-    from ptq4vm_fx.lowering import backend
-
     tags = []
 
     def fake_compile_fx(gm, example_inputs, config_patches):
@@ -180,6 +182,37 @@ def test_compilations_are_tagged_with_the_ops_fingerprint(qvim, monkeypatch):
     assert tags == [f"mine|{backend.ops_fingerprint()}"]
     assert backend.ops_fingerprint().startswith("ptq4vm-") and len(backend.ops_fingerprint()) == 23
     assert torch.compiler.config.cache_key_tag == ""
+
+
+def test_outputs_of_cuda_graphs_are_cloned():
+    """A CUDA graph's outputs are overwritten by its next replay: the backend hands out copies."""
+    pool = torch.zeros(3)
+
+    def replay(x):  # the graph's output buffer, rewritten by every replay
+        pool.copy_(x)
+        return (pool, 7)
+
+    run = backend.cloning_outputs(replay)
+    first, constant = run(torch.ones(3))
+    second, _ = run(torch.full((3,), 2.0))
+    assert torch.equal(first, torch.ones(3)) and torch.equal(second, torch.full((3,), 2.0)) and constant == 7
+
+
+def test_graphs_on_the_cpu_are_returned_as_compiled(qvim, monkeypatch):
+    """Inductor runs CPU graphs without CUDA graphs: nothing to copy, the compiled function as is."""
+    compiled = []
+
+    def fake_compile_fx(gm, example_inputs, config_patches):
+        compiled.append((gm.forward, config_patches["triton.cudagraphs"]))
+        return gm.forward
+
+    returned = []
+    monkeypatch.setattr(backend, "compile_fx", fake_compile_fx)
+    monkeypatch.setattr(backend, "cloning_outputs", lambda fn: returned.append(fn) or fn)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(qvim, backend="ptq4vm")(images(2))
+    assert [flag for _, flag in compiled] == [True] and returned == []
 
 
 def test_grad_mode_is_a_clear_error(qvim):
@@ -222,6 +255,18 @@ def test_cuda_compiled_int8_matches_eager_and_runs_the_triton_kernels():
         names = _cuda_kernel_names(lambda: compiled(x))
     missing = sorted({k for k in KERNELS.values() if k not in names})
     assert not missing, f"Triton kernels {missing} did not run; the CUDA kernels were: {names[:2000]}"
+
+
+@pytest.mark.requires_cuda
+def test_cuda_graph_outputs_stay_valid_across_calls():
+    """With the default CUDA graphs, outputs kept from earlier calls still hold their own results."""
+    model = quantize(tiny_vim(img_size=64, embed_dim=64), size=64).cuda()
+    compiled = torch.compile(model, backend="ptq4vm", fullgraph=True)
+    inputs = [images(4, seed=s, size=64).cuda() for s in range(5)]  # warm-up, recording, replays
+    with torch.no_grad():
+        outputs = [compiled(x) for x in inputs]
+        for out, x in zip(outputs, inputs):
+            assert_agrees(out, model(x))
 
 
 @pytest.mark.requires_cuda
