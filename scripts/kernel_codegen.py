@@ -5,7 +5,7 @@ A CPU-only check of the register layout the module docstring of
 ptq4vm_fx/kernels/selective_scan.py promises (tests/kernels/test_scan_codegen.py runs it), and a
 quick way to compare kernel variants before a GPU is at hand:
 
-    python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90
+    python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90 [--dtype fp16]
 
 The launch is specialized as the kernel wrappers launch it for Vim: fp32 activations stored
 token-major (unit stride along channels), B and C with unit stride along the state axis, A
@@ -41,18 +41,22 @@ UNIT_STRIDES = {
     "_bidirectional_scan_kernel": ("s_ufd", "s_tfd", "s_ubd", "s_tbd", "s_zd", "s_ad", "s_od", "s_qd",
                                    "s_bfn", "s_cfn", "s_bbn", "s_cbn", "s_afd", "s_abd"),
 }
-POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32"}  # every other pointer is fp32
+POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32"}
+# pointers that stay fp32 whatever the activations' dtype: A, D, delta_bias, the quantization parameters
+FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbias_ptr", "dbf_ptr", "dbb_ptr",
+                 "inv_smooth_ptr", "inv_scale_ptr")
 COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
            "ex2": "ex2.approx", "ld_global": "ld.global", "st_global": "st.global"}
 
 
-def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int):
-    """Compile ``scan.<name>`` with every feature flag on, for sm_<arch>; returns Triton's compiled kernel."""
+def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32"):
+    """Compile ``scan.<name>`` with every feature flag on, for sm_<arch>, activations (u, delta, B, C,
+    z, the output and the scratch) in ``dtype``; returns Triton's compiled kernel."""
     fn = getattr(scan, name)
     signature, constants = {}, {}
     for arg in fn.arg_names:
         if arg.endswith("_ptr"):
-            signature[arg] = POINTER_TYPES.get(arg, "*fp32")
+            signature[arg] = POINTER_TYPES.get(arg, "*fp32" if arg in FP32_POINTERS else f"*{dtype}")
         elif arg in ("Dm", "N", "L"):
             signature[arg] = "i32"
         elif arg.startswith("s_"):
@@ -83,9 +87,9 @@ def registers(cubin: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int) -> dict:
+def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32") -> dict:
     """{counted op: occurrences in the PTX} plus "registers" for one kernel and launch shape."""
-    compiled = compile_kernel(name, block_d, block_n, num_warps, arch)
+    compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype)
     ptx = compiled.asm["ptx"]
     out = {key: ptx.count(op) for key, op in COUNTED.items()}
     out["registers"] = registers(compiled.asm["cubin"])
@@ -98,8 +102,11 @@ def main():
     parser.add_argument("--block-n", type=int, default=16)
     parser.add_argument("--warps", type=int, default=1)
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100 / H200)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="the activations' dtype (a model run in half precision: fp16 / bf16)")
     args = parser.parse_args()
-    result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch) for name in UNIT_STRIDES}
+    result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch, args.dtype)
+              for name in UNIT_STRIDES}
     print(json.dumps(result, indent=1))
 
 

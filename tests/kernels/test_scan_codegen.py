@@ -14,16 +14,18 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kernel_codegen.py"
 DIRECTIONS = {"_selective_scan_kernel": 1, "_bidirectional_scan_kernel": 2}
 
 
-def codegen(block_d: int, warps: int) -> dict:
-    run = subprocess.run([sys.executable, str(SCRIPT), "--block-d", str(block_d), "--warps", str(warps)],
-                         capture_output=True, text=True, timeout=600)
+def codegen(block_d: int, warps: int, dtype: str = "fp32") -> dict:
+    run = subprocess.run([sys.executable, str(SCRIPT), "--block-d", str(block_d), "--warps", str(warps),
+                          "--dtype", dtype], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
 
 
-@pytest.fixture(scope="module")
-def one_channel_per_thread():
-    return codegen(32, 1)
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def one_channel_per_thread(request):
+    """The Vim launch's code, activations in fp32 (as convert produces the model) or fp16 (the model
+    moved to half precision)."""
+    return codegen(32, 1, request.param)
 
 
 @pytest.mark.parametrize("kernel", list(DIRECTIONS))
