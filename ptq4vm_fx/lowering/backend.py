@@ -118,9 +118,19 @@ def ptq4vm_backend(
 
 def cloning_outputs(compiled: Callable) -> Callable:
     """``compiled`` returning copies of its tensor outputs: a CUDA graph's outputs live in its memory
-    pool and the next replay overwrites them; the copies stay valid."""
+    pool and the next replay overwrites them; the copies stay valid. Outputs that alias an input
+    are not in the pool and come back as they are (which ones those are is fixed by the graph: found
+    on the first call)."""
+    aliased = None
+
     def run(*args):
+        nonlocal aliased
         outs = compiled(*args)
-        return type(outs)(o.clone() if isinstance(o, torch.Tensor) else o for o in outs)
+        if aliased is None:
+            inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
+            aliased = {i for i, o in enumerate(outs)
+                       if isinstance(o, torch.Tensor) and o.untyped_storage().data_ptr() in inputs}
+        return type(outs)(o.clone() if isinstance(o, torch.Tensor) and i not in aliased else o
+                          for i, o in enumerate(outs))
 
     return run

@@ -185,17 +185,20 @@ def test_compilations_are_tagged_with_the_ops_fingerprint(qvim, monkeypatch):
 
 
 def test_outputs_of_cuda_graphs_are_cloned():
-    """A CUDA graph's outputs are overwritten by its next replay: the backend hands out copies."""
+    """A CUDA graph's outputs are overwritten by its next replay: the backend hands out copies, except
+    of outputs that alias an input (they are not in the graph's pool)."""
     pool = torch.zeros(3)
 
-    def replay(x):  # the graph's output buffer, rewritten by every replay
+    def replay(x):  # the graph's output buffer, rewritten by every replay; and a view of the input
         pool.copy_(x)
-        return (pool, 7)
+        return (pool, 7, x[1:])
 
     run = backend.cloning_outputs(replay)
-    first, constant = run(torch.ones(3))
-    second, _ = run(torch.full((3,), 2.0))
-    assert torch.equal(first, torch.ones(3)) and torch.equal(second, torch.full((3,), 2.0)) and constant == 7
+    x1, x2 = torch.ones(3), torch.full((3,), 2.0)
+    first, constant, view = run(x1)
+    second, _, _ = run(x2)
+    assert torch.equal(first, x1) and torch.equal(second, x2) and constant == 7
+    assert view.untyped_storage().data_ptr() == x1.untyped_storage().data_ptr()
 
 
 def test_graphs_on_the_cpu_are_returned_as_compiled(qvim, monkeypatch):
