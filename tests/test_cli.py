@@ -10,6 +10,7 @@ import torch
 
 from ptq4vm_fx.cli import main
 from tests.conftest import make_image_folder
+from tests.lowering.lowering_helpers import EMULATES_CASTS_ON_CPU
 
 
 def test_quantize_writes_metrics_and_a_loadable_model(tmp_path, capsys):
@@ -92,7 +93,8 @@ def test_a_saved_bundled_model_evaluates_with_no_other_argument(tmp_path, capsys
     assert main(args) == 0
     assert "360 images, 1 process(es), cpu, float16" in capsys.readouterr().out
     e = json.loads(evaluation.read_text())
-    assert e["dtype"] == "float16" and e["compiled_vs_eager_sqnr_db"] >= 40
+    assert e["dtype"] == "float16" and e["compiled"]["top1"] == e["quantized"]["top1"]
+    assert e["compiled_vs_eager_sqnr_db"] >= (40 if EMULATES_CASTS_ON_CPU else 30)
     assert abs(e["quantized"]["top1"] - m["quant_top1"]) <= 1.0
 
 

@@ -12,7 +12,7 @@ from ptq4vm_fx.lowering.backend import REWRITES
 from ptq4vm_fx.lowering.match import is_custom_op
 from ptq4vm_fx.lowering.options import FUSIONS, BackendOptions
 
-from .lowering_helpers import EXPECTED, assert_agrees, images, quantize, tiny_vim
+from .lowering_helpers import EMULATES_CASTS_ON_CPU, EXPECTED, assert_agrees, images, quantize, tiny_vim
 from .test_fused_ops import sample_args
 
 BATCHES = (8, 3, 5)  # the second size makes the batch dimension dynamic; the third reuses that graph
@@ -98,11 +98,6 @@ def test_autotune_false_gives_every_gemm_fixed_tiles(qvim, autotune, tuned):
     gemms = [n for n in graphs[0].graph.nodes if any(is_custom_op(n, op) for op in backend.GEMMS)]
     assert len(gemms) == EXPECTED["int8_linear"]
     assert all(n.kwargs.get("autotune", True) is tuned for n in gemms)
-
-
-# Inductor's CPU code generator keeps fp16 round trips under emulate_precision_casts in torch 2.14;
-# torch 2.11's does not (this model: 49.4 dB with or without it), its Triton one (GPUs) does
-EMULATES_CASTS_ON_CPU = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 14)
 
 
 def test_compiled_half_precision_vim_matches_eager(qvim):
