@@ -40,8 +40,9 @@ def triton_float_scan():
 
 
 def build_models(name: str, device="cuda", calib_batches=2, calib_batch=8) -> dict:
-    """The INT8 model eager and compiled with the ptq4vm backend (with and without CUDA graphs), the
-    FP16 model eager and compiled by Inductor (with and without CUDA graphs)."""
+    """The INT8 model (float parts in fp32, and moved to fp16) eager and compiled with the ptq4vm
+    backend (with and without CUDA graphs), the FP16 model eager and compiled by Inductor (with and
+    without CUDA graphs)."""
     torch.manual_seed(0)
     model = create_vim(name).eval().to(device)
     size = model.patch_embed.img_size
