@@ -7,11 +7,13 @@ quick way to compare kernel variants before a GPU is at hand:
 
     python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90 [--dtype fp16]
 
-The launch is specialized as the kernel wrappers launch it for Vim: fp32 activations stored
-token-major (unit stride along channels), B and C with unit stride along the state axis, A
-channel-major, D and N that fill their blocks, the bidirectional scan storing only the codes
-(STORE_OUT off: Vim reads its float output only through out_proj's quantizer). Must run without
-TRITON_INTERPRET (the script clears it).
+The launch is specialized as Triton specializes the wrappers' launch for Vim-S at batch 128:
+activations stored token-major (unit stride along channels), B and C with unit stride along the
+state axis, A channel-major, D and N that fill their blocks, the bidirectional scan storing only
+the codes (STORE_OUT off: Vim reads its float output only through out_proj's quantizer); 32-bit
+sizes and strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16
+marked so (all but L and B / C's strides along tokens and batch: x_proj's output has 56 columns).
+Must run without TRITON_INTERPRET (the script clears it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32"}
 # pointers that stay fp32 whatever the activations' dtype: A, D, delta_bias, the quantization parameters
 FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbias_ptr", "dbf_ptr", "dbb_ptr",
                  "inv_smooth_ptr", "inv_scale_ptr")
+# 32-bit sizes and strides that are not multiples of 16 in the Vim-S launch
+NOT_DIVISIBLE = ("L", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb", "s_cfl", "s_bbb", "s_bbl", "s_cbb",
+                 "s_cbl")
 COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
            "ex2": "ex2.approx", "ld_global": "ld.global", "st_global": "st.global"}
 
@@ -53,14 +58,16 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
     """Compile ``scan.<name>`` with every feature flag on, for sm_<arch>, activations (u, delta, B, C,
     z, the output and the scratch) in ``dtype``; returns Triton's compiled kernel."""
     fn = getattr(scan, name)
-    signature, constants = {}, {}
-    for arg in fn.arg_names:
+    signature, constants, attrs = {}, {}, {}
+    for i, arg in enumerate(fn.arg_names):
         if arg.endswith("_ptr"):
             signature[arg] = POINTER_TYPES.get(arg, "*fp32" if arg in FP32_POINTERS else f"*{dtype}")
-        elif arg in ("Dm", "N", "L"):
+            if not fn.params[i].do_not_specialize_on_alignment:  # as the launch specializes it
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif arg in ("Dm", "N", "L") or arg.startswith("s_"):
             signature[arg] = "i32"
-        elif arg.startswith("s_"):
-            signature[arg] = "i64"
+            if arg not in NOT_DIVISIBLE:
+                attrs[(i,)] = [["tt.divisibility", 16]]
         elif arg in ("qmin", "qmax"):
             signature[arg] = "fp32"
         else:  # constexpr flags and block sizes
@@ -68,7 +75,8 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
             signature[arg] = "constexpr"
     for arg in UNIT_STRIDES[name]:
         constants[arg], signature[arg] = 1, "constexpr"
-    return triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", arch, 32),
+        attrs.pop((fn.arg_names.index(arg),), None)
+    return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": num_warps, "num_stages": 2})
 
 

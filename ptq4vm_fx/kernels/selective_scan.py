@@ -18,10 +18,14 @@ the conv kernel and the scans write them.
 Register layout (checked on sm_90 code by tests/kernels/test_scan_codegen.py): the tile's channel
 axis is its fast axis, so with BLOCK_D >= 32 * num_warps each thread owns whole channels and the
 per-token sum over the N states is a register sum: no warp shuffles, no shared-memory layout
-conversions, no barriers inside the token loop. Two things keep it so:
+conversions, no barriers inside the token loop. Three things keep it so:
   - A is read channel-major (stride 1 along D, :func:`ptq4vm_fx.ops.channel_major`: Vim computes
     it so, and the wrappers copy it so when it is not). With A row-major, its unit stride along N
     makes Triton (3.6 and 3.8) lay the tile out along N and reduce across threads.
+  - A's pointer is not specialized on its 16-byte alignment (``do_not_specialize_on_alignment``).
+    Aligned, with its stride along N a multiple of 16 (any Vim width), A's load is vectorized four
+    channels to a thread, and the tile follows: N spread over threads, shuffles and shared memory
+    in every token step. A is read once per program, so its scalar load costs nothing.
   - Masks are compile-time true when D and N fill their blocks (EVEN_D / EVEN_N), which removes
     the per-load predicates.
 """
@@ -130,7 +134,7 @@ def _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
         tl.store(q_ptr + b * s_qb + t * s_ql + offs_d * s_qd, q, mask=mask_d)
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["A_ptr"])  # A: module docstring
 def _selective_scan_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, out_ptr,
     Dm, N, L,
@@ -164,7 +168,7 @@ def _selective_scan_kernel(
               out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False, True)  # no quantization
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["Af_ptr", "Ab_ptr"])  # A: module docstring
 def _bidirectional_scan_kernel(
     uf_ptr, dtf_ptr, Af_ptr, Bf_ptr, Cf_ptr, Df_ptr, dbf_ptr,
     ub_ptr, dtb_ptr, Ab_ptr, Bb_ptr, Cb_ptr, Db_ptr, dbb_ptr,
