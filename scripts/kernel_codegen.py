@@ -1,8 +1,10 @@
-"""Compile the scan kernels for a CUDA architecture without a GPU and count what their code does
-per launch: warp shuffles, shared-memory traffic, barriers, exp2, global loads, registers.
+"""Compile the scan kernels and the INT8 GEMM for a CUDA architecture without a GPU and count what
+their code does per launch: for the scans warp shuffles, shared-memory traffic, barriers, exp2,
+global loads, registers; for the GEMM its tensor-core instructions and asynchronous copies (a
+pipelined main loop).
 
 A CPU-only check of the register layout the module docstring of
-ptq4vm_fx/kernels/selective_scan.py promises (tests/kernels/test_scan_codegen.py runs it), and a
+ptq4vm_fx/kernels/selective_scan.py promises (tests/kernels/test_codegen.py runs it), and a
 quick way to compare kernel variants before a GPU is at hand:
 
     python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90 [--dtype fp16]
@@ -34,6 +36,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ptq4vm_fx.kernels import int8_linear as gemm  # noqa: E402
 from ptq4vm_fx.kernels import selective_scan as scan  # noqa: E402
 
 # strides the wrappers pass as 1 (Triton specializes them to the constant 1): activations
@@ -104,6 +107,43 @@ def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtyp
     return out
 
 
+GEMM_POINTERS = {"xq_ptr": "*i8", "wq_ptr": "*i8", "q_ptr": "*i8", "colsum_ptr": "*i32", "zp_ptr": "*i32",
+                 "qzp_ptr": "*i32"}
+
+
+def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536, K: int = 384) -> dict:
+    """The INT8 GEMM compiled as Triton specializes the launch of Vim-S's in_proj at batch 128 (default
+    M, N, K) with :func:`~ptq4vm_fx.kernels.int8_linear.fixed_config`'s tiles and its output in
+    ``dtype``: {"wgmma": warpgroup MMAs, "cp_async": asynchronous global -> shared copies (the main
+    loop is software pipelined), "ld_global", "registers", "tiles"}."""
+    fn = gemm._int8_linear_kernel
+    cfg = gemm.fixed_config(M, N, K)
+    values = {"M": M, "N": N, "K": K, "L": 197, "M_BUCKET": triton.next_power_of_2(M), "stride_xm": K,
+              "stride_wn": K, "stride_ym": N, "stride_qm": N}
+    constants = {**cfg.kwargs, "HAS_BIAS": False, "QUANT": False, "HAS_SMOOTH": False,
+                 "stride_xk": 1, "stride_wk": 1, "stride_yn": 1}
+    signature, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in constants:
+            signature[arg] = "constexpr"
+        elif arg.endswith("_ptr"):
+            signature[arg] = GEMM_POINTERS.get(arg, f"*{dtype}" if arg == "y_ptr" else "*fp32")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif arg in ("qmin", "qmax"):
+            signature[arg] = "fp32"
+        else:
+            signature[arg] = "i32"
+            if values.get(arg, 1) % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                                       "enable_fp_fusion": False})
+    ptx = compiled.asm["ptx"]
+    return {"wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async"),
+            "ld_global": ptx.count("ld.global"), "registers": registers(compiled.asm["cubin"]),
+            "tiles": str(cfg)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--block-d", type=int, default=32)
@@ -115,6 +155,7 @@ def main():
     args = parser.parse_args()
     result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch, args.dtype)
               for name in UNIT_STRIDES}
+    result["_int8_linear_kernel"] = gemm_stats(args.arch, args.dtype)
     print(json.dumps(result, indent=1))
 
 

@@ -15,7 +15,7 @@ Each program owns one batch element and a block of channels, keeps the state in 
 channels: coalesced when the (batch, D, L) tensors are stored token-major (stride 1 along D), as
 the conv kernel and the scans write them.
 
-Register layout (checked on sm_90 code by tests/kernels/test_scan_codegen.py): the tile's channel
+Register layout (checked on sm_90 code by tests/kernels/test_codegen.py): the tile's channel
 axis is its fast axis, so with BLOCK_D >= 32 * num_warps each thread owns whole channels and the
 per-token sum over the N states is a register sum: no warp shuffles, no shared-memory layout
 conversions, no barriers inside the token loop. Three things keep it so:

@@ -1,7 +1,9 @@
 """The scan kernels' sm_90 code keeps the register layout their module docstring promises: with a
 warp per 32 channels the token loop reduces over the N states in registers (no warp shuffles, no
-shared memory, no barrier but the bidirectional kernel's one at the half-way token). Compiled for
-an H100 without a GPU by scripts/kernel_codegen.py, in a subprocess (it must not be interpreted)."""
+shared memory, no barrier but the bidirectional kernel's one at the half-way token); the INT8
+GEMM's main loop runs on tensor cores, pipelined. Compiled for an H100 without a GPU by
+scripts/kernel_codegen.py, specialized as a real launch is, in a subprocess (it must not be
+interpreted)."""
 
 import json
 import subprocess
@@ -36,6 +38,14 @@ def test_one_channel_per_thread_reduces_in_registers(one_channel_per_thread, ker
     assert counts["bar_sync"] == DIRECTIONS[kernel] - 1  # the bidirectional kernel's half-way barrier
     # 16 states per thread and direction, plus softplus and SiLU: the code really is the scan
     assert counts["ex2"] >= 16 * DIRECTIONS[kernel]
+
+
+def test_int8_gemm_main_loop_is_pipelined_on_tensor_cores(one_channel_per_thread):
+    """The INT8 GEMM at Vim-S's in_proj (fixed tiles, the launch's specialization): warpgroup MMAs
+    fed by asynchronous copies (without 16-byte alignment known, Triton falls back to synchronous
+    loads and does not pipeline the loop)."""
+    counts = one_channel_per_thread["_int8_linear_kernel"]
+    assert counts["wgmma"] > 0 and counts["cp_async"] > 0
 
 
 def test_channels_split_over_threads_need_few_shuffles():
