@@ -127,7 +127,8 @@ _GPU_CONFIGS = [
 ]
 
 # One small fixed configuration for the CPU interpreter (autotuning there would only cost time).
-_INTERPRET_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}
+_INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_stages=1,
+                                  num_warps=4)
 
 # Tuned once per (M_BUCKET, N, K): rows bucketed by powers of two, so a new batch size reuses the
 # tiles of its bucket instead of benchmarking every configuration again (M_BUCKET is the kernel's
@@ -243,20 +244,15 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
             yq.stride(0) if quant else 0, qmin, qmax)
     flags = {"HAS_BIAS": bias is not None, "QUANT": quant, "HAS_SMOOTH": inv_smooth is not None}
 
-    if not autotune:
-        cfg = fixed_config(M, N, K)
-        grid = (triton.cdiv(M, cfg.kwargs["BLOCK_M"]) * triton.cdiv(N, cfg.kwargs["BLOCK_N"]),)
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+    if autotune and not interpret_mode():
+        _int8_linear_kernel_tuned[grid](*args, **flags, enable_fp_fusion=False)
+    else:  # fixed tiles
+        cfg = fixed_config(M, N, K) if not autotune else _INTERPRET_CONFIG
         _int8_linear_kernel[grid](*args, **flags, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                                   enable_fp_fusion=False)
-    elif interpret_mode():
-        cfg = _INTERPRET_CONFIG
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
-        _int8_linear_kernel[grid](*args, **flags, **cfg, num_warps=4, num_stages=1)
-    else:
-        def grid(meta):
-            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
-        _int8_linear_kernel_tuned[grid](*args, **flags, enable_fp_fusion=False)
     return (y, yq) if quant else y
 
 
