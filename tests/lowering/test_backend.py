@@ -81,21 +81,29 @@ def test_every_rewrite_fires_in_each_compiled_graph(compiled_cpu):
     assert stats["skipped"] == {}
 
 
-@pytest.mark.parametrize("autotune, tuned", [(None, True), (True, True), (False, False)])
-def test_autotune_false_gives_every_gemm_fixed_tiles(qvim, autotune, tuned):
-    """options={"autotune": False} reaches the INT8 GEMMs: each fused GEMM call is told not to tune."""
-    graphs = []
+def _compiled_without_inductor(model, options=None) -> list[dict]:
+    """Compile and run ``model`` with the backend, Inductor's compile_fx replaced by a recorder (the
+    lowered graph runs as it is): per graph {"gm", "config_patches", "cache_key_tag"}."""
+    calls = []
 
-    def inspect(gm, example_inputs, **kwargs):
-        graphs.append(gm)
+    def record(gm, example_inputs, config_patches):
+        calls.append({"gm": gm, "config_patches": config_patches,
+                      "cache_key_tag": torch.compiler.config.cache_key_tag})
         return gm.forward
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(backend, "compile_fx", inspect)
+        patch.setattr(backend, "compile_fx", record)
         torch._dynamo.reset()
         with torch.no_grad():
-            torch.compile(qvim, backend="ptq4vm", options={"autotune": autotune})(images(2))
-    gemms = [n for n in graphs[0].graph.nodes if any(is_custom_op(n, op) for op in backend.GEMMS)]
+            torch.compile(model, backend="ptq4vm", options=options)(images(2))
+    return calls
+
+
+@pytest.mark.parametrize("autotune, tuned", [(None, True), (True, True), (False, False)])
+def test_autotune_false_gives_every_gemm_fixed_tiles(qvim, autotune, tuned):
+    """options={"autotune": False} reaches the INT8 GEMMs: each fused GEMM call is told not to tune."""
+    gm = _compiled_without_inductor(qvim, {"autotune": autotune})[0]["gm"]
+    gemms = [n for n in gm.graph.nodes if any(is_custom_op(n, op) for op in backend.GEMMS)]
     assert len(gemms) == EXPECTED["int8_linear"]
     assert all(n.kwargs.get("autotune", True) is tuned for n in gemms)
 
@@ -166,20 +174,12 @@ def test_bad_option_through_torch_compile(qvim):
         compiled(images(2))
 
 
-def test_compilations_are_tagged_with_the_ops_fingerprint(qvim, monkeypatch):
+def test_compilations_are_tagged_with_the_ops_fingerprint(qvim):
     """Inductor's caches see a hash of the op sources (stale code from an older fake implementation
     is never reused), after any tag of the user's."""
-    tags = []
-
-    def fake_compile_fx(gm, example_inputs, config_patches):
-        tags.append(torch.compiler.config.cache_key_tag)
-        return gm.forward
-
-    monkeypatch.setattr(backend, "compile_fx", fake_compile_fx)
-    torch._dynamo.reset()
-    with torch.compiler.config.patch(cache_key_tag="mine"), torch.no_grad():
-        torch.compile(qvim, backend="ptq4vm")(images(2))
-    assert tags == [f"mine|{backend.ops_fingerprint()}"]
+    with torch.compiler.config.patch(cache_key_tag="mine"):
+        calls = _compiled_without_inductor(qvim)
+    assert [c["cache_key_tag"] for c in calls] == [f"mine|{backend.ops_fingerprint()}"]
     assert backend.ops_fingerprint().startswith("ptq4vm-") and len(backend.ops_fingerprint()) == 23
     assert torch.compiler.config.cache_key_tag == ""
 
@@ -203,19 +203,10 @@ def test_outputs_of_cuda_graphs_are_cloned():
 
 def test_graphs_on_the_cpu_are_returned_as_compiled(qvim, monkeypatch):
     """Inductor runs CPU graphs without CUDA graphs: nothing to copy, the compiled function as is."""
-    compiled = []
-
-    def fake_compile_fx(gm, example_inputs, config_patches):
-        compiled.append((gm.forward, config_patches["triton.cudagraphs"]))
-        return gm.forward
-
-    returned = []
-    monkeypatch.setattr(backend, "compile_fx", fake_compile_fx)
-    monkeypatch.setattr(backend, "cloning_outputs", lambda fn: returned.append(fn) or fn)
-    torch._dynamo.reset()
-    with torch.no_grad():
-        torch.compile(qvim, backend="ptq4vm")(images(2))
-    assert [flag for _, flag in compiled] == [True] and returned == []
+    wrapped = []
+    monkeypatch.setattr(backend, "cloning_outputs", lambda fn: wrapped.append(fn) or fn)
+    calls = _compiled_without_inductor(qvim)
+    assert [c["config_patches"]["triton.cudagraphs"] for c in calls] == [True] and wrapped == []
 
 
 def test_grad_mode_is_a_clear_error(qvim):
