@@ -1,7 +1,8 @@
 """Compile the scan kernels and the INT8 GEMM for a CUDA architecture without a GPU and count what
-their code does per launch: for the scans warp shuffles, shared-memory traffic, barriers, exp2,
-global loads, registers; for the GEMM its tensor-core instructions and asynchronous copies (a
-pipelined main loop).
+their code does per launch: for the scans warp shuffles, shared-memory traffic, barriers, exp2
+(and those that keep subnormal results), global loads, registers, spilled bytes and the SASS
+instructions of one token step (the loop body); for the GEMM its tensor-core instructions and
+asynchronous copies (a pipelined main loop).
 
 A CPU-only check of the register layout the module docstring of
 ptq4vm_fx/kernels/selective_scan.py promises (tests/kernels/test_codegen.py runs it), and a
@@ -14,7 +15,9 @@ activations stored token-major (unit stride along channels), B and C with unit s
 state axis, A channel-major, D and N that fill their blocks, the bidirectional scan storing only
 the codes (STORE_OUT off: Vim reads its float output only through out_proj's quantizer); 32-bit
 sizes and strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16
-marked so (all but L and B / C's strides along tokens and batch: x_proj's output has 56 columns).
+marked so (all but L and B / C's strides along tokens and batch: x_proj's output has 56 columns),
+and the bidirectional scan's register cap (selective_scan.bidirectional_maxnreg; --maxnreg
+overrides the launches' caps, 0 lifts them).
 Must run without TRITON_INTERPRET (the script clears it).
 """
 
@@ -54,12 +57,16 @@ FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbia
 NOT_DIVISIBLE = ("L", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb", "s_cfl", "s_bbb", "s_bbl", "s_cbb",
                  "s_cbl")
 COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
-           "ex2": "ex2.approx", "ld_global": "ld.global", "st_global": "st.global"}
+           "ex2": "ex2.approx", "ex2_subnormal": "ex2.approx.f32", "ld_global": "ld.global", "st_global": "st.global"}
 
 
-def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32"):
+def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
+                   maxnreg: int | None = -1):
     """Compile ``scan.<name>`` with every feature flag on, for sm_<arch>, activations (u, delta, B, C,
-    z, the output and the scratch) in ``dtype``; returns Triton's compiled kernel."""
+    z, the output and the scratch) in ``dtype``, at most ``maxnreg`` registers per thread (-1: the
+    launch's cap, None: no cap); returns Triton's compiled kernel."""
+    if maxnreg == -1:
+        maxnreg = scan.bidirectional_maxnreg(block_d, num_warps) if name == "_bidirectional_scan_kernel" else None
     fn = getattr(scan, name)
     signature, constants, attrs = {}, {}, {}
     for i, arg in enumerate(fn.arg_names):
@@ -80,30 +87,59 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
         constants[arg], signature[arg] = 1, "constexpr"
         attrs.pop((fn.arg_names.index(arg),), None)
     return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps, "num_stages": 2})
+                          options={"num_warps": num_warps, "num_stages": 2,
+                                   **({"maxnreg": maxnreg} if maxnreg else {})})
 
 
-def registers(cubin: bytes) -> int | None:
-    """Registers per thread from the bundled cuobjdump, or None where it is missing."""
+def cuobjdump(cubin: bytes, flag: str) -> str | None:
+    """The bundled cuobjdump's output for ``flag`` (-res-usage, -sass), or None where it is missing."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     if not tool.exists():
         return None
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"ptq4vm-codegen-{os.getpid()}.cubin"
     try:
         path.write_bytes(cubin)
-        usage = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True).stdout
+        return subprocess.run([str(tool), flag, str(path)], capture_output=True, text=True).stdout
     finally:
         path.unlink(missing_ok=True)
-    match = re.search(r"REG:(\d+)", usage)
+
+
+def registers(cubin: bytes) -> int | None:
+    """Registers per thread, or None without cuobjdump."""
+    match = re.search(r"REG:(\d+)", cuobjdump(cubin, "-res-usage") or "")
     return int(match.group(1)) if match else None
 
 
-def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32") -> dict:
-    """{counted op: occurrences in the PTX} plus "registers" for one kernel and launch shape."""
-    compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype)
-    ptx = compiled.asm["ptx"]
+def stack_bytes(cubin: bytes) -> int | None:
+    """Bytes of stack per thread (registers spilled under a cap), or None without cuobjdump."""
+    match = re.search(r"STACK:(\d+)", cuobjdump(cubin, "-res-usage") or "")
+    return int(match.group(1)) if match else None
+
+
+def loop_instructions(cubin: bytes) -> int | None:
+    """SASS instructions of the kernel's longest loop, its back edge's target to the back edge (the
+    scan's token step, both branches of its half-way test), or None without cuobjdump."""
+    sass = cuobjdump(cubin, "-sass")
+    if sass is None:
+        return None
+    addresses = [int(a, 16) for a in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+\S", sass, re.M)]
+    back_edges = [(int(at, 16), int(to, 16))
+                  for at, to in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/.*?\bBRA\b[^;]*?0x([0-9a-f]+)", sass, re.M)
+                  if int(to, 16) < int(at, 16)]
+    if not back_edges:
+        return 0
+    at, to = max(back_edges, key=lambda edge: edge[0] - edge[1])
+    return sum(to <= a <= at for a in addresses)
+
+
+def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
+          maxnreg: int | None = -1) -> dict:
+    """{counted op: occurrences in the PTX} plus "registers", "stack_bytes" and "loop_instructions"
+    for one kernel and launch shape."""
+    compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype, maxnreg)
+    ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     out = {key: ptx.count(op) for key, op in COUNTED.items()}
-    out["registers"] = registers(compiled.asm["cubin"])
+    out.update(registers=registers(cubin), stack_bytes=stack_bytes(cubin), loop_instructions=loop_instructions(cubin))
     return out
 
 
@@ -152,8 +188,10 @@ def main():
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100 / H200)")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
                         help="the activations' dtype (a model run in half precision: fp16 / bf16)")
+    parser.add_argument("--maxnreg", type=int, default=-1,
+                        help="the scans' register cap per thread (0: none; default: each launch's own)")
     args = parser.parse_args()
-    result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch, args.dtype)
+    result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch, args.dtype, args.maxnreg or None)
               for name in UNIT_STRIDES}
     result["_int8_linear_kernel"] = gemm_stats(args.arch, args.dtype)
     print(json.dumps(result, indent=1))

@@ -28,11 +28,13 @@ from ptq4vm_fx.lowering import fused_ops  # noqa: E402
 
 def sweep_scan(cases) -> list[dict]:
     """The bidirectional scan as a lowered Vim launches it (codes only), over launch shapes; at the
-    default shape also with A's pointer specialized on its alignment (the other register layout, see
-    the kernel module's docstring)."""
+    default shape also two variants of the bidirectional kernel: A's pointer specialized on its
+    alignment (the other register layout, see the kernel module's docstring) and its registers
+    uncapped (ptxas's 128 in place of bidirectional_maxnreg's 96)."""
     rows = []
-    default, kernel = scan._scan_config, scan._bidirectional_scan_kernel
-    a_aligned = triton.jit(kernel.fn)
+    default, kernel, maxnreg = scan._scan_config, scan._bidirectional_scan_kernel, scan.bidirectional_maxnreg
+    variants = {"A pointer specialized on alignment": ("_bidirectional_scan_kernel", triton.jit(kernel.fn)),
+                "registers uncapped": ("bidirectional_maxnreg", lambda *_: None)}
     for model, batch in cases:
         fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32)
         nbytes = scan_bytes(fwd, bwd, z, qparams)
@@ -48,15 +50,15 @@ def sweep_scan(cases) -> list[dict]:
                 scan._scan_config = default
             rows.append({"model": model, "batch": batch, "block_d": block_d, "warps": warps, "ms": ms,
                          "gbs": nbytes / ms / 1e6, "default": (block_d, 16, warps) == tuple(chosen)})
-        scan._bidirectional_scan_kernel = a_aligned
-        try:
-            ms = graphed_ms(launch)
-        finally:
-            scan._bidirectional_scan_kernel = kernel
-        rows.append({"model": model, "batch": batch, "block_d": chosen[0], "warps": chosen[2], "ms": ms,
-                     "gbs": nbytes / ms / 1e6, "default": False, "variant": "A pointer specialized on alignment"})
-        print(f"scan {model} b{batch}: default launch with A's pointer specialized on alignment: {ms:.3f} ms",
-              flush=True)
+        for variant, (attr, replacement) in variants.items():
+            setattr(scan, attr, replacement)
+            try:
+                ms = graphed_ms(launch)
+            finally:
+                scan._bidirectional_scan_kernel, scan.bidirectional_maxnreg = kernel, maxnreg
+            rows.append({"model": model, "batch": batch, "block_d": chosen[0], "warps": chosen[2], "ms": ms,
+                         "gbs": nbytes / ms / 1e6, "default": False, "variant": variant})
+            print(f"scan {model} b{batch}: default launch, {variant}: {ms:.3f} ms", flush=True)
         best = min((r for r in rows if r["model"] == model and r["batch"] == batch and "variant" not in r),
                    key=lambda r: r["ms"])
         dflt = [r for r in rows if r["model"] == model and r["batch"] == batch and r["default"]]

@@ -2,9 +2,13 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from ptq4vm_fx.kernels.quantize import quantize_per_token_ref
 from ptq4vm_fx.kernels.selective_scan import (
+    _silu,
+    _softplus,
     bidirectional_scan_combine,
     bidirectional_scan_combine_ref,
     selective_scan,
@@ -65,6 +69,48 @@ def test_ref_reverse_is_flip_of_forward():
     f = [t.flip(-1) for t in (u, delta, B, C, z)]
     fwd = selective_scan_ref(f[0], f[1], A, f[2], f[3], D, f[4], db, True, reverse=False)
     assert torch.equal(rev, fwd.flip(-1))
+
+
+# --------------------------------------------------------------------------------------------
+# the scan's softplus and SiLU (series log1p, approximate division)
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _softplus_silu_kernel(x_ptr, sp_ptr, silu_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(sp_ptr + offs, _softplus(x), mask=offs < n)
+    tl.store(silu_ptr + offs, _silu(x), mask=offs < n)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",  # the interpreter's numpy at +-inf
+                            "ignore:invalid value encountered:RuntimeWarning")
+def test_softplus_and_silu_match_torch(device):
+    """Over the whole fp32 range the reference's softplus (log1p(exp(x)), x above 20) and SiLU
+    (x / (1 + exp(-x))) are met to a few ulp plus the exp2 argument's rounding: the series log1p's
+    truncation stays below that, x above 20 comes back exactly, and infinities and NaN come out
+    as torch's do."""
+    x = torch.cat([torch.linspace(-110, 110, 4001), torch.tensor(
+        [0.0, -0.0, 1e-8, -1e-8, 19.999, 20.0, 20.001, 30.0, -20.0, 87.0, -87.0, 89.0, -89.0,
+         float("inf"), float("-inf"), float("nan")])])
+    sp, silu = torch.empty_like(x), torch.empty_like(x)
+    dev = _to([x, sp, silu], device)
+    _softplus_silu_kernel[(1,)](*dev, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    sp, silu = dev[1].cpu(), dev[2].cpu()
+    x64 = x.double()
+    sp_ref = torch.where(x64 <= 20, torch.log1p(torch.exp(x64)), x64).float()
+    silu_ref = (x64 / (1 + torch.exp(-x64))).float()
+    for got, ref in ((sp, sp_ref), (silu, silu_ref)):
+        finite = x.isfinite() & ref.isfinite()
+        torch.testing.assert_close(got[~finite], ref[~finite], rtol=0, atol=0, equal_nan=True)
+        err = (got[finite].double() - ref[finite].double()).abs()
+        # exp(v) = exp2(v log2(e)): rounding log2(e) and v log2(e) costs up to ~|v| 1e-7 relative (so
+        # on a GPU before: tl.exp is ex2.approx of v log2(e) there)
+        bound = (3e-7 + 1e-7 * x[finite].abs().double()) * ref[finite].double().abs() + 1e-30
+        assert (err <= bound).all(), f"worst at x={x[finite][(err / bound).argmax()].item()}"
+    above = x > 20
+    assert torch.equal(sp[above], x[above])
 
 
 # --------------------------------------------------------------------------------------------
