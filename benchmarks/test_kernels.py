@@ -36,6 +36,15 @@ def synced(fn):
     return run
 
 
+@pytest.fixture(scope="session")
+def copy_gbs() -> float:
+    """Measured device-to-device copy bandwidth (GB/s, bytes read + written) of a 1 GiB buffer."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), flush_l2=False)
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
 # --------------------------------------------------------------------------------------------
 # INT8 linear
 # --------------------------------------------------------------------------------------------
@@ -90,6 +99,14 @@ def graphed_ms(fn) -> float:
     return median_ms(fn, graph=True)
 
 
+def linear_roofline_ms(p: dict, peak_tops: float, copy_gbs: float) -> tuple[float, float]:
+    """(compute ms at the dense INT8 peak, memory ms at the measured copy bandwidth) of the fused
+    linear as benchmarked: int8 activations and weights read once, the fp16 output written once."""
+    compute = 2 * p["m"] * p["n"] * p["k"] / (peak_tops * 1e12) * 1e3
+    nbytes = p["m"] * p["k"] + p["n"] * p["k"] + 2 * p["m"] * p["n"]
+    return compute, nbytes / (copy_gbs * 1e9) * 1e3
+
+
 def time_int8_linear(p: dict, timer=graphed_ms) -> dict:
     """{variant: ms}; the torch._int_mm baseline only where its shape rule allows it."""
     times = {"int8_linear": timer(lambda: int8_fused(p)), "fp16_matmul": timer(lambda: fp16_linear(p))}
@@ -102,17 +119,25 @@ def time_int8_linear(p: dict, timer=graphed_ms) -> dict:
 @pytest.mark.parametrize("batch", [32, 128])
 @pytest.mark.parametrize("linear", ["in_proj", "x_proj", "dt_proj", "out_proj"])
 @pytest.mark.parametrize("model", MODELS)
-def test_int8_linear(model, linear, batch, record, benchmark):
+def test_int8_linear(model, linear, batch, record, benchmark, copy_gbs):
     p = linear_problem(model, linear, batch)
     times = time_int8_linear(p)
     tops = 2 * p["m"] * p["n"] * p["k"] / (times["int8_linear"] * 1e-3) / 1e12
     peak = next((v for k, v in INT8_PEAK_TOPS.items() if k in torch.cuda.get_device_name(0)), None)
+    # roofline: the time the GPU could reach is bounded by compute at peak and by the bytes moved
+    roofline = {}
+    if peak is not None:
+        compute_ms, memory_ms = linear_roofline_ms(p, peak, copy_gbs)
+        bound_ms = max(compute_ms, memory_ms)
+        roofline = {"roofline_ms": bound_ms, "bound": "compute" if compute_ms > memory_ms else "memory",
+                    "roofline_fraction": bound_ms / times["int8_linear"],
+                    "attainable_peak_fraction": compute_ms / bound_ms}
     benchmark.extra_info.update(times_ms=times, int8_tops=tops)
     benchmark.pedantic(synced(lambda: int8_fused(p)), rounds=50, warmup_rounds=5)
     record("int8_linear", f"{vim_shape(model).short}/{linear}/b{batch}", times, "int8_linear",
            tuple(b for b in ("int_mm_unfused", "fp16_matmul") if b in times),
            mnk=(p["m"], p["n"], p["k"]), int8_tops=tops, int8_peak_fraction=None if peak is None else tops / peak,
-           note=None if int_mm_supported(p) else "no torch._int_mm baseline: it needs K, N multiples of 8")
+           **roofline, note=None if int_mm_supported(p) else "no torch._int_mm baseline: it needs K, N multiples of 8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,15 +242,6 @@ def test_x_proj_quantizes_dt_input(model, batch, record, benchmark):
     benchmark.pedantic(synced(linear_quantize_calls(p, dt_rank)[0]), rounds=50, warmup_rounds=5)
     record("linear_quantize", f"{vim_shape(model).short}/x_proj/b{batch}", times, "linear_quantize",
            ("int8_linear_then_quantize",))
-
-
-@pytest.fixture(scope="session")
-def copy_gbs() -> float:
-    """Measured device-to-device copy bandwidth (GB/s, bytes read + written) of a 1 GiB buffer."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), flush_l2=False)
-    return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
 @pytest.mark.parametrize("batch", [1, 32, 128])

@@ -147,15 +147,19 @@ GEMM_POINTERS = {"xq_ptr": "*i8", "wq_ptr": "*i8", "q_ptr": "*i8", "colsum_ptr":
                  "qzp_ptr": "*i32"}
 
 
-def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536, K: int = 384) -> dict:
+def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536, K: int = 384,
+               persistent: bool = False) -> dict:
     """The INT8 GEMM compiled as Triton specializes the launch of Vim-S's in_proj at batch 128 (default
-    M, N, K) with :func:`~ptq4vm_fx.kernels.int8_linear.fixed_config`'s tiles and its output in
-    ``dtype``: {"wgmma": warpgroup MMAs, "cp_async": asynchronous global -> shared copies (the main
-    loop is software pipelined), "ld_global", "registers", "tiles"}."""
+    M, N, K) with :func:`~ptq4vm_fx.kernels.int8_linear.fixed_config`'s tiles (``persistent``: walked
+    by a program per SM of an H100) and its output in ``dtype``: {"wgmma": warpgroup MMAs,
+    "cp_async": asynchronous global -> shared copies (the main loop is software pipelined),
+    "ld_global", "registers", "tiles"}."""
     fn = gemm._int8_linear_kernel
-    cfg = gemm.fixed_config(M, N, K)
-    values = {"M": M, "N": N, "K": K, "L": 197, "M_BUCKET": triton.next_power_of_2(M), "stride_xm": K,
-              "stride_wn": K, "stride_ym": N, "stride_qm": N}
+    tiles = gemm.fixed_config(M, N, K)
+    cfg = triton.Config({**tiles.kwargs, "PERSISTENT": persistent}, num_warps=tiles.num_warps,
+                        num_stages=tiles.num_stages)
+    values = {"M": M, "N": N, "K": K, "L": 197, "M_BUCKET": triton.next_power_of_2(M), "NUM_PROGRAMS": 132,
+              "stride_xm": K, "stride_wn": K, "stride_ym": N, "stride_qm": N}
     constants = {**cfg.kwargs, "HAS_BIAS": False, "QUANT": False, "HAS_SMOOTH": False,
                  "stride_xk": 1, "stride_wk": 1, "stride_yn": 1}
     signature, attrs = {}, {}
@@ -194,6 +198,7 @@ def main():
     result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch, args.dtype, args.maxnreg or None)
               for name in UNIT_STRIDES}
     result["_int8_linear_kernel"] = gemm_stats(args.arch, args.dtype)
+    result["_int8_linear_kernel persistent"] = gemm_stats(args.arch, args.dtype, persistent=True)
     print(json.dumps(result, indent=1))
 
 

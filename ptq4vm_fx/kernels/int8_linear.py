@@ -12,9 +12,15 @@ Optionally the epilogue also quantizes a range of output columns [q_start, q_sta
 stored (after the cast) with static per-token parameters (``_common``'s contract): the input of
 the next quantized linear when it reads a column slice of this output (Vim's dt_proj reads the
 first dt_rank columns of x_proj's), so no separate pass re-reads them.
+
+The autotuner also tries persistent launches (a program per SM walks the output tiles in one
+flattened, software-pipelined loop, so a tile's epilogue overlaps the next tile's loads): at Vim's
+K a tile has only 2 to 12 K steps, and its epilogue is a large share of its time.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -35,39 +41,31 @@ from .quantize import quantize_per_token_ref
 
 
 @triton.jit
-def _int8_linear_kernel(
-    xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
-    q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr,
-    M, N, K, L, q_start, q_cols, M_BUCKET,
-    stride_xm, stride_xk,
-    stride_wn, stride_wk,
-    stride_ym, stride_yn,
-    stride_qm,
-    qmin, qmax,
-    HAS_BIAS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    # Grouped ("super-row") launch order so consecutive programs reuse the same W panels in L2.
-    pid = tl.program_id(0)
+def _tile_coords(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of output tile ``tile`` in grouped ("super-row") order: consecutive tiles reuse
+    the same W panels in L2."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
+    first_pid_m = (tile // num_pid_in_group) * GROUP_M
     group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
+    pid_m = first_pid_m + ((tile % num_pid_in_group) % group_size_m)
+    pid_n = (tile % num_pid_in_group) // group_size_m
+    return pid_m, pid_n
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+@triton.jit
+def _tile_accumulate(tile, xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The int32 accumulator (BLOCK_M, BLOCK_N) of output tile ``tile``: sum over K of xq x wq^T."""
+    pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_k = tl.arange(0, BLOCK_K)
     # Rows / columns past the edge wrap around (their results are masked at the store), so the
     # main-loop loads only need the K mask.
-    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M).to(tl.int64)
-    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N).to(tl.int64)
-    x_ptrs = xq_ptr + rm[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = wq_ptr + rn[None, :] * stride_wn + offs_k[:, None] * stride_wk
-
+    rm = tl.max_contiguous(tl.multiple_of((pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M, BLOCK_M), BLOCK_M)
+    rn = tl.max_contiguous(tl.multiple_of((pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N, BLOCK_N), BLOCK_N)
+    x_ptrs = xq_ptr + rm.to(tl.int64)[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = wq_ptr + rn.to(tl.int64)[None, :] * stride_wn + offs_k[:, None] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for kb in range(tl.cdiv(K, BLOCK_K)):
         k_left = K - kb * BLOCK_K
@@ -76,8 +74,20 @@ def _int8_linear_kernel(
         acc = tl.dot(a, b, acc, out_dtype=tl.int32)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
+    return acc
 
-    # Epilogue: int32 zero-point correction, then fp32 dequantization.
+
+@triton.jit
+def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+                   q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
+                   stride_ym, stride_yn, stride_qm, qmin, qmax,
+                   HAS_BIAS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Dequantize output tile ``tile``'s accumulator (int32 zero-point correction, then fp32 scales
+    and bias), store it in y's dtype and, with QUANT, quantize its columns in [q_start, q_start + q_cols)."""
+    pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
     tok = offs_m % L
@@ -109,26 +119,64 @@ def _int8_linear_kernel(
         tl.store(q_ptr + rows * stride_qm + q_col[None, :], q, mask=mask_m[:, None] & mask_q[None, :])
 
 
+@triton.jit
+def _int8_linear_kernel(
+    xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+    q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr,
+    M, N, K, L, q_start, q_cols, M_BUCKET, NUM_PROGRAMS,
+    stride_xm, stride_xk,
+    stride_wn, stride_wk,
+    stride_ym, stride_yn,
+    stride_qm,
+    qmin, qmax,
+    HAS_BIAS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """One output tile per program, or with PERSISTENT, program p walks tiles p, p + NUM_PROGRAMS, ...
+    in one flattened loop, so the software pipeline loads the next tile's operands during this
+    tile's epilogue. The epilogue's tile is counted apart from the main loop's (the pipeliner
+    must not carry one value from the prologue to the epilogue)."""
+    if PERSISTENT:
+        tile_out = tl.program_id(0) - NUM_PROGRAMS
+        for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), NUM_PROGRAMS,
+                             flatten=True):
+            acc = _tile_accumulate(tile, xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
+                                   BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+            tile_out += NUM_PROGRAMS
+            _tile_epilogue(acc, tile_out, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+                           q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
+                           stride_ym, stride_yn, stride_qm, qmin, qmax,
+                           HAS_BIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
+    else:
+        acc = _tile_accumulate(tl.program_id(0), xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride_wn,
+                               stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+        _tile_epilogue(acc, tl.program_id(0), colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+                       q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
+                       stride_ym, stride_yn, stride_qm, qmin, qmax,
+                       HAS_BIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
+
+
 # --------------------------------------------------------------------------------------------
 # Launch configuration
 # --------------------------------------------------------------------------------------------
 
+def _tiles(block_m, block_n, block_k, stages, warps, persistent=False, group_m=8) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": group_m,
+                          "PERSISTENT": persistent}, num_stages=stages, num_warps=warps)
+
+
 _GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=2, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
+    _tiles(128, 256, 128, 3, 8), _tiles(256, 128, 128, 3, 8), _tiles(128, 128, 32, 2, 4), _tiles(64, 128, 128, 4, 4),
+    _tiles(128, 128, 64, 4, 8), _tiles(128, 128, 128, 3, 8), _tiles(128, 64, 64, 4, 4), _tiles(64, 128, 64, 4, 4),
+    _tiles(64, 64, 128, 3, 4), _tiles(64, 64, 64, 4, 4),
+    # persistent: a program per SM walks tiles; the next tile's loads overlap this tile's epilogue,
+    # which at Vim's K (192..1536: 2 to 12 K steps a tile) is a large share of each tile's time
+    _tiles(128, 256, 128, 3, 8, True), _tiles(128, 128, 128, 3, 8, True), _tiles(128, 128, 64, 4, 8, True),
+    _tiles(64, 128, 64, 4, 4, True),
 ]
 
 # One small fixed configuration for the CPU interpreter (autotuning there would only cost time).
-_INTERPRET_CONFIG = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 4}, num_stages=1,
-                                  num_warps=4)
+_INTERPRET_CONFIG = _tiles(16, 16, 32, 1, 4, group_m=4)
 
 # Tuned once per (M_BUCKET, N, K): rows bucketed by powers of two, so a new batch size reuses the
 # tiles of its bucket instead of benchmarking every configuration again (M_BUCKET is the kernel's
@@ -141,13 +189,26 @@ def fixed_config(M: int, N: int, K: int) -> triton.Config:
     linears at batch 32 and 128 (benchmarks/results/tune-nvidia-h100-80gb-hbm3-2026-11-23.json)."""
     if K <= 64:  # dt_proj (K = dt_rank, 12..48)
         block_n, warps = (128, 8) if N < 1536 else (64, 4)
-        return triton.Config({"BLOCK_M": 128, "BLOCK_N": block_n, "BLOCK_K": 64, "GROUP_M": 8},
-                             num_stages=4, num_warps=warps)
+        return _tiles(128, block_n, 64, 4, warps)
     if N <= 128:  # x_proj (N = dt_rank + 2 * d_state)
-        return triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=4)
+        return _tiles(64, 64, 128, 3, 4)
     if M * N >= 1 << 24 and K >= 768:  # Vim-B's in_proj / out_proj at large batches
-        return triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=3, num_warps=8)
-    return triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4)
+        return _tiles(128, 256, 128, 3, 8)
+    return _tiles(64, 128, 64, 4, 4)
+
+
+def persistent_programs(device: torch.device) -> int:
+    """Programs of a persistent launch: one per SM of ``device``'s GPU; 3 under the interpreter, so
+    that small problems give each program several tiles."""
+    if interpret_mode() or device.type != "cuda":
+        return 3
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
 
 _OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -203,9 +264,10 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
             of the output columns [q_start, q_start + q_cols) (``inv_scale`` given turns it on;
             q_cols None: up to N): inv_smooth (q_cols,) fp32 or None, inv_scale (tokens,) fp32,
             zero_point (tokens,) int32, bits in [2, 8].
-        autotune: True: on a GPU the tiles are tuned on the first call for each (M bucket, N, K)
-            (a one-time cost of benchmarking every configuration); False: :func:`fixed_config`'s
-            tiles, also under the interpreter (where True means a small fixed tile).
+        autotune: True: on a GPU the tiles (and whether a program per SM walks them) are tuned on
+            the first call for each (M bucket, N, K) (a one-time cost of benchmarking every
+            configuration); False: :func:`fixed_config`'s tiles, also under the interpreter (where
+            True means a small fixed tile).
 
     Returns:
         y: (M, N) tensor of ``out_dtype`` on the inputs' device, or ``(y, yq)`` with yq (M, q_cols)
@@ -236,16 +298,18 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
     dummy = w_scale  # pointer for absent tensors, never read
     bias, inv_smooth, inv_scale, zero_point = vec(bias), vec(inv_smooth), vec(inv_scale), vec(zero_point)
     qmin, qmax = qrange(bits) if quant else (0.0, 0.0)
+    programs = persistent_programs(xq.device)
     args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias if bias is not None else dummy, y,
             yq if quant else y, inv_smooth if inv_smooth is not None else dummy,
             inv_scale if quant else dummy, zero_point if quant else dummy,
-            M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0, triton.next_power_of_2(M),
+            M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0, triton.next_power_of_2(M), programs,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1),
             yq.stride(0) if quant else 0, qmin, qmax)
     flags = {"HAS_BIAS": bias is not None, "QUANT": quant, "HAS_SMOOTH": inv_smooth is not None}
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+        tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+        return (min(tiles, programs),) if meta["PERSISTENT"] else (tiles,)
 
     if autotune and not interpret_mode():
         _int8_linear_kernel_tuned[grid](*args, **flags, enable_fp_fusion=False)

@@ -91,6 +91,26 @@ def test_fixed_tiles_match_ref(device, monkeypatch, config):
     assert all(torch.equal(g.cpu(), e) for g, e in zip(got, expect))
 
 
+PERSISTENT_CONFIGS = [c for c in int8_linear_module._GPU_CONFIGS if c.kwargs["PERSISTENT"]]
+
+
+@pytest.mark.parametrize("config", [str(c) for c in PERSISTENT_CONFIGS])
+def test_persistent_tiles_match_ref(device, monkeypatch, config):
+    """The tuner's persistent configurations (program p walks tiles p, p + programs, ...): 3 programs
+    (the interpreter's count) over 3 x 3 tiles compute every tile once and get the reference's
+    result (partial tiles, a quantized column range, a zero point on every token)."""
+    chosen = next(c for c in PERSISTENT_CONFIGS if str(c) == config)
+    monkeypatch.setattr(int8_linear_module, "fixed_config", lambda M, N, K: chosen)
+    M, N = 2 * chosen.kwargs["BLOCK_M"] + 5, 2 * chosen.kwargs["BLOCK_N"] + 3  # 3 x 3 tiles, ragged
+    args = _make(M, 150, N, 7, seed=12)  # K = 150: one or two K steps, the last partial
+    qp = (torch.rand(40) + 0.5, torch.rand(7) * 2 + 1, torch.randint(-5, 6, (7,), dtype=torch.int32))
+    got = int8_linear(*_to(args, device), 7, torch.bfloat16, inv_smooth=qp[0].to(device),
+                      inv_scale=qp[1].to(device), zero_point=qp[2].to(device), q_start=N - 40, autotune=False)
+    expect = int8_linear_ref(*args, 7, torch.bfloat16, inv_smooth=qp[0], inv_scale=qp[1], zero_point=qp[2],
+                             q_start=N - 40)
+    assert all(torch.equal(g.cpu(), e) for g, e in zip(got, expect))
+
+
 def test_fixed_config_follows_the_tuned_choices():
     """The tiles fixed_config picks where the H100 autotuner's picks were clear."""
     def tiles(shape):
