@@ -108,19 +108,26 @@ def _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_
 
 
 @triton.jit
+def _channel_inputs(t, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl):
+    """u_t and delta_t of channels ``offs_d`` of batch ``b``: (BLOCK_D,) fp32 each."""
+    u = tl.load(u_ptr + b * s_ub + offs_d * s_ud + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * s_tb + offs_d * s_td + t * s_tl, mask=mask_d, other=0.0).to(tl.float32)
+    return u, dt
+
+
+@triton.jit
 def _scan_step(
-    h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias,
-    u_ptr, s_ub, s_ud, s_ul,
-    dt_ptr, s_tb, s_td, s_tl,
+    h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias, u, dt,
     B_ptr, s_bb, s_bn, s_bl,
     C_ptr, s_cb, s_cn, s_cl,
     z_ptr, s_zb, s_zd, s_zl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 ):
-    """One token ``t`` of the recurrence for channels ``offs_d`` of batch ``b``: returns the new state
-    h (BLOCK_N, BLOCK_D) fp32 and the gated output y_t (BLOCK_D,) fp32."""
-    u = tl.load(u_ptr + b * s_ub + offs_d * s_ud + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + b * s_tb + offs_d * s_td + t * s_tl, mask=mask_d, other=0.0).to(tl.float32)
+    """One token ``t`` of the recurrence for channels ``offs_d`` of batch ``b``, given the token's u
+    and delta (:func:`_channel_inputs`; the kernels load them one token ahead, so that their
+    latency overlaps a token step: the recurrence starts from them, while B, C and z are needed
+    later in the step): returns the new state h (BLOCK_N, BLOCK_D) fp32 and the gated output y_t
+    (BLOCK_D,) fp32."""
     Bt = tl.load(B_ptr + b * s_bb + offs_n * s_bn + t * s_bl, mask=mask_n, other=0.0).to(tl.float32)
     Ct = tl.load(C_ptr + b * s_cb + offs_n * s_cn + t * s_cl, mask=mask_n, other=0.0).to(tl.float32)
     if HAS_DBIAS:
@@ -174,15 +181,24 @@ def _selective_scan_kernel(
     A2, Dv, dbias = _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_n, mask_n,
                                       HAS_D, HAS_DBIAS, BLOCK_D)
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if REVERSE:
+        t_first = L - 1
+    else:
+        t_first = 0
+    u, dt = _channel_inputs(t_first, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
     for i in range(L):
+        # this token and the next (the last step reloads its own token: no read past the ends)
         if REVERSE:
             t = L - 1 - i
+            t_next = tl.maximum(t - 1, 0)
         else:
             t = i
-        h, y = _scan_step(h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias,
-                          u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl,
+            t_next = tl.minimum(i + 1, L - 1)
+        u_next, dt_next = _channel_inputs(t_next, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
+        h, y = _scan_step(h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias, u, dt,
                           B_ptr, s_bb, s_bn, s_bl, C_ptr, s_cb, s_cn, s_cl, z_ptr, s_zb, s_zd, s_zl,
                           HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS)
+        u, dt = u_next, dt_next
         _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
               out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False, True)  # no quantization
 
@@ -229,16 +245,23 @@ def _bidirectional_scan_kernel(
     dtype = out_ptr.dtype.element_ty
     hf = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     hb = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    uf, dtf = _channel_inputs(0, b, offs_d, mask_d, uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl)
+    ub, dtb = _channel_inputs(L - 1, b, offs_d, mask_d, ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl)
     for i in range(L):
         tb = L - 1 - i
-        hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf,
-                            uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl,
+        # the next step's channel inputs (the last step reloads its own tokens: no read past the ends)
+        uf_next, dtf_next = _channel_inputs(tl.minimum(i + 1, L - 1), b, offs_d, mask_d,
+                                            uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl)
+        ub_next, dtb_next = _channel_inputs(tl.maximum(tb - 1, 0), b, offs_d, mask_d,
+                                            ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl)
+        hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf, uf, dtf,
                             Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl, z_ptr, s_zb, s_zd, s_zl,
                             HAS_DF, HAS_Z, HAS_DBF, SOFTPLUS)
-        hb, yb = _scan_step(hb, tb, b, offs_d, mask_d, offs_n, mask_n, A2b, Dvb, dbiasb,
-                            ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl,
+        hb, yb = _scan_step(hb, tb, b, offs_d, mask_d, offs_n, mask_n, A2b, Dvb, dbiasb, ub, dtb,
                             Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl, z_ptr, s_zb, s_zd, s_zl,
                             HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS)
+        uf, dtf = uf_next, dtf_next
+        ub, dtb = ub_next, dtb_next
         yf = _round_to(yf, dtype)
         yb = _round_to(yb, dtype)
         if i < tb:  # first half: park both outputs until their partners exist
@@ -264,8 +287,8 @@ def _bidirectional_scan_kernel(
 def bidirectional_maxnreg(block_d, num_warps):
     """Register cap per thread of the bidirectional kernel's launch, or None. With one channel per
     thread (2 x 16 states and 2 x 16 A values held) ptxas gives it 128 registers (16 one-warp
-    programs per SM) for a token step 2% shorter than at 96 (21 per SM), where it spills nothing
-    (scripts/kernel_codegen.py); with a channel split over threads it needs at most 72 uncapped,
+    programs per SM) for a token step no shorter than at 96 (21 per SM), where it spills nothing
+    (scripts/kernel_codegen.py); with a channel split over threads it needs at most 80 uncapped,
     and a cap only makes ptxas spend up to it. The single-direction kernel needs 64 uncapped."""
     return 96 if block_d == 32 * num_warps else None
 
