@@ -160,7 +160,9 @@ def _int8_linear_kernel(
 # Launch configuration
 # --------------------------------------------------------------------------------------------
 
+
 def _tiles(block_m, block_n, block_k, stages, warps, persistent=False, group_m=8) -> triton.Config:
+    """A launch configuration of :func:`_int8_linear_kernel`."""
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP_M": group_m,
                           "PERSISTENT": persistent}, num_stages=stages, num_warps=warps)
 
