@@ -104,16 +104,12 @@ def cuobjdump(cubin: bytes, flag: str) -> str | None:
         path.unlink(missing_ok=True)
 
 
-def registers(cubin: bytes) -> int | None:
-    """Registers per thread, or None without cuobjdump."""
-    match = re.search(r"REG:(\d+)", cuobjdump(cubin, "-res-usage") or "")
-    return int(match.group(1)) if match else None
-
-
-def stack_bytes(cubin: bytes) -> int | None:
-    """Bytes of stack per thread (registers spilled under a cap), or None without cuobjdump."""
-    match = re.search(r"STACK:(\d+)", cuobjdump(cubin, "-res-usage") or "")
-    return int(match.group(1)) if match else None
+def resources(cubin: bytes) -> dict:
+    """{"registers": per thread, "stack_bytes": per thread (registers spilled under a cap)}, None
+    without cuobjdump."""
+    usage = cuobjdump(cubin, "-res-usage") or ""
+    found = {"registers": re.search(r"REG:(\d+)", usage), "stack_bytes": re.search(r"STACK:(\d+)", usage)}
+    return {key: int(match.group(1)) if match else None for key, match in found.items()}
 
 
 def loop_instructions(cubin: bytes) -> int | None:
@@ -139,7 +135,7 @@ def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtyp
     compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype, maxnreg)
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     out = {key: ptx.count(op) for key, op in COUNTED.items()}
-    out.update(registers=registers(cubin), stack_bytes=stack_bytes(cubin), loop_instructions=loop_instructions(cubin))
+    out.update(resources(cubin), loop_instructions=loop_instructions(cubin))
     return out
 
 
@@ -180,7 +176,7 @@ def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536
                                        "enable_fp_fusion": False})
     ptx = compiled.asm["ptx"]
     return {"wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async"),
-            "ld_global": ptx.count("ld.global"), "registers": registers(compiled.asm["cubin"]),
+            "ld_global": ptx.count("ld.global"), "registers": resources(compiled.asm["cubin"])["registers"],
             "tiles": str(cfg)}
 
 
