@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .errors import InputError
+
 # Activation granularity and calibration of each method (see README "Methods").
 METHODS = {
     # method: (activation granularity, smoothing, grid-search init, JLSS)
@@ -21,6 +23,13 @@ PRESETS = {
     "w4a8": (4, 8),
     "w4a4": (4, 4),
 }
+# The options each stage of a method reads: an option of a stage the method does not run does nothing.
+STAGE_OPTIONS = {
+    "smooth": ("alpha",),
+    "grid_search": ("grid_candidates", "grid_norm", "grid_samples"),
+    "jlss": ("jlss_epochs", "jlss_batch_size", "jlss_lr", "jlss_weight_decay", "seed"),
+}
+_STAGE_INDEX = {"smooth": 1, "grid_search": 2, "jlss": 3}
 # The linears of a Vim mixer that are quantized (DESIGN.md section 4).
 DEFAULT_LINEARS = ("in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b")
 
@@ -50,19 +59,23 @@ class QuantConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise InputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         for name in ("weight_bits", "act_bits"):
             bits = getattr(self, name)
             if not isinstance(bits, int) or not 2 <= bits <= 8:
-                raise ValueError(f"{name} must be an int in [2, 8], got {bits!r}")
+                raise InputError(f"{name} must be an int in [2, 8], got {bits!r}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+            raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
         unknown = set(self.linears) - set(DEFAULT_LINEARS)
         if unknown or not self.linears:
-            raise ValueError(f"linears must be a non-empty subset of {DEFAULT_LINEARS}, got {self.linears}")
+            raise InputError(f"linears must be a non-empty subset of {DEFAULT_LINEARS}, got {self.linears}")
         if self.grid_candidates < 1 or self.grid_samples < 1 or self.jlss_epochs < 0 or self.jlss_batch_size < 1:
-            raise ValueError("grid_candidates, grid_samples, jlss_batch_size must be >= 1 and jlss_epochs >= 0")
+            raise InputError("grid_candidates, grid_samples, jlss_batch_size must be >= 1 and jlss_epochs >= 0")
         object.__setattr__(self, "linears", tuple(self.linears))
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = [name for name in unused_options(self.method) if getattr(self, name) != defaults[name]]
+        if changed:
+            raise _unused_option_error(changed[0], self.method)
 
     @property
     def granularity(self) -> str:
@@ -92,7 +105,7 @@ class QuantConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown QuantConfig fields: {sorted(unknown)}")
+            raise InputError(f"unknown QuantConfig fields: {sorted(unknown)}")
         d = dict(d)
         if "linears" in d:
             d["linears"] = tuple(d["linears"])
@@ -100,12 +113,42 @@ class QuantConfig:
 
     @classmethod
     def preset_config(cls, preset: str, method: str = "ptq4vm", **overrides) -> QuantConfig:
-        """``QuantConfig.preset_config("w4a4", "smoothquant")``."""
+        """``QuantConfig.preset_config("w4a4", "smoothquant")``; ``overrides`` set other fields, and
+        only those the method reads (``jlss_epochs=5`` for ``ptq4vm``, not for ``smoothquant``)."""
         key = preset.lower()
         if key not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        fixed = {"weight_bits", "act_bits", "method", "preset"} & set(overrides)
+        if fixed:
+            raise InputError(f"{sorted(fixed)[0]} is set by the preset and method arguments, not as an option")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"unknown QuantConfig options: {sorted(unknown)}")
+        if method in METHODS:
+            unused = [name for name in unused_options(method) if name in overrides]
+            if unused:
+                raise _unused_option_error(unused[0], method)
         w, a = PRESETS[key]
         return cls(weight_bits=w, act_bits=a, method=method, preset=key, **overrides)
+
+
+def unused_options(method: str) -> tuple[str, ...]:
+    """The QuantConfig options that ``method`` never reads (those of the stages it does not run)."""
+    return tuple(
+        name
+        for stage, names in STAGE_OPTIONS.items()
+        if not METHODS[method][_STAGE_INDEX[stage]]
+        for name in names
+    )
+
+
+def _unused_option_error(option: str, method: str) -> InputError:
+    stage = next(stage for stage, names in STAGE_OPTIONS.items() if option in names)
+    users = [m for m, flags in METHODS.items() if flags[_STAGE_INDEX[stage]]]
+    what = {"smooth": "no smoothing", "grid_search": "no clipping grid search", "jlss": "no JLSS"}[stage]
+    return InputError(
+        f"option {option} does nothing for method {method!r} (it runs {what}); it is read by {', '.join(users)}"
+    )
 
 
 def resolve_config(config: QuantConfig | str | None) -> QuantConfig:
@@ -116,4 +159,4 @@ def resolve_config(config: QuantConfig | str | None) -> QuantConfig:
         return config
     if isinstance(config, str):
         return QuantConfig.preset_config(config)
-    raise TypeError(f"config must be a QuantConfig or a preset name, got {type(config).__name__}")
+    raise InputError(f"config must be a QuantConfig or a preset name, got {type(config).__name__}")

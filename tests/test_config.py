@@ -1,6 +1,7 @@
 import pytest
 
 from ptq4vm_fx.config import METHODS, PRESETS, QuantConfig, resolve_config
+from ptq4vm_fx.errors import InputError
 
 
 def test_presets_and_round_trip():
@@ -21,10 +22,57 @@ def test_presets_and_round_trip():
     (dict(jlss_epochs=-1), "jlss_epochs >= 0"),
 ])
 def test_invalid_configs_are_named(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         QuantConfig(**kwargs)
 
 
 def test_unknown_fields_in_a_dict():
-    with pytest.raises(ValueError, match="unknown QuantConfig fields"):
+    with pytest.raises(InputError, match="unknown QuantConfig fields"):
         QuantConfig.from_dict({"bits": 8})
+
+
+def test_bad_configs_are_input_errors():
+    with pytest.raises(InputError, match="unknown preset 'w3a3'"):
+        QuantConfig.preset_config("w3a3")
+    with pytest.raises(InputError, match="config must be a QuantConfig or a preset name, got int"):
+        resolve_config(8)
+    with pytest.raises(InputError, match="weight_bits is set by the preset"):
+        QuantConfig.preset_config("w4a4", "pts", weight_bits=8)
+    with pytest.raises(InputError, match=r"unknown QuantConfig options: \['epochs'\]"):
+        QuantConfig.preset_config("w4a4", "ptq4vm", epochs=3)
+
+
+@pytest.mark.parametrize("method, option, value, stage", [
+    ("smoothquant", "jlss_epochs", 5, "no JLSS"),
+    ("pts_smooth", "seed", 1, "no JLSS"),
+    ("pts_smooth", "grid_norm", 2.0, "no clipping grid search"),
+    ("minmax", "alpha", 0.8, "no smoothing"),
+    ("dynamic", "grid_samples", 32, "no clipping grid search"),
+    ("pts", "jlss_lr", 1e-3, "no JLSS"),
+])
+def test_options_the_method_does_not_read_are_refused(method, option, value, stage):
+    expected = f"option {option} does nothing for method '{method}' \\(it runs {stage}\\)"
+    with pytest.raises(InputError, match=expected):
+        QuantConfig.preset_config("w4a4", method, **{option: value})
+    with pytest.raises(InputError, match=expected):
+        QuantConfig(method=method, **{option: value})
+
+
+def test_an_unread_option_is_refused_even_at_its_default_value():
+    with pytest.raises(InputError, match="option jlss_epochs does nothing for method 'smoothquant'"):
+        QuantConfig.preset_config("w8a8", "smoothquant", jlss_epochs=QuantConfig().jlss_epochs)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("minmax", dict(linears=("in_proj",))),
+    ("dynamic", dict(linears=("out_proj",))),
+    ("smoothquant", dict(alpha=0.8)),
+    ("pts", dict(linears=("x_proj", "dt_proj"))),
+    ("pts_smooth", dict(alpha=0.7, linears=("in_proj",))),
+    ("ptq4vm", dict(alpha=0.6, grid_candidates=10, grid_norm=2.0, grid_samples=32, jlss_epochs=2,
+                    jlss_batch_size=8, jlss_lr=1e-3, jlss_weight_decay=1e-4, seed=3)),
+])
+def test_each_method_accepts_its_own_options(method, options):
+    config = QuantConfig.preset_config("w4a4", method, **options)
+    assert all(getattr(config, k) == (tuple(v) if k == "linears" else v) for k, v in options.items())
+    assert QuantConfig.from_dict(config.to_dict()) == config
