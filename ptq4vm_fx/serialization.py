@@ -1,8 +1,10 @@
 """save / load of quantized models: tensors and plain metadata only, never pickled code.
 
-The file is a ``torch.save`` dict read back with ``weights_only=True``. Loading rebuilds the
-float Vim from its stored configuration, captures it, puts empty quantized linears where the
-saved model had them and loads the state dict strictly.
+The file is a ``torch.save`` dict read back with ``weights_only=True``. It records the float Vim's
+configuration and, for every quantized module the saved model holds, its qualified name, class
+and constructor arguments (read from the module, not re-derived from the config). Loading
+rebuilds the float Vim, captures it, puts an empty module of each recorded kind where the record
+says, and loads the state dict strictly: a record and a state dict that disagree are refused.
 """
 
 from __future__ import annotations
@@ -11,22 +13,58 @@ import os
 
 import torch
 import torch.fx
+from torch import nn
 
-from .capture import blocks, capture
+from .capture import capture
 from .config import QuantConfig
+from .errors import InputError
+from .models.checkpoint import load_tensors
 from .models.vim import VisionMamba
-from .passes.insert_observers import quantizable_linears
+from .models.zoo import check_overrides
 from .quant.linear import FakeQuantLinear, QuantizedLinear
 
-FORMAT = "ptq4vm_fx.quantized/1"
+FORMAT_PREFIX = "ptq4vm_fx.quantized/"
+FORMAT = FORMAT_PREFIX + "2"  # 2: the quantized modules are recorded; 1 re-derived them from the config
 _STAGES = ("quantized", "simulated")
+_WHAT = "a ptq4vm_fx quantized model file"
+# the constructor arguments a quantized linear is recorded with, and their types
+_LINEAR_ARGS = {"in_features": int, "out_features": int, "tokens": int, "w_bits": int, "a_bits": int,
+                "dynamic": bool, "has_bias": bool}
+_KINDS = {cls.__name__: cls for cls in (QuantizedLinear, FakeQuantLinear)}
+
+
+def _linear_args(module: QuantizedLinear | FakeQuantLinear) -> dict:
+    """The constructor arguments of a quantized linear, read from the module."""
+    scales = module.act_scale if isinstance(module, QuantizedLinear) else module.log_act_scale
+    return {"in_features": module.in_features, "out_features": module.out_features, "tokens": scales.shape[0],
+            "w_bits": module.w_bits, "a_bits": module.a_bits, "dynamic": bool(module.dynamic),
+            "has_bias": module.bias is not None}
+
+
+def _empty_linear(kind: str, args: dict) -> nn.Module:
+    """A quantized linear of class ``kind`` built from recorded ``args``, its tensors to be loaded."""
+    if kind == "QuantizedLinear":
+        return QuantizedLinear(**args)
+    weight = torch.zeros(args["out_features"], args["in_features"])
+    bias = torch.zeros(args["out_features"]) if args["has_bias"] else None
+    return FakeQuantLinear(weight, bias, args["tokens"], args["w_bits"], args["a_bits"], args["dynamic"])
+
+
+def quantized_modules(qmodel: nn.Module) -> list[dict]:
+    """[{'name': 'layers.0.mixer.in_proj', 'kind': 'QuantizedLinear', 'args': {...}}, ...]: every
+    quantized module of ``qmodel`` in module order, as :func:`save` records them."""
+    return [
+        {"name": name, "kind": type(module).__name__, "args": _linear_args(module)}
+        for name, module in qmodel.named_modules()
+        if isinstance(module, tuple(_KINDS.values()))
+    ]
 
 
 def save(qmodel: torch.fx.GraphModule, path: str | os.PathLike) -> None:
     """Write a ``convert()`` result to ``path``."""
     meta = getattr(qmodel, "meta", {})
     if meta.get("stage") not in _STAGES:
-        raise ValueError("save() takes the module returned by ptq4vm_fx.convert()")
+        raise InputError("save() takes the module returned by ptq4vm_fx.convert()")
     torch.save(
         {
             "format": FORMAT,
@@ -35,54 +73,91 @@ def save(qmodel: torch.fx.GraphModule, path: str | os.PathLike) -> None:
             "model_config": meta["model_config"],
             "quant_config": meta["quant_config"],
             "block_stats": meta.get("block_stats", {}),
+            "modules": quantized_modules(qmodel),
             "state_dict": qmodel.state_dict(),
         },
         path,
     )
 
 
-def _skeleton(config: QuantConfig, model_config: dict, packed: bool) -> torch.fx.GraphModule:
-    """The captured float model with empty quantized linears where ``config`` puts them."""
-    gm = capture(VisionMamba(**model_config))
-    tokens = gm.meta["num_tokens"]
-    dynamic = config.granularity == "per_token_dynamic"
-    for _, block in blocks(gm):
-        for node in quantizable_linears(block, config.linears):
-            linear = block.get_submodule(node.target)
-            if packed:
-                q = QuantizedLinear(linear.in_features, linear.out_features, tokens, config.weight_bits,
-                                    config.act_bits, dynamic, linear.bias is not None)
-            else:
-                q = FakeQuantLinear(linear.weight, linear.bias, tokens, config.weight_bits, config.act_bits, dynamic)
-            block.set_submodule(node.target, q)
+def _check_record(path, record) -> None:
+    """Refuse a module record that is not a list of {'name': str, 'kind': known class, 'args': ...}."""
+    def malformed(what: str) -> InputError:
+        return InputError(f"{path}: malformed ptq4vm_fx file ({what})")
+
+    if not isinstance(record, list):
+        raise malformed("its module record is not a list")
+    for entry in record:
+        if not isinstance(entry, dict) or set(entry) != {"name", "kind", "args"} or not isinstance(entry["name"], str):
+            raise malformed(f"module record entry {entry!r}")
+        if entry["kind"] not in _KINDS:
+            raise malformed(f"{entry['name']}: unknown module kind {entry['kind']!r}")
+        args = entry["args"]
+        if not isinstance(args, dict) or set(args) != set(_LINEAR_ARGS) or not all(
+            type(args[key]) is kind for key, kind in _LINEAR_ARGS.items()
+        ):
+            raise malformed(f"{entry['name']}: constructor arguments {args!r}")
+
+
+def _skeleton(path, model_config: dict, record: list[dict]) -> torch.fx.GraphModule:
+    """The captured float model with an empty recorded module in place of each recorded linear."""
+    if not isinstance(model_config, dict):
+        raise InputError(f"{path}: malformed ptq4vm_fx file (model configuration {model_config!r})")
+    try:
+        check_overrides(model_config)
+        gm = capture(VisionMamba(**model_config))
+    except (TypeError, ValueError) as exc:  # an InputError is a ValueError
+        raise InputError(f"{path}: malformed ptq4vm_fx file (model configuration: {exc})") from None
+    for entry in record:
+        name, args = entry["name"], entry["args"]
+        try:
+            linear = gm.get_submodule(name)
+        except AttributeError:
+            linear = None
+        if not isinstance(linear, nn.Linear):
+            raise InputError(f"{path} does not match the model it describes: {name} is not a linear of it")
+        if (linear.in_features, linear.out_features) != (args["in_features"], args["out_features"]):
+            raise InputError(
+                f"{path} does not match the model it describes: {name} is recorded as "
+                f"{args['in_features']}->{args['out_features']}, the model's linear is "
+                f"{linear.in_features}->{linear.out_features}"
+            )
+        gm.set_submodule(name, _empty_linear(entry["kind"], args))
     return gm
 
 
 def load(path: str | os.PathLike) -> torch.fx.GraphModule:
     """Read a file written by :func:`save`; returns the quantized GraphModule (eval mode)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"quantized model not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated files and foreign pickles raise several types
-        raise ValueError(f"{path} is corrupt or not a ptq4vm_fx quantized model ({exc})") from exc
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a ptq4vm_fx quantized model (expected format {FORMAT!r})")
+    obj = load_tensors(path, _WHAT)
+    version = obj.get("format") if isinstance(obj, dict) else None
+    if not isinstance(version, str) or not version.startswith(FORMAT_PREFIX):
+        raise InputError(f"{path} is not {_WHAT} (it records no {FORMAT_PREFIX}* format)")
+    if version != FORMAT:
+        raise InputError(
+            f"{path} is a ptq4vm_fx quantized model in format {version!r}, which this version does not read "
+            f"(it reads {FORMAT!r}): quantize the model again"
+        )
+    absent = [key for key in ("stage", "model_config", "quant_config", "modules", "state_dict") if key not in obj]
+    if absent:
+        raise InputError(f"{path}: malformed ptq4vm_fx file (no {', '.join(absent)})")
+    model_config, stage, state, record = obj["model_config"], obj["stage"], obj["state_dict"], obj["modules"]
     try:
         config = QuantConfig.from_dict(obj["quant_config"])
-        model_config, stage, state = obj["model_config"], obj["stage"], obj["state_dict"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: malformed ptq4vm_fx file ({exc})") from exc
+    except (TypeError, ValueError) as exc:  # an InputError is a ValueError
+        raise InputError(f"{path}: malformed ptq4vm_fx file (quantization config: {exc})") from None
     if stage not in _STAGES:
-        raise ValueError(f"{path}: unknown stage {stage!r}")
-    gm = _skeleton(config, model_config, packed=stage == "quantized")
+        raise InputError(f"{path}: malformed ptq4vm_fx file (unknown stage {stage!r})")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: malformed ptq4vm_fx file (its state dict is not a dict of tensors)")
+    _check_record(path, record)
+    gm = _skeleton(path, model_config, record)
     expected = gm.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(
-            f"{path} does not match the model it describes: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shapes {wrong[:5]}"
+        raise InputError(
+            f"{path} does not match the model it describes (its module record and state dict disagree): "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
         )
     gm.load_state_dict(state, strict=True)
     gm.meta.update(stage=stage, quant_config=config.to_dict(), model_name=obj.get("model_name"),

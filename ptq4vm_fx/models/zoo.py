@@ -6,9 +6,12 @@ Keyword arguments override the configuration (``depth=2, img_size=64, num_classe
 
 from __future__ import annotations
 
+import inspect
+
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 
+from ..errors import InputError
 from .vim import VisionMamba
 
 _BASE = dict(img_size=224, patch_size=16, stride=16, depth=24, d_state=16)
@@ -34,18 +37,34 @@ def model_names() -> list[str]:
     return sorted(VIM_CONFIGS) + sorted(OFFICIAL_ALIASES)
 
 
+def config_keys() -> list[str]:
+    """The configuration keys a Vim accepts as overrides (VisionMamba's arguments, and ``in_chans``)."""
+    return sorted([*inspect.signature(VisionMamba).parameters, "in_chans"])
+
+
+def check_overrides(overrides: dict) -> None:
+    """Refuse configuration keys no Vim has, listing the valid ones."""
+    unknown = sorted(set(overrides) - set(config_keys()))
+    if unknown:
+        raise InputError(
+            f"unknown model configuration key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"valid keys: {', '.join(config_keys())}"
+        )
+
+
 def create_vim(name: str, pretrained: bool = False, **overrides) -> VisionMamba:
     """Build a named Vim. ``in_chans`` is accepted as timm's name for ``channels``."""
     canonical = OFFICIAL_ALIASES.get(name, name)
     if canonical not in VIM_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
     if pretrained:
-        raise ValueError(
+        raise InputError(
             f"{name}: no weights are downloaded; build with pretrained=False and load an official "
             "checkpoint with ptq4vm_fx.models.load_checkpoint(model, path)"
         )
     for key in _TIMM_ONLY_KWARGS:
         overrides.pop(key, None)
+    check_overrides(overrides)
     if "in_chans" in overrides:
         overrides["channels"] = overrides.pop("in_chans")
     config = dict(VIM_CONFIGS[canonical], **overrides)

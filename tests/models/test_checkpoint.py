@@ -3,9 +3,11 @@ import argparse
 import pytest
 import torch
 
+from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.models import load_checkpoint, read_state_dict
 
 from ..conftest import tiny_vim
+from ..test_serialization import refuses_hostile_files
 
 
 def write_official_style(path, state_dict):
@@ -37,20 +39,26 @@ def test_wrong_keys_and_shapes_are_named(tmp_path):
     del sd["norm_f.weight"]
     sd["head.weight"] = torch.zeros(5, 32)
     torch.save({"model": sd}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(InputError) as err:
         load_checkpoint(tiny_vim(), tmp_path / "bad.pth")
     msg = str(err.value)
     assert "missing keys (1): norm_f.weight" in msg
     assert "unexpected keys (1): layers.0.mixer.extra" in msg
     assert "head.weight: checkpoint (5, 32) vs model (10, 32)" in msg
+    assert "\n" not in msg
 
 
 def test_corrupt_and_missing_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+    with pytest.raises(InputError, match="junk.pth is not a float checkpoint .not a readable torch.save archive"):
         read_state_dict(tmp_path / "junk.pth")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="no such file: .*nothing.pth .expected a float checkpoint"):
         read_state_dict(tmp_path / "nothing.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")
-    with pytest.raises(ValueError, match="holds no state dict"):
+    with pytest.raises(InputError, match="holds no state dict"):
         read_state_dict(tmp_path / "list.pth")
+
+
+def test_garbage_truncated_and_code_carrying_checkpoints_are_refused(tmp_path):
+    write_official_style(tmp_path / "real.pth", tiny_vim().state_dict())
+    refuses_hostile_files(read_state_dict, tmp_path, (tmp_path / "real.pth").read_bytes(), "a float checkpoint")
