@@ -14,7 +14,7 @@
 import pytest
 import torch
 
-from ptq4vm_fx import ops
+from ptq4vm_fx import scan
 from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
 from ptq4vm_fx.lowering import fused_ops
 
@@ -156,7 +156,7 @@ def scan_problem(model: str, batch: int, dtype: torch.dtype, device="cuda"):
     def branch():  # u and delta token-major (stride 1 along d), as the conv and dt_proj kernels store them
         u = torch.randn(batch, length, d, device=device, generator=g).to(dtype).transpose(1, 2)
         delta = (torch.randn(batch, length, d, device=device, generator=g) * 0.5 - 2).to(dtype).transpose(1, 2)
-        A = ops.channel_major(-torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1))
+        A = scan.channel_major(-torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(d, 1))
         x_dbl = torch.randn(batch, length, r + 2 * n, device=device, generator=g).to(dtype)
         return (u, delta, A, x_dbl[..., r:r + n].transpose(1, 2), x_dbl[..., r + n:].transpose(1, 2),
                 torch.ones(d, device=device), torch.rand(d, device=device, generator=g) * 0.1)
@@ -183,11 +183,11 @@ def time_bidirectional_scan(model: str, batch: int, device="cuda", timer=graphed
         return fused_ops.bidirectional_scan_quantize(*fwd, *bwd, z, True, *qparams, store_out)
 
     out, codes = fused()
-    torch.testing.assert_close(out, two_pass(ops.selective_scan_ref, fwd, bwd, z), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(out, two_pass(scan.selective_scan_ref, fwd, bwd, z), rtol=1e-3, atol=1e-4)
     assert torch.equal(fused(False)[1], codes)
     return {  # timed as a lowered Vim launches it: the codes only (out_proj reads nothing else)
         "bidirectional_scan": timer(lambda: fused(False)),
-        "reference": median_ms(lambda: two_pass(ops.selective_scan_ref, fwd, bwd, z), warmup=2, runs=50),
+        "reference": median_ms(lambda: two_pass(scan.selective_scan_ref, fwd, bwd, z), warmup=2, runs=50),
         "fp16_two_pass": timer(lambda: two_pass(triton_scan, fwd16, bwd16, z16)),
     }
 

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..quant import integer
+
 # --------------------------------------------------------------------------------------------
 # Device helpers
 # --------------------------------------------------------------------------------------------
@@ -137,8 +139,9 @@ def check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, channels
 
 
 def qrange(bits: int) -> tuple[float, float]:
-    """Signed integer range of a ``bits``-bit code, as floats (kernel arguments)."""
-    return float(-(1 << (bits - 1))), float((1 << (bits - 1)) - 1)
+    """:func:`ptq4vm_fx.quant.integer.act_range` as floats (kernel arguments)."""
+    lo, hi = integer.act_range(bits)
+    return float(lo), float(hi)
 
 
 def vec(t):

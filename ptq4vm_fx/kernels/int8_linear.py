@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..quant import integer
 from ._common import (
     _quantize_values,
     _round_to,
@@ -341,11 +342,7 @@ def int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, toke
         y = int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
         return y, quantize_per_token_ref(y[:, q_start:q_start + q_cols], inv_smooth, inv_scale, zero_point, bits,
                                          tokens)
-    acc = (xq.double() @ wq.double().t()).to(torch.int32)
     tok = torch.arange(M, device=xq.device) % tokens
-    acc = acc - x_zero_point[tok][:, None] * w_colsum[None, :]
-    y = acc.float() * x_scale[tok][:, None]
-    y = y * w_scale[None, :]
-    if bias is not None:
-        y = y + bias[None, :]
+    y = integer.dequantize_accumulator(integer.int_matmul(xq, wq), x_scale[tok], x_zero_point[tok], w_scale,
+                                       w_colsum, bias)
     return y.to(out_dtype)

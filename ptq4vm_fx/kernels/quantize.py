@@ -23,7 +23,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..ops import token_major_empty
+from ..quant import integer
+from ..scan import token_major_empty
 from ._common import (
     FLOAT_DTYPES,
     TL_DTYPES,
@@ -122,14 +123,8 @@ def quantize_per_token_ref(x, inv_smooth, inv_scale, zero_point, bits, tokens):
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     M, K = x.shape
     check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, K)
-    qmin, qmax = qrange(bits)
-    p = x.float()
-    if inv_smooth is not None:
-        p = p * inv_smooth[None, :]
     tok = torch.arange(M, device=x.device) % tokens
-    v = p * inv_scale[tok][:, None]
-    q = torch.round(v) + zero_point[tok][:, None]
-    return q.clamp(qmin, qmax).to(torch.int8)
+    return integer.quantize_codes(x, inv_smooth, inv_scale[tok], zero_point[tok], bits).to(torch.int8)
 
 
 # ============================================================================================

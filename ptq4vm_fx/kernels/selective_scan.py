@@ -19,7 +19,7 @@ Register layout (checked on sm_90 code by tests/kernels/test_codegen.py): the ti
 axis is its fast axis, so with BLOCK_D >= 32 * num_warps each thread owns whole channels and the
 per-token sum over the N states is a register sum: no warp shuffles, no shared-memory layout
 conversions, no barriers inside the token loop. Three things keep it so:
-  - A is read channel-major (stride 1 along D, :func:`ptq4vm_fx.ops.channel_major`: Vim computes
+  - A is read channel-major (stride 1 along D, :func:`ptq4vm_fx.scan.channel_major`: Vim computes
     it so, and the wrappers copy it so when it is not). With A row-major, its unit stride along N
     makes Triton (3.6 and 3.8) lay the tile out along N and reduce across threads.
   - A's pointer is not specialized on its 16-byte alignment (``do_not_specialize_on_alignment``).
@@ -36,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops import channel_major, token_major_empty
+from ..scan import channel_major, token_major_empty
+from ..scan import selective_scan_ref as _scan_reference
 from ._common import (
     FLOAT_DTYPES,
     _quantize_values,
@@ -475,42 +476,13 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 # --------------------------------------------------------------------------------------------
 
 
-def _selective_scan_ref_fp32(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    """fp32 result of the scan; a plain loop over tokens, vectorized over batch/channel/state."""
-    u = u.float()
-    dt = delta.float()
-    if delta_bias is not None:
-        dt = dt + delta_bias.float()[None, :, None]
-    if delta_softplus:
-        dt = torch.where(dt <= 20.0, torch.log1p(torch.exp(dt)), dt)
-    Bf = B.float()
-    Cf = C.float()
-    Af = A.float()
-    Bsz, Dm, L = u.shape
-    h = u.new_zeros((Bsz, Dm, Af.shape[1]))
-    ys = [None] * L
-    steps = range(L - 1, -1, -1) if reverse else range(L)
-    for t in steps:
-        dt_t = dt[:, :, t]
-        dA = torch.exp(dt_t[:, :, None] * Af[None])
-        h = dA * h + (dt_t * u[:, :, t])[:, :, None] * Bf[:, None, :, t]
-        ys[t] = (h * Cf[:, None, :, t]).sum(-1)
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D.float()[None, :, None] * u
-    if z is not None:
-        zf = z.float()
-        y = y * (zf / (1.0 + torch.exp(-zf)))
-    return y
-
-
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        reverse=False):
     """Pure-PyTorch specification of :func:`selective_scan`."""
     _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
     _check_flag("delta_softplus", delta_softplus)
     _check_flag("reverse", reverse)
-    return _selective_scan_ref_fp32(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse).to(u.dtype)
+    return _scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
 def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
@@ -524,9 +496,9 @@ def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_
     _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
     _check_store_out(store_out, inv_scale is not None)
     dtype = u_f.dtype
-    out_f = _selective_scan_ref_fp32(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
-    out_b = _selective_scan_ref_fp32(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True)
-    out = (out_f.to(dtype) + out_b.to(dtype)) / 2
+    out_f = _scan_reference(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
+    out_b = _scan_reference(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True).to(dtype)
+    out = token_major_empty(Bsz, Dm, L, dtype, u_f.device).copy_((out_f + out_b) / 2)  # the kernel's layout
     if inv_scale is None:
         return out
     xq = quantize_per_token_ref(out.transpose(1, 2).reshape(Bsz * L, Dm), inv_smooth, inv_scale, zero_point,

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..kernels import int8_linear as _gemm
 from ..kernels import quantize as _quant
 from ..kernels import selective_scan as _scan
-from ..ops import token_major, token_major_empty
+from ..scan import token_major, token_major_empty
 
 __all__ = [
     "add_rmsnorm_quantize",

@@ -1,8 +1,9 @@
-"""Pass: fold a quantized linear's 1/m into its producer where that is exact (DESIGN.md section 4).
+"""Pass: fold a quantized linear's 1/m into its producer where that is exact (docs/design.md section 4).
 
 * producer is an RMSNorm used only by this linear: divide the norm weight by m (in_proj);
 * producer is a column slice ``y[..., a:b]`` of another linear used only by this linear: divide
-  rows a:b of that linear (weight, bias and, if quantized, weight step size) by m (dt_proj).
+  rows a:b of that linear (weight, bias and, if quantized, weight step size; recorded in its
+  ``row_fold``) by m (dt_proj).
 Elsewhere (x_proj after conv+SiLU, out_proj after the scan) the quantizer keeps the explicit 1/m,
 which the lowering fuses into the producing kernel.
 """
@@ -42,6 +43,7 @@ def _fold_into_rows(producer: nn.Module, rows: slice, m: torch.Tensor) -> None:
     if isinstance(producer, FakeQuantLinear):
         producer.weight[rows] /= m[:, None]
         producer.log_w_scale[rows] -= torch.log(m)
+        producer.row_fold[rows] /= m
     else:
         producer.weight[rows] /= m[:, None].to(producer.weight.dtype)
     if producer.bias is not None:

@@ -86,7 +86,7 @@ def grid_search_block(block: torch.fx.GraphModule, hidden, residual, config: Qua
             continue
         x = _linear_input(block, target, hidden, residual, batch_size)
         scale, zero_point = search_token_qparams(
-            x.reshape(-1, *x.shape[-2:]), fq.inv_smooth(), config.act_bits, config.grid_candidates,
+            x.reshape(-1, *x.shape[-2:]), fq.inv_smooth, config.act_bits, config.grid_candidates,
             config.grid_norm, per_token=config.granularity == "per_token")
         fq.log_act_scale.copy_(torch.log(scale))
         fq.act_zero_point.copy_(zero_point)

@@ -12,7 +12,7 @@ import torch.fx
 
 from ..capture import blocks
 from ..config import QuantConfig
-from ..quant.fake_quant import act_qparams, weight_qmax
+from ..quant.integer import act_qparams, weight_qmax
 from ..quant.linear import FakeQuantLinear
 from ..quant.observer import TokenChannelObserver
 
@@ -33,7 +33,7 @@ def init_fake_quant(linear: torch.nn.Linear, observer: TokenChannelObserver, con
         fq.log_smooth.copy_(torch.log(smoothing_scale(observer.channel_absmax(), linear.weight.float(), config.alpha)))
     w_absmax = fq.effective_weight().abs().amax(1).clamp(min=1e-8)
     fq.log_w_scale.copy_(torch.log(w_absmax / weight_qmax(config.weight_bits)))
-    lo, hi = observer.token_range(fq.inv_smooth())
+    lo, hi = observer.token_range(fq.inv_smooth)
     if config.granularity == "per_tensor":
         lo, hi = lo.amin().expand_as(lo), hi.amax().expand_as(hi)
     scale, zero_point = act_qparams(lo, hi, config.act_bits)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fake_quant import act_qparams, fake_quant_act, fake_quant_weight, weight_qmax
+from .fake_quant import fake_quant_act, fake_quant_weight
+from .integer import act_qparams, weight_qmax
 
 
 def _ratios(candidates: int) -> list[float]:

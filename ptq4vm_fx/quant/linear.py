@@ -1,4 +1,12 @@
-"""The two forms of a quantized linear: fake-quant (simulation, JLSS) and integer (int8 buffers)."""
+"""The two forms of a quantized linear: fake-quant (simulation, JLSS) and integer (int8 buffers).
+
+Both expose the same facts, so reports and serialization read them without asking which form
+they hold: ``in_features``, ``out_features``, ``w_bits``, ``a_bits``, ``dynamic``, ``tokens``,
+``smooth`` (C,) the smoothing scale m, ``inv_smooth`` (C,) what the quantizer multiplies its input by
+(1/m, or ones once a producer absorbed it), ``row_fold`` (O,) the factor a fold multiplied each output
+row by (a consumer's 1/m on x_proj's dt rows, else 1), :meth:`static_act_qparams` and
+:meth:`dequantized_weight`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
+from . import integer
 from .fake_quant import dynamic_act_qparams, fake_quant_act, fake_quant_weight, weight_codes
 
 
@@ -31,6 +40,7 @@ class FakeQuantLinear(nn.Module):
         self.log_act_scale = nn.Parameter(torch.zeros(tokens))
         self.register_buffer("act_zero_point", torch.zeros(tokens))
         self.register_buffer("input_folded", torch.tensor(False))
+        self.register_buffer("row_fold", torch.ones(out_features))
         self.to(weight.device)
         self.quant_enabled = True  # False: the exact float smoothing identity, for checks and reports
 
@@ -38,6 +48,11 @@ class FakeQuantLinear(nn.Module):
     def smooth(self) -> Tensor:
         return torch.exp(self.log_smooth)
 
+    @property
+    def tokens(self) -> int:
+        return self.log_act_scale.shape[0]
+
+    @property
     def inv_smooth(self) -> Tensor:
         """(C,) the factor the quantizer applies to its input: 1/m, or ones once folded upstream."""
         if bool(self.input_folded):
@@ -46,6 +61,14 @@ class FakeQuantLinear(nn.Module):
 
     def effective_weight(self) -> Tensor:
         return self.weight * self.smooth
+
+    def static_act_qparams(self) -> tuple[Tensor, Tensor]:
+        """(scale, signed zero point), (L,) fp32 each."""
+        return torch.exp(self.log_act_scale), self.act_zero_point
+
+    def dequantized_weight(self) -> Tensor:
+        """(O, C) fp32: the weight the layer multiplies by."""
+        return fake_quant_weight(self.effective_weight(), torch.exp(self.log_w_scale), self.w_bits)
 
     def act_qparams(self, x: Tensor, inv_smooth: Tensor) -> tuple[Tensor, Tensor]:
         if self.dynamic:
@@ -58,7 +81,7 @@ class FakeQuantLinear(nn.Module):
         return torch.exp(self.log_act_scale), self.act_zero_point
 
     def forward(self, x: Tensor) -> Tensor:
-        inv = self.inv_smooth()
+        inv = self.inv_smooth
         if not self.quant_enabled:
             return F.linear(x.float() * inv, self.effective_weight(), self.bias).to(x.dtype)
         scale, zero_point = self.act_qparams(x, inv)
@@ -75,8 +98,9 @@ class FakeQuantLinear(nn.Module):
                             self.w_bits, self.a_bits, self.dynamic, self.bias is not None).to(wq.device)
         q.wq.copy_(wq)
         q.w_scale.copy_(w_scale)
-        q.w_colsum.copy_(wq.to(torch.int32).sum(1))
-        q.inv_smooth.copy_(self.inv_smooth())
+        q.w_colsum.copy_(integer.column_sums(wq))
+        q.inv_smooth.copy_(self.inv_smooth)
+        q.row_fold.copy_(self.row_fold)
         q.smooth.copy_(self.smooth)
         q.act_scale.copy_(torch.exp(self.log_act_scale))
         q.act_zero_point.copy_(self.act_zero_point.to(torch.int32))
@@ -85,16 +109,17 @@ class FakeQuantLinear(nn.Module):
         return q
 
     def extra_repr(self) -> str:
-        mode = "dynamic" if self.dynamic else f"tokens={self.log_act_scale.shape[0]}"
+        mode = "dynamic" if self.dynamic else f"tokens={self.tokens}"
         return f"{self.in_features}->{self.out_features}, W{self.w_bits}A{self.a_bits}, {mode}"
 
 
 class QuantizedLinear(nn.Module):
-    """Integer linear: ``ptq4vm::quantize_per_token`` then ``ptq4vm::qlinear`` (DESIGN.md section 3).
+    """Integer linear: ``ptq4vm::quantize_per_token`` then ``ptq4vm::qlinear`` (docs/design.md section 3).
 
     Buffers: wq int8 (O, C); w_scale fp32 (O,); w_colsum int32 (O,); bias fp32 (O,) or None;
     inv_smooth fp32 (C,); act_scale fp32 (L,); act_zero_point int32 (L,), signed; smooth fp32 (C,),
-    the smoothing scale m, kept for reports (``inv_smooth`` is 1/m, or ones where 1/m is folded).
+    the smoothing scale m, kept for reports (``inv_smooth`` is 1/m, or ones where 1/m is folded);
+    row_fold fp32 (O,) (module docstring).
     They stay fp32 when the model is cast (``.half()``): the output takes the input's dtype.
     """
 
@@ -111,6 +136,19 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("act_scale", torch.ones(tokens))
         self.register_buffer("act_zero_point", torch.zeros(tokens, dtype=torch.int32))
         self.register_buffer("smooth", torch.ones(in_features))
+        self.register_buffer("row_fold", torch.ones(out_features))
+
+    @property
+    def tokens(self) -> int:
+        return self.act_scale.shape[0]
+
+    def static_act_qparams(self) -> tuple[Tensor, Tensor]:
+        """(scale, signed zero point), (L,) fp32 each."""
+        return self.act_scale, self.act_zero_point.float()
+
+    def dequantized_weight(self) -> Tensor:
+        """(O, C) fp32: the weight the layer multiplies by."""
+        return self.wq.float() * self.w_scale[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dynamic:
@@ -134,5 +172,9 @@ class QuantizedLinear(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        mode = "dynamic" if self.dynamic else f"tokens={self.act_scale.shape[0]}"
+        mode = "dynamic" if self.dynamic else f"tokens={self.tokens}"
         return f"{self.in_features}->{self.out_features}, int W{self.w_bits}A{self.a_bits}, {mode}"
+
+
+# both forms, for code that finds the quantized linears of a model without caring which form they are in
+QUANTIZED_LINEARS = (FakeQuantLinear, QuantizedLinear)

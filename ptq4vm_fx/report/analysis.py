@@ -9,10 +9,10 @@ in the quantized model and x̃ = x · inv_smooth the quantizer's input (x / m, m
 * output cosine: cos over output channels of the layer's output and of the float layer on the same
   input, ``F.linear(x̃, W_eff, bias)``, averaged over tokens and images.
 
-``FakeQuantLinear`` holds ``W_eff`` exactly; for ``QuantizedLinear`` it is rebuilt from the float
-model's weight, the stored smoothing scale m and, on rows whose output feeds a folded consumer
-(x_proj's dt rows -> dt_proj), that consumer's 1/m. The float model's own linears give the
-activations before smoothing.
+``W_eff`` is the float model's weight in the layer's coordinates, from what the layer records
+(its smoothing scale m and ``row_fold``, the consumer's 1/m folded into x_proj's dt rows); both
+forms of quantized linear expose the same attributes, so nothing here asks which one it holds.
+The float model's own linears give the activations before smoothing.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ from torch import Tensor, nn
 from ..capture import blocks
 from ..config import QuantConfig
 from ..evaluate import power_ratio_db, sqnr_db, topk_accuracy
-from ..passes.fold_smoothing import column_slice
 from ..progress import progress
-from ..quant.fake_quant import act_range, dynamic_act_qparams, fake_quant_weight
-from ..quant.linear import FakeQuantLinear, QuantizedLinear
+from ..quant import integer
+from ..quant.fake_quant import dynamic_act_qparams
+from ..quant.linear import QUANTIZED_LINEARS
 
 HISTOGRAM_BINS = 101
 SAMPLES_PER_BATCH = 1 << 16  # values kept per layer and batch for the detail block's histograms
-QUANTIZED_LINEARS = (QuantizedLinear, FakeQuantLinear)
 
 
 def quantized_layers(qmodel: torch.fx.GraphModule) -> list[tuple[str, nn.Module]]:
@@ -62,66 +61,21 @@ def detail_block(qmodel: torch.fx.GraphModule, index: int | None = None) -> str:
 
 
 @torch.no_grad()
-def dequantized_weight(module: nn.Module) -> Tensor:
-    """(O, C) fp32: the weight the quantized layer multiplies by."""
-    if isinstance(module, FakeQuantLinear):
-        return fake_quant_weight(module.effective_weight(), torch.exp(module.log_w_scale), module.w_bits)
-    return module.wq.float() * module.w_scale[:, None]
-
-
-@torch.no_grad()
 def smoothed_float_weights(qmodel: torch.fx.GraphModule, float_model: nn.Module) -> dict[str, Tensor]:
-    """{layer: (O, C) fp32 float weight in the quantized layer's coordinates} (see the module docstring).
-
-    For ``QuantizedLinear``: ``diag(r) · W · diag(m)`` with m its stored smoothing scale; the row
-    scales r are 1 except on rows whose output slice feeds a consumer (x_proj's dt rows -> dt_proj),
-    which carry the part of the consumer's 1/m that it does not apply itself:
-    ``r = 1 / (m_consumer · inv_smooth_consumer)``. Layers are visited consumers first."""
+    """{layer: (O, C) fp32 float weight in the quantized layer's coordinates}: the float model's weight
+    W with the layer's own record of what the passes did, ``diag(row_fold) · W · diag(m)``."""
     weights = {}
-    for prefix, block in blocks(qmodel):
-        nodes = [
-            n
-            for n in block.graph.nodes
-            if n.op == "call_module" and isinstance(block.get_submodule(n.target), QUANTIZED_LINEARS)
-        ]
-        row_scales: dict[str, Tensor] = {}
-        for node in reversed(nodes):
-            module, name = block.get_submodule(node.target), f"{prefix}.{node.target}"
-            if isinstance(module, FakeQuantLinear):
-                weights[name] = module.effective_weight().detach().clone()
-                continue
-            w = (
-                row_scales.get(node.target, torch.ones(module.out_features, dtype=torch.float64))[:, None]
-                * float_model.get_submodule(name).weight.double()
-            )
-            m = module.smooth.double()
-            weights[name] = (w * m).float()
-            fed = column_slice(node.args[0])
-            if fed is not None and fed[0].op == "call_module":
-                producer, rows = fed[0].target, fed[1]
-                scales = row_scales.setdefault(
-                    producer, torch.ones(block.get_submodule(producer).out_features, dtype=torch.float64)
-                )
-                scales[rows] = 1.0 / (m * module.inv_smooth.double())
+    for name, module in quantized_layers(qmodel):
+        w = float_model.get_submodule(name).weight.double()
+        weights[name] = (module.row_fold.double()[:, None] * w * module.smooth.double()).float()
     return weights
-
-
-def _inv_smooth(module: nn.Module) -> Tensor:
-    return module.inv_smooth() if isinstance(module, FakeQuantLinear) else module.inv_smooth
-
-
-def _static_qparams(module: nn.Module) -> tuple[Tensor, Tensor]:
-    """(scale, signed zero point), (L,) each, of a per-token or per-tensor static quantizer."""
-    if isinstance(module, FakeQuantLinear):
-        return torch.exp(module.log_act_scale), module.act_zero_point
-    return module.act_scale, module.act_zero_point.float()
 
 
 def _act_qparams(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     """(scale, signed zero point) broadcastable to x.shape[:-1]: (L,) static or (B, L) dynamic."""
     if module.dynamic:
-        return dynamic_act_qparams(x, _inv_smooth(module), module.a_bits)
-    return _static_qparams(module)
+        return dynamic_act_qparams(x, module.inv_smooth, module.a_bits)
+    return module.static_act_qparams()
 
 
 def _samples(x: Tensor) -> Tensor:
@@ -150,10 +104,10 @@ class _LayerTally:
 
     def add_quantized(self, x: Tensor, y: Tensor) -> None:
         """x (B, L, C) the layer's input, y (B, L, O) its output, in the quantized model."""
-        xs = x.float() * _inv_smooth(self.module)
+        xs = x.float() * self.module.inv_smooth
         scale, zero_point = _act_qparams(self.module, x)
-        lo, hi = act_range(self.module.a_bits)
-        raw = torch.round(xs * torch.reciprocal(scale)[..., None]) + zero_point[..., None]
+        lo, hi = integer.act_range(self.module.a_bits)
+        raw = integer.unclamped_codes(xs, None, integer.reciprocal_scale(scale), zero_point)
         x_dq = (raw.clamp(lo, hi) - zero_point[..., None]) * scale[..., None]
         y_ref = F.linear(xs, self.w_eff, self.module.bias)
         cos = F.cosine_similarity(y.float(), y_ref, dim=-1)
@@ -186,7 +140,7 @@ class _LayerTally:
 
     def row(self, name: str) -> dict:
         signal, noise, cos, tokens, clipped = self.sums.tolist()
-        w_dq = dequantized_weight(self.module)
+        w_dq = self.module.dequantized_weight()
         return {
             "layer": name,
             "bits": f"W{self.module.w_bits}A{self.module.a_bits}",
@@ -202,8 +156,8 @@ class _LayerTally:
         """Per-token (min, max) of the values the quantizer represents; None when dynamic."""
         if self.module.dynamic:
             return None
-        scale, zero_point = _static_qparams(self.module)
-        lo, hi = act_range(self.module.a_bits)
+        scale, zero_point = self.module.static_act_qparams()
+        lo, hi = integer.act_range(self.module.a_bits)
         return ((lo - zero_point) * scale).tolist(), ((hi - zero_point) * scale).tolist()
 
 

@@ -5,7 +5,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from ptq4vm_fx import ops
+from ptq4vm_fx import scan
 from ptq4vm_fx.models import OFFICIAL_ALIASES, create_vim
 
 from ..conftest import tiny_vim
@@ -83,7 +83,7 @@ def test_backward_branch_equals_hustvl_flip_formulation():
             r, n = mixer.dt_rank, mixer.d_state
             delta = dt_proj(dbl[..., :r]).transpose(1, 2)
             B, C = dbl[..., r:r + n].transpose(1, 2), dbl[..., r + n:].transpose(1, 2)
-            return ops.selective_scan_ref(u, delta, -torch.exp(A_log), B, C, D, z, None, True, False)
+            return scan.selective_scan_ref(u, delta, -torch.exp(A_log), B, C, D, z, None, True, False)
 
         y_f = branch(x, z, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D)
         y_b = branch(x.flip(-1), z.flip(-1), mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b)

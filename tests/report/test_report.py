@@ -14,7 +14,6 @@ from ptq4vm_fx.cli import main
 from ptq4vm_fx.evaluate import sqnr_db
 from ptq4vm_fx.report.analysis import (
     HISTOGRAM_BINS,
-    dequantized_weight,
     detail_block,
     quantized_layers,
     smoothed_float_weights,
@@ -125,18 +124,17 @@ def bundled_pts_smooth(float_model, digits):
 
 
 def test_rebuilt_float_weights_of_an_integer_model_equal_the_exact_ones(bundled_pts_smooth, float_model):
-    """From the stored smoothing scales (x_proj's rows, in_proj's and dt_proj's columns folded), the
-    integer model's smoothed float weights equal the fake-quant model's to float rounding."""
+    """From what the layers record (smoothing scales, x_proj's rows folded by dt_proj's 1/m), the
+    integer model's smoothed float weights equal the fake-quant model's exact ``weight * m``."""
     integer, simulated = bundled_pts_smooth
-    recovered, exact = (
-        smoothed_float_weights(integer, float_model),
-        smoothed_float_weights(simulated, float_model),
-    )
+    recovered = smoothed_float_weights(integer, float_model)
     modules = dict(quantized_layers(simulated))
+    exact = {name: module.effective_weight() for name, module in modules.items()}
     assert list(recovered) == list(exact) and len(recovered) == 24
+    assert sum(bool((m.row_fold != 1).any()) for m in modules.values()) == 8  # x_proj, x_proj_b of 4 blocks
     for name, module in quantized_layers(integer):
-        w_dq = dequantized_weight(module)
-        assert torch.allclose(w_dq, dequantized_weight(modules[name]), rtol=1e-5, atol=1e-7)
+        w_dq = module.dequantized_weight()
+        assert torch.allclose(w_dq, modules[name].dequantized_weight(), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(recovered[name], exact[name], rtol=1e-5, atol=1e-6, msg=name)
         assert abs(sqnr_db(recovered[name], w_dq) - sqnr_db(exact[name], w_dq)) < 1e-3, name
 
