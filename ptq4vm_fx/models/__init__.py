@@ -2,7 +2,8 @@
 
 from .checkpoint import load_checkpoint, read_state_dict
 from .vim import VisionMamba
+from .vmamba import VSSM
 from .zoo import OFFICIAL_ALIASES, VIM_CONFIGS, create_vim, model_names
 
 __all__ = ["VisionMamba", "create_vim", "load_checkpoint", "read_state_dict", "model_names", "VIM_CONFIGS",
-           "OFFICIAL_ALIASES"]
+           "OFFICIAL_ALIASES", "VSSM"]

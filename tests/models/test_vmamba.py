@@ -1,0 +1,179 @@
+"""VMamba (ptq4vm_fx.models.vmamba) against the official MzeroMiko/VMamba code.
+
+The figures in data/ were produced outside this repository from the official
+``classification/models/vmamba.py`` at commit 2ed52ea (2025-03-07), imported on the CPU with
+fvcore and the unused mamba2 chunk scan stubbed, its scan routed to the official pure-torch
+``csms6s.selective_scan_torch`` and its cross scan / merge to the official torch
+``CrossScanF`` / ``CrossMergeF`` (the CUDA and Triton versions need a GPU):
+
+* ``vmamba_official_small.pt``: one (2, 3, 32, 48) input (``input``, fp16), and for each config in
+  ``CONFIGS`` below the official model's state dict (``<tag>.sd.<key>``, fp16) and its fp32 logits
+  (``<tag>.logits``). The official model was built with ``torch.manual_seed(0)``, its parameters then
+  moved off their init so that every part shows in the logits (in_proj/out_proj/fc1/fc2 weights
+  N(0, 1/fan_in), norm weights 1 + 0.2 N(0,1), ``Ds`` and ``dt_projs_bias`` 0.5 N(0,1), other biases
+  0.1 N(0,1), ``A_logs`` + 0.3 N(0,1), the head 0.3 N(0,1)) and rounded to fp16, so the fp16 copies
+  here are its exact weights. With these, scanning a direction the wrong way or in the other token
+  order moves the logits by 0.7% to 6%.
+* ``vmamba_official_keys.json.gz``: ``{name: [[key, shape], ...]}``, the official state dict of
+  each official builder (``vmamba_tiny_s1l8()`` ...) in order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.fx
+
+import ptq4vm_fx  # noqa: F401  (registers the models with timm)
+from ptq4vm_fx.errors import InputError
+from ptq4vm_fx.models.vmamba import VMAMBA_CONFIGS, VSSM
+
+DATA = Path(__file__).parent / "data"
+_BASE = dict(patch_size=4, in_chans=3, num_classes=10, ssm_act_layer="silu", ssm_conv=3, ssm_drop_rate=0.0,
+             ssm_init="v0", mlp_act_layer="gelu", mlp_drop_rate=0.0, drop_path_rate=0.1, patch_norm=True,
+             norm_layer="ln2d", downsample_version="v3", patchembed_version="v2", use_checkpoint=False,
+             posembed=False, imgsize=224)  # fmt: skip
+CONFIGS = {
+    # the released models' structure (v05_noz, d_state 1, no conv bias), toy size
+    "s1": dict(_BASE, depths=[1, 1, 2, 1], dims=[8, 12, 16, 24], ssm_d_state=1, ssm_ratio=2.0, ssm_dt_rank="auto",
+               ssm_conv_bias=False, forward_type="v05_noz", mlp_ratio=4.0, gmlp=False),
+    # d_state 4, an explicit dt_rank, conv bias, ratio 1
+    "s4": dict(_BASE, depths=[1, 2], dims=[8, 12], ssm_d_state=4, ssm_ratio=1.0, ssm_dt_rank=3,
+               ssm_conv_bias=True, forward_type="v05_noz", mlp_ratio=2.0, gmlp=False),
+    # v3: the SiLU z gate; gMLP, downsample v2, patch embed v1
+    "v3": dict(_BASE, depths=[1, 1], dims=[8, 16], ssm_d_state=2, ssm_ratio=1.0, ssm_dt_rank="auto",
+               ssm_conv_bias=True, forward_type="v3", mlp_ratio=1.0, gmlp=True, downsample_version="v2",
+               patchembed_version="v1"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def figures() -> dict[str, torch.Tensor]:
+    return torch.load(DATA / "vmamba_official_small.pt", weights_only=True)
+
+
+def official_state_dict(figures, tag: str) -> dict[str, torch.Tensor]:
+    prefix = f"{tag}.sd."
+    return {k[len(prefix) :]: v.float() for k, v in figures.items() if k.startswith(prefix)}
+
+
+def official_model(figures, tag: str) -> VSSM:
+    model = VSSM(**CONFIGS[tag]).eval()
+    model.load_state_dict(official_state_dict(figures, tag), strict=True)
+    return model
+
+
+@pytest.mark.parametrize("tag", sorted(CONFIGS))
+def test_reproduces_official_logits(figures, tag):
+    model = official_model(figures, tag)
+    with torch.no_grad():
+        logits = model(figures["input"].float())
+    expected = figures[f"{tag}.logits"]
+    rel = ((logits - expected).abs().max() / expected.abs().max()).item()
+    assert rel <= 1e-4, f"{tag}: max relative error {rel:.2e}"
+
+
+@pytest.fixture(scope="module")
+def official_keys() -> dict[str, list]:
+    with gzip.open(DATA / "vmamba_official_keys.json.gz", "rt") as f:
+        return json.load(f)
+
+
+def test_registered_variants_are_the_official_ones(official_keys):
+    assert sorted(VMAMBA_CONFIGS) == sorted(official_keys)
+    assert set(official_keys) <= set(timm.list_models("vmamba_*"))
+
+
+@pytest.mark.parametrize("name", sorted(VMAMBA_CONFIGS))
+def test_variant_state_dict_matches_official(official_keys, name):
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    ours = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    assert ours == official_keys[name]
+    assert model.model_name == name and model.num_classes == 1000
+
+
+def test_registered_variant_runs_with_overrides():
+    model = timm.create_model("vmamba_tiny_s1l8", depths=[1, 1, 1, 1], dims=8, num_classes=5).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 40, 24)).shape == (1, 5)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda sd: sd.pop("layers.0.blocks.0.op.A_logs"), "missing keys (1): layers.0.blocks.0.op.A_logs"),
+        (lambda sd: sd.update({"layers.0.blocks.0.op.x_proj_bias": torch.zeros(4, 5)}),
+         "unexpected keys (1): layers.0.blocks.0.op.x_proj_bias"),
+        (lambda sd: sd.update({"classifier.head.weight": torch.zeros(11, 24)}),
+         "wrong shapes (1): classifier.head.weight (11, 24) vs model (10, 24)"),
+    ],
+)  # fmt: skip
+def test_mismatched_checkpoint_is_refused(figures, edit, message):
+    state = official_state_dict(figures, "s1")
+    edit(state)
+    model = VSSM(**CONFIGS["s1"])
+    with pytest.raises(InputError, match="does not fit VSSM") as info:
+        model.load_state_dict(state)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(forward_type="v2"), "forward_type='v2' is not supported; supported: v05_noz, v05"),
+        (dict(forward_type="v0"), "forward_type='v0'"),
+        (dict(norm_layer="ln"), "norm_layer='ln' is not supported; supported: ln2d"),
+        (dict(downsample_version="v1"), "downsample_version='v1'"),
+        (dict(ssm_init="v2"), "ssm_init='v2'"),
+        (dict(ssm_act_layer="tanh"), "ssm_act_layer='tanh'"),
+        (dict(ssm_conv=4), "ssm_conv=4"),
+        (dict(use_checkpoint=True), "use_checkpoint=True"),
+        (dict(dims=[8, 16]), "must have the same length"),
+        (dict(window_size=7), "unknown keyword arguments: window_size"),
+    ],
+)  # fmt: skip
+def test_unsupported_config_is_refused(kwargs, message):
+    with pytest.raises(InputError, match="VSSM: ") as info:
+        VSSM(**dict(CONFIGS["s1"], **kwargs))
+    assert message in str(info.value)
+
+
+def test_official_config_keywords_are_accepted():
+    """What the official build_vssm_model passes, ssm_rank_ratio included (ignored there, as here)."""
+    model = VSSM(**dict(CONFIGS["s1"], ssm_rank_ratio=2.0, norm_layer="LN2D", ssm_act_layer="SiLU"))
+    assert model.config["ssm_rank_ratio"] == 2.0
+
+
+def test_bad_image_batch_is_refused():
+    model = VSSM(**CONFIGS["v3"]).eval()
+    with pytest.raises(InputError, match=r"\(batch, 3, H, W\), got \(2, 1, 32, 32\)"):
+        model(torch.randn(2, 1, 32, 32))
+
+
+def test_reverse_scan_directions_are_the_flipped_ones(figures):
+    """Directions 2 and 3 (reverse scans on the unflipped order) equal the official flip -> scan -> flip."""
+    op = official_model(figures, "s4").layers[0].blocks[0].op
+    u = torch.randn(2, op.d_inner, 15)
+    with torch.no_grad():
+        direct = op._direction(u, 2, True)
+        flipped = op._direction(u.flip(-1), 2, False).flip(-1)
+    torch.testing.assert_close(direct, flipped, rtol=1e-5, atol=1e-6)
+
+
+def test_fx_trace_matches_eager(figures):
+    """ptq4vm_fx.capture.capture takes Vim only, so this checks torch.fx.symbolic_trace directly."""
+    model = official_model(figures, "s1")
+    gm = torch.fx.symbolic_trace(model)
+    scans = [n for n in gm.graph.nodes if n.op == "call_function" and "selective_scan" in str(n.target)]
+    assert len(scans) == 4 * sum(CONFIGS["s1"]["depths"])
+    x = torch.randn(3, 3, 24, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(gm(figures["input"].float()), figures["s1.logits"], rtol=1e-4, atol=1e-5)
