@@ -62,8 +62,10 @@ class Linear2d(nn.Module):
     """A linear map over the channels of a (batch, in_features, H, W) map -> (batch, out_features, H, W).
 
     ``weight`` is (out_features, in_features), as nn.Linear (and the official Linear2d) store it;
-    computed as a 1x1 conv. Deliberately not an nn.Linear subclass: its input is channel-first, so
-    code written for (batch, tokens, features) linears must not take it for one."""
+    computed as a 1x1 conv. A checkpoint's (out_features, in_features, 1, 1) weight (the official
+    code's nn.Conv2d 1x1 before March 2024) loads too, as the official Linear2d allows. Deliberately
+    not an nn.Linear subclass: its input is channel-first, so code written for (batch, tokens,
+    features) linears must not take it for one."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
@@ -74,6 +76,12 @@ class Linear2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        weight = state_dict.get(prefix + "weight")
+        if weight is not None and tuple(weight.shape) == (*self.weight.shape, 1, 1):
+            state_dict[prefix + "weight"] = weight.flatten(1)  # state_dict: load_state_dict's own copy
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -414,14 +422,21 @@ class VSSM(nn.Module):
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Raise InputError (one line) naming the missing keys, unexpected keys and wrong shapes."""
+    """Raise InputError (one line) naming the missing keys, unexpected keys and wrong shapes
+    (a Linear2d weight may come as (out, in, 1, 1))."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
+    conv_1x1 = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, Linear2d)}
+
+    def fits(key: str, shape: tuple[int, ...]) -> bool:
+        want = tuple(expected[key].shape)
+        return shape == want or (key in conv_1x1 and shape == (*want, 1, 1))
+
     wrong = [
         f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+        if k in state_dict and not fits(k, tuple(state_dict[k].shape))
     ]
 
     def listed(what: str, items: list[str]) -> str:

@@ -31,7 +31,7 @@ import torch.fx
 
 import ptq4vm_fx  # noqa: F401  (registers the models with timm)
 from ptq4vm_fx.errors import InputError
-from ptq4vm_fx.models.vmamba import VMAMBA_CONFIGS, VSSM
+from ptq4vm_fx.models.vmamba import VMAMBA_CONFIGS, VSSM, LayerNorm2d, Linear2d, VSSBlock
 
 DATA = Path(__file__).parent / "data"
 _BASE = dict(patch_size=4, in_chans=3, num_classes=10, ssm_act_layer="silu", ssm_conv=3, ssm_drop_rate=0.0,
@@ -124,6 +124,22 @@ def test_mismatched_checkpoint_is_refused(figures, edit, message):
     assert "\n" not in str(info.value)
 
 
+def test_conv_1x1_weights_load(figures):
+    """Checkpoints of the official code before March 2024 hold in_proj/out_proj/fc weights as (out, in, 1, 1)."""
+    state = official_state_dict(figures, "v3")
+    state = {k: v[:, :, None, None] if k.endswith(("proj.weight", "fc1.weight", "fc2.weight")) else v
+             for k, v in state.items()}  # fmt: skip
+    assert state["layers.0.blocks.0.op.in_proj.weight"].dim() == 4
+    model = VSSM(**CONFIGS["v3"]).eval()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        logits = model(figures["input"].float())
+    torch.testing.assert_close(logits, figures["v3.logits"], rtol=1e-4, atol=1e-5)
+    state["classifier.head.weight"] = state["classifier.head.weight"][:, :, None, None]  # an nn.Linear: refused
+    with pytest.raises(InputError, match=r"wrong shapes \(1\): classifier.head.weight \(10, 16, 1, 1\)"):
+        model.load_state_dict(state)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -176,4 +192,23 @@ def test_fx_trace_matches_eager(figures):
     x = torch.randn(3, 3, 24, 40)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(gm(figures["input"].float()), figures["s1.logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_fx_trace_keeps_linears_as_modules(figures):
+    """With Linear2d and LayerNorm2d as leaves (what a quantization capture would use), every quantizable
+    channel linear is one call_module node."""
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, (Linear2d, LayerNorm2d)) or super().is_leaf_module(m, qualname)
+
+    model = official_model(figures, "s1")
+    gm = torch.fx.GraphModule(model, Tracer().trace(model))
+    linears = {
+        n.target for n in gm.graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Linear2d)
+    }
+    blocks = [name for name, m in model.named_modules() if isinstance(m, VSSBlock)]
+    assert linears == {f"{b}.{sub}" for b in blocks for sub in ("op.in_proj", "op.out_proj", "mlp.fc1", "mlp.fc2")}
+    with torch.no_grad():
         torch.testing.assert_close(gm(figures["input"].float()), figures["s1.logits"], rtol=1e-4, atol=1e-5)
