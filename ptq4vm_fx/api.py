@@ -11,6 +11,7 @@ from torch import nn
 
 from .capture import capture, check_supported
 from .config import QuantConfig, resolve_config
+from .errors import InputError
 from .passes.fold_smoothing import fold_smoothing
 from .passes.insert_observers import insert_observers, remove_observers
 from .passes.jlss import run_jlss
@@ -32,13 +33,13 @@ def prepare(model: nn.Module, example_inputs, config: QuantConfig | str | None =
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or len(example_inputs) != 1:
-        raise ValueError("example_inputs must be one image batch tensor (or a 1-tuple of one)")
+        raise InputError("example_inputs must be one image batch tensor (or a 1-tuple of one)")
     model.eval()
     with torch.no_grad():
         model(*example_inputs)  # validates the input shape with a clear error
     gm = capture(model)
     if insert_observers(gm, config.linears) == 0:
-        raise ValueError(f"nothing to quantize: the model has no linear named one of {config.linears} in a block")
+        raise InputError(f"nothing to quantize: the model has no linear named one of {config.linears} in a block")
     insert_input_recorder(gm, keep=config.grid_search or config.jlss)
     gm.meta["quant_config"] = config.to_dict()
     gm.meta["stage"] = "prepared"
@@ -48,11 +49,11 @@ def prepare(model: nn.Module, example_inputs, config: QuantConfig | str | None =
 def convert(prepared: torch.fx.GraphModule, simulate: bool = False) -> torch.fx.GraphModule:
     """Quantize a calibrated ``prepare()`` result (which is left unchanged).
 
-    Returns the integer model (int8 weights, ``ptq4vm::qlinear``), or with ``simulate=True`` the
+    Returns the integer model (int8 weights, ``ptq4vm::int8_linear``), or with ``simulate=True`` the
     fake-quant model built from the same state.
     """
     if not isinstance(prepared, torch.fx.GraphModule) or prepared.meta.get("stage") != "prepared":
-        raise ValueError("convert() takes the module returned by ptq4vm_fx.prepare()")
+        raise InputError("convert() takes the module returned by ptq4vm_fx.prepare()")
     recorder = prepared.get_submodule(RECORDER)
     if recorder.batches == 0:
         raise RuntimeError(

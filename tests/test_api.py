@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ptq4vm_fx
+from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.evaluate import sqnr_db, topk_accuracy
 from ptq4vm_fx.quant.linear import QuantizedLinear
 
@@ -38,8 +39,10 @@ def test_convert_leaves_the_prepared_model_reusable(ptq4vm_w8a8):
 
 
 def test_wrong_image_size_after_quantization_is_named(ptq4vm_w8a8):
-    with pytest.raises(ValueError, match="input image size 16x16 does not match the model's 8x8"):
+    with pytest.raises(InputError, match="input image size 16x16 does not match the model's 8x8"):
         ptq4vm_w8a8[1](torch.randn(2, 1, 16, 16))
+    with pytest.raises(InputError, match=r"input images have 3 channel\(s\) but the model takes 1-channel images"):
+        ptq4vm_w8a8[1](torch.randn(2, 3, 8, 8))
 
 
 def test_quantized_linear_refuses_another_token_count(ptq4vm_w8a8):
@@ -78,5 +81,27 @@ def test_unknown_preset_method_and_config_type():
 
 
 def test_example_inputs_of_the_wrong_size_are_named(float_model):
-    with pytest.raises(ValueError, match="input image size 9x9"):
+    with pytest.raises(InputError, match="input image size 9x9"):
         ptq4vm_fx.prepare(float_model, torch.randn(1, 1, 9, 9), "w8a8")
+
+
+def test_a_wrong_channel_count_is_named_by_prepare_and_forward(tiny):
+    expected = r"input images have 1 channel\(s\) but the model takes 3-channel images \(batch of shape \(2, 1, 32, 32"
+    x = torch.randn(2, 1, 32, 32)
+    with pytest.raises(InputError, match=expected):
+        ptq4vm_fx.prepare(tiny, x, "w8a8")
+    with pytest.raises(InputError, match=expected):
+        tiny(x)
+    prepared = ptq4vm_fx.prepare(tiny, torch.randn(1, 3, 32, 32), ptq4vm_fx.QuantConfig.preset_config("w8a8", "pts"))
+    with pytest.raises(InputError, match=expected):
+        prepared(x)  # a calibration batch
+    with pytest.raises(InputError, match=r"of shape \(batch, channels, H, W\), got \(3, 32, 32\)"):
+        tiny(torch.randn(3, 32, 32))
+
+
+def test_unknown_model_configuration_keys_list_the_valid_ones():
+    import timm
+
+    with pytest.raises(InputError, match="unknown model configuration key foo; valid keys: .*depth, .*embed_dim"):
+        timm.create_model("vim_tiny_patch16_224", foo=1)
+    assert timm.create_model("vim_tiny_patch16_224", depth=1, img_size=32, in_chans=1).config["channels"] == 1

@@ -21,15 +21,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, to_2tuple, trunc_normal_
 
-from .. import ops  # registers torch.ops.ptq4vm
+from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
+from ..errors import InputError
+from ..scan import channel_major
 
 
-def check_image_size(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Raise a clear error when a (batch, C, H, W) image batch does not match the model's size."""
+def check_image_size(x: torch.Tensor, height: int, width: int, channels: int) -> torch.Tensor:
+    """Raise an :class:`InputError` naming expected and given sizes when a (batch, C, H, W) image batch
+    does not have the model's channel count and image size; returns ``x``."""
     if x.dim() != 4:
-        raise ValueError(f"expected an image batch of shape (batch, channels, H, W), got {tuple(x.shape)}")
+        raise InputError(f"expected an image batch of shape (batch, channels, H, W), got {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise InputError(
+            f"input images have {x.shape[1]} channel(s) but the model takes {channels}-channel images "
+            f"(batch of shape {tuple(x.shape)})"
+        )
     if x.shape[-2] != height or x.shape[-1] != width:
-        raise ValueError(
+        raise InputError(
             f"input image size {x.shape[-2]}x{x.shape[-1]} does not match the model's {height}x{width}: "
             "Vim's position embedding and per-token static scales fix the token count"
         )
@@ -55,7 +63,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.Identity()
 
     def forward(self, x):
-        x = check_image_size(x, self.img_size[0], self.img_size[1])
+        x = check_image_size(x, self.img_size[0], self.img_size[1], self.proj.in_channels)
         return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
@@ -119,7 +127,7 @@ class Mamba(nn.Module):
         delta = dt_proj(x_dbl[..., : self.dt_rank]).transpose(1, 2)
         B = x_dbl[..., self.dt_rank : self.dt_rank + self.d_state].transpose(1, 2)
         C = x_dbl[..., self.dt_rank + self.d_state :].transpose(1, 2)
-        A = ops.channel_major(-torch.exp(A_log.float()))  # the layout the scan kernels read
+        A = channel_major(-torch.exp(A_log.float()))  # the layout the scan kernels read
         return torch.ops.ptq4vm.selective_scan(u, delta, A, B, C, D.float(), z, None, True, reverse)
 
     def forward(self, hidden_states):
