@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
+from .errors import InputError
+
 
 def launched() -> bool:
     """True under ``torchrun`` with more than one process."""
@@ -23,7 +25,7 @@ def resolve_device(name: str) -> torch.device:
     """``torch.device(name)``, refusing CUDA on a machine without a CUDA GPU."""
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was asked for but no CUDA GPU is available")
+        raise InputError(f"device {device} was asked for but no CUDA GPU is available")
     return device
 
 
@@ -65,7 +67,7 @@ def shard(dataset: Dataset) -> Dataset:
     if world == 1:
         return dataset
     if len(dataset) < world:
-        raise ValueError(f"{len(dataset)} images cannot be split over {world} processes")
+        raise InputError(f"{len(dataset)} images cannot be split over {world} processes")
     return Subset(dataset, range(rank(), len(dataset), world))
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
+from .errors import InputError
 from .progress import progress
 
 
@@ -63,7 +64,7 @@ def evaluate(
             bar.update(len(target))
     seconds = time.perf_counter() - start
     if not logits:
-        raise ValueError("no images to evaluate")
+        raise InputError("no images to evaluate")
     logits, labels = torch.cat(logits), torch.cat(labels)
     counts = distributed.all_reduce(
         torch.tensor([len(labels), _hits(logits, labels, 1), _hits(logits, labels, 5)], dtype=torch.float64)

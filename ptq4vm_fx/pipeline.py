@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .api import convert, prepare
 from .config import QuantConfig
+from .errors import InputError
 from .evaluate import Evaluation, evaluate, logits_sqnr_db
 from .progress import log, progress
 
@@ -21,7 +22,7 @@ def calibrate_and_convert(
     """prepare -> calibration batches of images (N, C, H, W) -> convert, on the model's device;
     returns the quantized model and the seconds it took."""
     if len(calib_images) == 0:
-        raise ValueError("no calibration images")
+        raise InputError("no calibration images")
     device = next(model.parameters()).device
     start = time.perf_counter()
     prepared = prepare(model, calib_images[:1].to(device), config)

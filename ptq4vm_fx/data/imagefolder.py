@@ -21,6 +21,7 @@ from timm.data.readers.reader_image_folder import find_images_and_targets
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..errors import InputError
 from ..progress import progress
 
 SUBSET_SEED = 0
@@ -30,13 +31,13 @@ def split_dirs(root: str | os.PathLike) -> tuple[Path, Path]:
     """(calibration folder, evaluation folder) of ``root``: (root/train, root/val) or (root, root)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
+        raise InputError(f"image folder not found: {root}")
     train, val = root / "train", root / "val"
     if train.is_dir() and val.is_dir():
         return train, val
     if train.is_dir() or val.is_dir():
         have, lack = ("train", "val") if train.is_dir() else ("val", "train")
-        raise ValueError(
+        raise InputError(
             f"{root} has {have}/ but no {lack}/: give a folder with both (the ImageNet layout) "
             f"or the image folder itself ({root / have})"
         )
@@ -47,12 +48,12 @@ def eval_transform(model: nn.Module) -> Callable[[Image.Image], Tensor]:
     """timm's eval transform for ``model`` (a zoo Vim, which carries ``pretrained_cfg``):
     RGB PIL image -> (3, H, W) float32 normalised tensor at the model's image size."""
     if not hasattr(model, "pretrained_cfg"):
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} has no pretrained_cfg: build it with ptq4vm_fx.models.create_vim"
         )
     config = resolve_data_config(model=model)
     if config["input_size"][0] != 3:
-        raise ValueError(
+        raise InputError(
             f"image folders hold RGB images but {getattr(model, 'model_name', 'the model')} takes "
             f"{config['input_size'][0]}-channel input (the bundled digits model uses the bundled data)"
         )
@@ -65,16 +66,16 @@ class ImageFolder(Dataset):
     def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Tensor]):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder not found: {self.root}")
+            raise InputError(f"image folder not found: {self.root}")
         samples, class_to_idx = find_images_and_targets(str(self.root))
         if not samples:
-            raise ValueError(
+            raise InputError(
                 f"no images in {self.root}: expected {self.root}/<class>/<image> with one of the extensions "
                 f"{', '.join(get_img_extensions())}"
             )
         loose = [path for path, _ in samples if Path(path).parent == self.root]
         if loose:
-            raise ValueError(
+            raise InputError(
                 f"{self.root} holds images outside class folders (e.g. {Path(loose[0]).name}): "
                 f"expected {self.root}/<class>/<image>"
             )
@@ -91,14 +92,14 @@ class ImageFolder(Dataset):
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
         except OSError as exc:  # PIL's UnidentifiedImageError and truncated-file errors are OSErrors
-            raise ValueError(f"cannot read image {path}: {exc}") from exc
+            raise InputError(f"cannot read image {path}: {exc}") from exc
         return self.transform(rgb), label
 
 
 def check_classes(dataset: ImageFolder, num_classes: int) -> None:
     """Raise unless the folder has one class folder per output of the model's head."""
     if len(dataset.classes) != num_classes:
-        raise ValueError(
+        raise InputError(
             f"{dataset.root} has {len(dataset.classes)} class folders but the model's head has "
             f"{num_classes} classes"
         )
@@ -115,7 +116,7 @@ def load_subset(
     """``count`` items drawn without replacement with a fixed seed, as (images (count, C, H, W)
     float32, labels (count,) int64). The same ``seed`` draws the same images on every machine."""
     if not 1 <= count <= len(dataset):
-        raise ValueError(f"cannot draw {count} images from a set of {len(dataset)}")
+        raise InputError(f"cannot draw {count} images from a set of {len(dataset)}")
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
     loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size, num_workers=workers)
     images, labels = [], []

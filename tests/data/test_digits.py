@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ptq4vm_fx.evaluate import topk_accuracy
@@ -18,3 +19,17 @@ def test_bundled_model_reaches_95_percent(float_model, digits):
     with torch.no_grad():
         logits = float_model(digits["test"].images)
     assert topk_accuracy(logits, digits["test"].labels) >= 95.0
+
+
+def test_the_public_accessors_give_the_bundled_model_and_splits(digits):
+    from ptq4vm_fx.data import MODEL_NAME, bundled_digits, bundled_model
+    from ptq4vm_fx.errors import InputError
+
+    images, labels = bundled_digits("calib")
+    assert images.shape == (256, 1, 8, 8) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert torch.equal(images, digits["calib"].images) and torch.equal(labels, digits["calib"].labels)
+    assert torch.equal(bundled_digits("test")[1], digits["test"].labels)
+    model = bundled_model()
+    assert model.model_name == MODEL_NAME and not model.training
+    with pytest.raises(InputError, match="unknown split 'val' of the bundled digits; choose one of train, calib, test"):
+        bundled_digits("val")

@@ -3,6 +3,7 @@ import torch
 from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Resize
 
 from ptq4vm_fx.data.imagefolder import ImageFolder, check_classes, eval_transform, load_subset, split_dirs
+from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.models import create_vim
 from tests.conftest import TINY_CLASSES, make_image_folder, tiny_vim
 
@@ -39,23 +40,23 @@ def test_split_dirs(image_folder, tmp_path):
     assert split_dirs(image_folder) == (image_folder / "train", image_folder / "val")
     assert split_dirs(image_folder / "val") == (image_folder / "val", image_folder / "val")
     (tmp_path / "train").mkdir()
-    with pytest.raises(ValueError, match="has train/ but no val/"):
+    with pytest.raises(InputError, match="has train/ but no val/"):
         split_dirs(tmp_path)
-    with pytest.raises(FileNotFoundError, match="image folder not found: .*nowhere"):
+    with pytest.raises(InputError, match="image folder not found: .*nowhere"):
         split_dirs(tmp_path / "nowhere")
 
 
 def test_missing_empty_and_flat_folders_are_named(tmp_path):
     transform = eval_transform(tiny_vim())
-    with pytest.raises(FileNotFoundError, match="image folder not found"):
+    with pytest.raises(InputError, match="image folder not found"):
         ImageFolder(tmp_path / "nowhere", transform)
     (tmp_path / "empty" / "cat").mkdir(parents=True)
     (tmp_path / "empty" / "cat" / "notes.txt").write_text("not an image")
-    with pytest.raises(ValueError, match=r"no images in .*empty: expected .*<class>/<image>"):
+    with pytest.raises(InputError, match=r"no images in .*empty: expected .*<class>/<image>"):
         ImageFolder(tmp_path / "empty", transform)
     make_image_folder(tmp_path / "flat")
     (tmp_path / "flat" / "cat" / "1.png").rename(tmp_path / "flat" / "loose.png")
-    with pytest.raises(ValueError, match="images outside class folders .*loose.png"):
+    with pytest.raises(InputError, match="images outside class folders .*loose.png"):
         ImageFolder(tmp_path / "flat", transform)
 
 
@@ -63,19 +64,19 @@ def test_unreadable_image_names_the_file(tmp_path):
     make_image_folder(tmp_path / "data")
     (tmp_path / "data" / "dog" / "3.png").write_bytes(b"\x89PNG truncated")
     data = ImageFolder(tmp_path / "data", eval_transform(tiny_vim()))
-    with pytest.raises(ValueError, match=r"cannot read image .*dog/3\.png"):
+    with pytest.raises(InputError, match=r"cannot read image .*dog/3\.png"):
         data[8]
 
 
 def test_class_count_must_match_the_head(image_folder):
     data = ImageFolder(image_folder / "val", eval_transform(tiny_vim()))
     check_classes(data, 3)
-    with pytest.raises(ValueError, match="has 3 class folders but the model's head has 1000 classes"):
+    with pytest.raises(InputError, match="has 3 class folders but the model's head has 1000 classes"):
         check_classes(data, 1000)
 
 
 def test_rgb_folders_need_a_3_channel_model(float_model):
-    with pytest.raises(ValueError, match="vim_digits takes 1-channel input"):
+    with pytest.raises(InputError, match="vim_digits takes 1-channel input"):
         eval_transform(float_model)
 
 
@@ -86,5 +87,5 @@ def test_subset_is_fixed_by_the_seed(image_folder):
     assert a.shape == (6, 3, 32, 32) and torch.equal(a, b) and torch.equal(la, lb)
     assert len({tuple(x.flatten()[:20].tolist()) for x in a}) == 6  # drawn without replacement
     assert not torch.equal(load_subset(data, 6, seed=1)[0], a)
-    with pytest.raises(ValueError, match="cannot draw 16 images from a set of 15"):
+    with pytest.raises(InputError, match="cannot draw 16 images from a set of 15"):
         load_subset(data, 16)

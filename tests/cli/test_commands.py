@@ -206,7 +206,7 @@ def test_model_and_file_problems_exit_2(tiny_quantized, tiny_cli_model, tmp_path
         assert main([*argv, "--quiet"]) == 2
         return capsys.readouterr().err
 
-    assert "quantized model not found" in error("eval", "--quantized", str(tmp_path / "q.pt"))
+    assert "no such file: " + str(tmp_path / "q.pt") in error("eval", "--quantized", str(tmp_path / "q.pt"))
     assert "--compile runs the quantized model through the ptq4vm backend: give --quantized" in error(
         "eval", "--compile")
     assert "holds a quantized vim_tiny_patch16_224, not vim_digits" in error(
@@ -265,6 +265,8 @@ def test_verbose_logs_the_per_block_jlss_losses(image_folder, tiny_cli_model, ca
 
 
 def test_eval_in_a_real_process(tiny_quantized, image_folder):
+    """The console script, compiling too: stderr stays empty (on a CPU machine with a CUDA toolkit, torch's
+    "No CUDA runtime is found, using CUDA_HOME=..." notice is kept off the screen)."""
     run = subprocess.run(
         [
             sys.executable,
@@ -277,6 +279,9 @@ def test_eval_in_a_real_process(tiny_quantized, image_folder):
             str(image_folder),
             "--workers",
             "1",
+            "--compile",
+            "--batch-size",
+            "8",
         ],
         capture_output=True,
         text=True,
@@ -284,4 +289,22 @@ def test_eval_in_a_real_process(tiny_quantized, image_folder):
     )
     assert run.returncode == 0, run.stderr
     assert "vim_tiny_patch16_224 on " + str(image_folder / "val") + ": 15 images" in run.stdout
-    assert "| quantized |" in run.stdout and run.stderr == ""
+    assert "| quantized |" in run.stdout and "| compiled  |" in run.stdout and run.stderr == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch logs the notice only without a CUDA GPU")
+def test_only_the_cuda_home_notice_is_hidden():
+    from ptq4vm_fx.cli.eval_cmd import hide_cuda_home_notice
+
+    hide_cuda_home_notice()
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local/cuda")
+        logger.error("Error building extension 'ptq4vm'")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["Error building extension 'ptq4vm'"]

@@ -1,0 +1,128 @@
+"""What the commands run on: the float or quantized model and the calibration and evaluation data,
+picked from --model, --checkpoint, --model-kwargs, --quantized and --data (the bundled digits Vim
+and its data by default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .. import distributed
+from ..data.bundled import MODEL_NAME, bundled_model, load_digits_splits
+from ..data.imagefolder import ImageFolder, check_classes, eval_transform, load_subset, split_dirs
+from ..errors import InputError
+from ..models import create_vim, load_checkpoint, model_names
+from ..models.vim import VisionMamba
+from ..models.zoo import check_overrides
+from ..serialization import load
+
+BUNDLED_DATA = "bundled digits"
+
+
+# ---- models --------------------------------------------------------------------------------------
+
+
+def float_model(name: str, checkpoint: str | None, overrides: dict) -> VisionMamba:
+    """The float model ``name`` with ``overrides`` and the weights in ``checkpoint`` (the bundled
+    weights for the bundled model when no checkpoint is given)."""
+    if name not in model_names():
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
+    check_overrides(overrides)
+    if checkpoint is not None:
+        return load_checkpoint(create_vim(name, **overrides), checkpoint).eval()
+    if name != MODEL_NAME:
+        raise InputError(f"--checkpoint is required for {name} (weights are never downloaded)")
+    model = bundled_model()
+    if any(model.config.get(key) != value for key, value in overrides.items()):
+        raise InputError(f"the bundled {MODEL_NAME} weights fit its own configuration only: give --checkpoint")
+    return model
+
+
+def quantized_model(args) -> tuple[torch.fx.GraphModule, str]:
+    """The quantized model in ``args.quantized`` and its model name."""
+    qmodel = load(args.quantized)
+    name = qmodel.meta.get("model_name")
+    if name is None and args.model is None:
+        raise InputError(f"{args.quantized} records no model name: give --model")
+    if args.model is not None and name is not None and args.model != name:
+        raise InputError(f"{args.quantized} holds a quantized {name}, not {args.model}")
+    if args.model_kwargs:
+        raise InputError(f"--model-kwargs: {args.quantized} fixes the model configuration")
+    return qmodel, name or args.model
+
+
+def reference_model(name: str, config: dict) -> VisionMamba:
+    """A weightless (meta-device) ``name`` with ``config``: its data config and class count."""
+    with torch.device("meta"):
+        return create_vim(name, **config)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def _require_bundled(model: VisionMamba) -> None:
+    name = getattr(model, "model_name", type(model).__name__)
+    if name != MODEL_NAME or model.config["img_size"] != 8:
+        raise InputError(
+            f"the bundled digits data fits only the {MODEL_NAME} model; this model is {name}: give --data DIR"
+        )
+
+
+def eval_dataset(args, model: VisionMamba) -> tuple[Dataset, str]:
+    """The evaluation set as (image (C, H, W) float32, label) items, and where it comes from."""
+    if args.data is None:
+        _require_bundled(model)
+        test = load_digits_splits()["test"]
+        return TensorDataset(test.images, test.labels), BUNDLED_DATA
+    _, folder = split_dirs(args.data)
+    dataset = ImageFolder(folder, eval_transform(model))
+    check_classes(dataset, model.num_classes)
+    return dataset, str(folder)
+
+
+def calibration_images(args, model: VisionMamba) -> torch.Tensor:
+    """(--calib-images, C, H, W) float32: the bundled calibration split or a fixed-seed subset of DIR."""
+    if args.data is None:
+        _require_bundled(model)
+        calib = load_digits_splits()["calib"].images
+        if args.calib_images > len(calib):
+            raise InputError(f"--calib-images {args.calib_images}: the bundled set has {len(calib)} calibration images")
+        return calib[: args.calib_images]
+    folder, _ = split_dirs(args.data)
+    dataset = ImageFolder(folder, eval_transform(model))
+    if args.calib_images > len(dataset):
+        raise InputError(f"--calib-images {args.calib_images}: {folder} has {len(dataset)} images")
+    images, _ = load_subset(dataset, args.calib_images, args.batch_size, args.workers, desc="calibration images")
+    return images
+
+
+def loader(dataset: Dataset, args) -> DataLoader:
+    """Batches of (images (B, C, H, W), labels (B,)) in a fixed order; worker processes only for --data."""
+    return DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers if args.data else 0)
+
+
+# ---- the setup quantize and sweep share ------------------------------------------------------------
+
+
+@dataclass
+class QuantizeSetup:
+    """The float model on its device, its calibration images and its evaluation batches."""
+
+    device: torch.device
+    model: VisionMamba
+    calib: torch.Tensor  # (N, C, H, W) float32, on the CPU
+    loader: DataLoader  # (images, labels) batches of the evaluation set
+    eval_images: int
+    source: str  # where the evaluation images come from
+
+
+def quantize_setup(args) -> QuantizeSetup:
+    """The float model, calibration images and evaluation batches that --model, --checkpoint,
+    --model-kwargs, --data, --calib-images and --device name."""
+    device = distributed.resolve_device(args.device)
+    model = float_model(args.model, args.checkpoint, args.model_kwargs).to(device)
+    dataset, source = eval_dataset(args, model)
+    calib = calibration_images(args, model)
+    return QuantizeSetup(device, model, calib, loader(dataset, args), len(dataset), source)
