@@ -22,10 +22,16 @@ def launched() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, refusing CUDA on a machine without a CUDA GPU."""
-    device = torch.device(name)
+    """``torch.device(name)``, refusing a name torch does not know, CUDA on a machine without a CUDA GPU
+    and a GPU index the machine lacks."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}: give cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device} was asked for but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {device} was asked for but this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 

@@ -105,3 +105,5 @@ def test_unknown_model_configuration_keys_list_the_valid_ones():
     with pytest.raises(InputError, match="unknown model configuration key foo; valid keys: .*depth, .*embed_dim"):
         timm.create_model("vim_tiny_patch16_224", foo=1)
     assert timm.create_model("vim_tiny_patch16_224", depth=1, img_size=32, in_chans=1).config["channels"] == 1
+    with pytest.raises(InputError, match=r"vim_tiny_patch16_224 with \{'img_size': 'a'\} is not a valid configuration"):
+        timm.create_model("vim_tiny_patch16_224", img_size="a")

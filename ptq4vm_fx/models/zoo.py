@@ -68,7 +68,12 @@ def create_vim(name: str, pretrained: bool = False, **overrides) -> VisionMamba:
     if "in_chans" in overrides:
         overrides["channels"] = overrides.pop("in_chans")
     config = dict(VIM_CONFIGS[canonical], **overrides)
-    model = VisionMamba(**config)
+    try:
+        model = VisionMamba(**config)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if not overrides:
+            raise
+        raise InputError(f"{name} with {overrides} is not a valid configuration ({exc})") from exc
     model.model_name = canonical
     size = model.patch_embed.img_size
     model.pretrained_cfg = dict(

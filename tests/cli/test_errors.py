@@ -33,6 +33,18 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(argv, message, tmp_path):
     assert run.stdout == ""
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["quantize", "--device", "tpu"], "unknown device 'tpu': give cpu, cuda or cuda:N"),
+    (["eval", "--device", "cuda:64"], "device cuda:64 was asked for but "),
+    (["quantize", "--model", "vim_tiny_patch16_224", "--checkpoint", "x.pth", "--model-kwargs", "depth=-1"],
+     "vim_tiny_patch16_224 with {'depth': -1} is not a valid configuration"),
+])
+def test_bad_devices_and_configurations_are_bad_input(argv, message, capsys):
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ptq4vm: error: {message}") and err.count("\n") == 1, err
+
+
 def test_argparse_usage_errors_keep_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", "--method", "gptq"])
