@@ -1,28 +1,53 @@
-"""The ptq4vm custom ops: ``torch.ops.ptq4vm.*``, with CPU reference and fake implementations.
+"""The ptq4vm custom ops ``torch.ops.ptq4vm.*``, the ones a quantized model calls (docs/design.md section 6).
 
-Registering them is done by :func:`ptq4vm_fx.ops` being imported (``torch.library`` needs a
-definition before any graph can hold the op). Every op runs on any device through its
-reference implementation; the ``ptq4vm`` torch.compile backend swaps in Triton kernels on CUDA.
+Each op is defined once (:func:`define_op`): one name, one signature, with its CPU implementation (the
+pure-PyTorch ``*_ref`` beside its Triton kernel), its CUDA implementation (the kernel's public function,
+same signature) and its fake (shapes only, for tracing). Importing this module registers them
+(``torch.library`` needs a definition before any graph can hold an op). Numerics: :mod:`.quant.integer`.
 
-Numerics (see DESIGN.md section 3):
+* ``selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``: float, differentiable
+  (its backward recomputes through :func:`ptq4vm_fx.scan.selective_scan_ref`).
+* ``quantize_per_token(x, inv_smooth, scale, zero_point, bits)`` -> int8 codes.
+* ``int8_linear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True)``.
 
-* ``quantize_per_token``: ``q = clamp(round((x * inv_smooth) * (1/scale)) + zp, -2^(b-1), 2^(b-1)-1)``
-  as int8, round half to even. ``zp`` is the *signed* zero point ``za - 2^(b-1)``.
-* ``qlinear``: ``y = float(acc - zp * colsum(qw)) * scale * w_scale + bias`` with ``acc`` the exact
-  int32 dot product.
+The lowering's fusions (``torch.ops.ptq4vm_fused.*``) are defined the same way in
+:mod:`ptq4vm_fx.lowering.fused_ops`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .quant import integer
-from .scan import selective_scan_ref, token_major_empty
+from .errors import InputError
+from .kernels import int8_linear as _gemm
+from .kernels import quantize as _quantize
+from .kernels import selective_scan as _scan_kernels
+from .scan import selective_scan_ref
 
-__all__ = ["selective_scan", "quantize_per_token", "qlinear"]
+__all__ = ["define_op", "selective_scan", "quantize_per_token", "int8_linear"]
+
+
+# The CUDA implementation (a Triton launch) of every op defined here and in lowering/fused_ops.py, by
+# overload: tests and scripts run them on the CPU through the Triton interpreter.
+CUDA_KERNELS: dict[torch._ops.OpOverload, Callable] = {}
+
+
+def define_op(qualname: str, ref: Callable, cuda: Callable, fake: Callable) -> torch.library.CustomOpDef:
+    """The custom op ``qualname``: its schema and CPU implementation from ``ref`` (annotated), ``cuda``
+    (same signature) on CUDA tensors, ``fake`` for tracing. Outputs never alias inputs."""
+    op = torch.library.custom_op(qualname, ref, mutates_args=())
+    _register(op, cuda, fake)
+    return op
+
+
+def _register(op: torch.library.CustomOpDef, cuda: Callable, fake: Callable) -> None:
+    op.register_kernel("cuda")(cuda)
+    op.register_fake(fake)
+    CUDA_KERNELS[op._opoverload] = cuda
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +68,8 @@ def selective_scan(
     delta_softplus: bool,
     reverse: bool,
 ) -> Tensor:
-    """See :func:`selective_scan_ref`."""
+    """:func:`ptq4vm_fx.scan.selective_scan_ref`; on CUDA the Triton kernel
+    (:func:`ptq4vm_fx.kernels.selective_scan.selective_scan`)."""
     _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias)
     with torch.no_grad():
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
@@ -51,7 +77,7 @@ def selective_scan(
 
 def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
     if u.dim() != 3:
-        raise ValueError(f"selective_scan: u must be (batch, d, L), got shape {tuple(u.shape)}")
+        raise InputError(f"selective_scan: u must be (batch, d, L), got shape {tuple(u.shape)}")
     batch, d, length = u.shape
     n = A.shape[-1]
     expected = {
@@ -65,12 +91,10 @@ def _check_scan_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
     }
     for name, (t, shape) in expected.items():
         if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
+            raise InputError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
 
 
-@selective_scan.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
-    return token_major_empty(*u.shape, u.dtype, u.device)
+_register(selective_scan, _scan_kernels.selective_scan, _scan_kernels.selective_scan_fake)
 
 
 def _scan_setup_context(ctx, inputs, output):
@@ -94,67 +118,9 @@ selective_scan.register_autograd(_scan_backward, setup_context=_scan_setup_conte
 
 
 # --------------------------------------------------------------------------------------------
-# ptq4vm::quantize_per_token and ptq4vm::qlinear
+# ptq4vm::quantize_per_token, ptq4vm::int8_linear
 # --------------------------------------------------------------------------------------------
 
-
-def _expand_token_param(p: Tensor, x_leading: torch.Size, what: str) -> Tensor:
-    """(L,) per-token static or x.shape[:-1] per-row (dynamic) -> broadcastable to x.shape[:-1]."""
-    if tuple(p.shape) == tuple(x_leading):
-        return p
-    if p.dim() == 1 and len(x_leading) >= 1 and p.shape[0] == x_leading[-1]:
-        return p
-    tokens = x_leading[-1] if len(x_leading) else 1
-    raise ValueError(
-        f"{what}: the input has {tokens} tokens but the quantization parameters were calibrated for "
-        f"{p.shape[0] if p.dim() == 1 else tuple(p.shape)} tokens; per-token static scales only fit the "
-        f"image size they were calibrated at (input leading shape {tuple(x_leading)})"
-    )
-
-
-@torch.library.custom_op("ptq4vm::quantize_per_token", mutates_args=())
-def quantize_per_token(x: Tensor, inv_smooth: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
-    """x (…, L, C) float -> int8 codes (…, L, C), signed (see module docstring).
-
-    inv_smooth (C,) fp32; scale (L,) fp32 (static) or x.shape[:-1] (dynamic); zero_point like scale
-    (int32 or integer-valued float, signed range).
-    """
-    if x.shape[-1] != inv_smooth.shape[0]:
-        raise ValueError(
-            f"quantize_per_token: x has {x.shape[-1]} channels, inv_smooth has {inv_smooth.shape[0]}"
-        )
-    scale = _expand_token_param(scale, x.shape[:-1], "quantize_per_token")
-    zero_point = _expand_token_param(zero_point, x.shape[:-1], "quantize_per_token")
-    return integer.quantize_codes(x, inv_smooth, integer.reciprocal_scale(scale), zero_point, bits).to(torch.int8)
-
-
-@quantize_per_token.register_fake
-def _(x, inv_smooth, scale, zero_point, bits):
-    return torch.empty(x.shape, dtype=torch.int8, device=x.device)
-
-
-@torch.library.custom_op("ptq4vm::qlinear", mutates_args=())
-def qlinear(
-    xq: Tensor,
-    x_scale: Tensor,
-    x_zero_point: Tensor,
-    wq: Tensor,
-    w_scale: Tensor,
-    w_colsum: Tensor,
-    bias: Optional[Tensor],
-) -> Tensor:
-    """Integer linear. xq (…, L, K) int8; x_scale, x_zero_point (L,) or xq.shape[:-1];
-    wq (N, K) int8; w_scale (N,) fp32; w_colsum (N,) int32 = wq.sum(1); bias (N,) or None.
-    Returns fp32 (…, L, N). The int32 accumulation is exact (computed in float64, exact for K < 2^38)."""
-    if xq.dtype != torch.int8 or wq.dtype != torch.int8:
-        raise ValueError(f"qlinear: xq and wq must be int8, got {xq.dtype} and {wq.dtype}")
-    if xq.shape[-1] != wq.shape[1]:
-        raise ValueError(f"qlinear: xq has {xq.shape[-1]} input channels, wq expects {wq.shape[1]}")
-    x_scale = _expand_token_param(x_scale, xq.shape[:-1], "qlinear")
-    x_zero_point = _expand_token_param(x_zero_point, xq.shape[:-1], "qlinear")
-    return integer.dequantize_accumulator(integer.int_matmul(xq, wq), x_scale, x_zero_point, w_scale, w_colsum, bias)
-
-
-@qlinear.register_fake
-def _(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias):
-    return torch.empty((*xq.shape[:-1], wq.shape[0]), dtype=torch.float32, device=xq.device)
+quantize_per_token = define_op("ptq4vm::quantize_per_token", _quantize.quantize_per_token_ref,
+                               _quantize.quantize_per_token, _quantize.quantize_per_token_fake)
+int8_linear = define_op("ptq4vm::int8_linear", _gemm.int8_linear_ref, _gemm.int8_linear, _gemm.int8_linear_fake)

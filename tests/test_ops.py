@@ -62,9 +62,9 @@ def test_ops_pass_opcheck():
                           (x, torch.ones(3), torch.full((5,), 0.1), torch.zeros(5, dtype=torch.int32), 8))
     xq = torch.randint(-128, 128, (2, 5, 3), dtype=torch.int8)
     wq = torch.randint(-127, 128, (4, 3), dtype=torch.int8)
-    torch.library.opcheck(torch.ops.ptq4vm.qlinear.default,
+    torch.library.opcheck(torch.ops.ptq4vm.int8_linear.default,
                           (xq, torch.rand(5), torch.zeros(5, dtype=torch.int32), wq, torch.rand(4),
-                           wq.int().sum(1), torch.randn(4)))
+                           wq.int().sum(1), torch.randn(4), torch.float32))
 
 
 def test_scan_rejects_wrong_shapes():
@@ -91,13 +91,13 @@ def test_quantize_per_token_clamps_to_bits():
     assert q.unique().tolist() == [7]
 
 
-def test_qlinear_is_integer_exact():
+def test_int8_linear_is_integer_exact():
     g = torch.Generator().manual_seed(1)
     xq = torch.randint(-128, 128, (3, 5, 1537), dtype=torch.int8, generator=g)
     wq = torch.randint(-127, 128, (6, 1537), dtype=torch.int8, generator=g)
     zp = torch.randint(-128, 128, (5,), dtype=torch.int32, generator=g)
     colsum = wq.int().sum(1)
-    y = torch.ops.ptq4vm.qlinear(xq, torch.ones(5), zp, wq, torch.ones(6), colsum, None)
+    y = torch.ops.ptq4vm.int8_linear(xq, torch.ones(5), zp, wq, torch.ones(6), colsum, None, torch.float32)
     exact = (xq.long() - zp.long()[:, None]) @ wq.long().t()
     assert torch.equal(y.double(), exact.double())
 

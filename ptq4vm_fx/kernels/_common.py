@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import InputError
 from ..quant import integer
 
 # --------------------------------------------------------------------------------------------
@@ -147,4 +148,40 @@ def qrange(bits: int) -> tuple[float, float]:
 def vec(t):
     """A contiguous view of a small 1-D parameter (None passes through)."""
     return None if t is None else t.contiguous()
+
+
+def f32(t):
+    """A small float parameter as contiguous fp32 (no copy when it is already; None, or anything not a
+    tensor, passes through for the argument checks to name)."""
+    return t.float().contiguous() if isinstance(t, torch.Tensor) else t
+
+
+def token_params(scale, zero_point, leading, op: str):
+    """The quantization parameters of an op's activations as the launchers take them.
+
+    ``scale`` / ``zero_point`` (signed) are per-token static, (L,) with L = ``leading[-1]``, or per
+    row, of shape ``leading`` (the activations' leading shape, dynamic quantization). Returns
+    (scale (T,) fp32, zero_point (T,) int32, T): row m of the flattened activations takes entry m % T.
+    """
+    leading = tuple(leading)
+    check_tensor("scale", scale)
+    check_tensor("zero_point", zero_point)
+    if tuple(scale.shape) != tuple(zero_point.shape):
+        raise InputError(f"{op}: scale {tuple(scale.shape)} and zero_point {tuple(zero_point.shape)} differ in shape")
+    if tuple(scale.shape) == leading and len(leading) > 1:
+        scale, zero_point = scale.reshape(-1), zero_point.reshape(-1)
+    elif not (scale.dim() == 1 and len(leading) >= 1 and scale.shape[0] == leading[-1]):
+        raise InputError(
+            f"{op}: the input has {leading[-1] if leading else 1} tokens but the quantization parameters were "
+            f"calibrated for {scale.shape[0] if scale.dim() == 1 else tuple(scale.shape)} tokens; per-token static "
+            f"scales only fit the image size they were calibrated at (input leading shape {leading})"
+        )
+    return scale.float().contiguous(), zero_point.to(torch.int32).contiguous(), scale.shape[0]
+
+
+def inverse_token_params(scale, zero_point, leading, op: str):
+    """:func:`token_params` with the scale inverted as every quantizer takes it:
+    (inv_scale (T,) fp32 = :func:`ptq4vm_fx.quant.integer.reciprocal_scale`, zero_point (T,) int32, T)."""
+    scale, zero_point, tokens = token_params(scale, zero_point, leading, op)
+    return integer.reciprocal_scale(scale), zero_point, tokens
 

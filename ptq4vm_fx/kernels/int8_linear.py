@@ -21,11 +21,14 @@ K a tile has only 2 to 12 K steps, and its epilogue is a large share of its time
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from ..errors import InputError
 from ..quant import integer
 from ._common import (
     _quantize_values,
@@ -34,11 +37,13 @@ from ._common import (
     check_int,
     check_quant_params,
     check_tensor,
+    f32,
     interpret_mode,
+    inverse_token_params,
     qrange,
+    token_params,
     vec,
 )
-from .quantize import quantize_per_token_ref
 
 
 @triton.jit
@@ -249,8 +254,9 @@ def _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, 
     return q_cols
 
 
-def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
-                inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, autotune=True):
+def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
+                        inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None,
+                        autotune=True):
     """Quantized linear layer ``y = dequant(xq) @ dequant(wq).T + bias`` on integer tensor cores.
 
     Args:
@@ -288,9 +294,8 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
                   x_zero_point=x_zero_point, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
                   zero_point=zero_point)
     if K == 0:  # no tile to accumulate: y is the bias
-        return int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype,
-                               inv_smooth=inv_smooth, inv_scale=inv_scale, zero_point=zero_point, bits=bits,
-                               q_start=q_start, q_cols=q_cols)
+        return _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype,
+                             (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits) if quant else None)
     y = torch.empty((M, N), dtype=out_dtype, device=xq.device)
     yq = torch.empty((M, q_cols), dtype=torch.int8, device=xq.device) if quant else None
     if M == 0 or N == 0:
@@ -324,25 +329,98 @@ def int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, 
 
 
 # --------------------------------------------------------------------------------------------
-# Reference
+# The ops: int8_linear, int8_linear_quantize
 # --------------------------------------------------------------------------------------------
 
 
-def int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
-                    inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, autotune=True):
-    """Pure-PyTorch specification of :func:`int8_linear` (same arguments, same result; ``autotune``
-    chooses tiles, which the reference has none of).
+def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune, quant=None):
+    """The op-level call of ``launch`` (the kernel's launcher or :func:`_reference_2d`'s adapter): xq (..., L, K)
+    -> y (..., L, N), or (y, yq (..., L, q_cols)) with quant = (q_start, q_cols, inv_smooth, scale, zero_point,
+    bits)."""
+    if xq.dim() < 2:
+        raise InputError(f"int8_linear: xq must be (..., tokens, K), got shape {tuple(xq.shape)}")
+    x_scale, x_zp, tokens = token_params(x_scale, x_zero_point, xq.shape[:-1], "int8_linear")
+    quant_args = {}
+    if quant is not None:
+        q_start, q_cols, inv_smooth, scale, zero_point, bits = quant
+        inv_scale, zp, q_tokens = inverse_token_params(scale, zero_point, xq.shape[-2:-1], "int8_linear_quantize")
+        quant_args = {"inv_smooth": f32(inv_smooth), "inv_scale": inv_scale, "zero_point": zp, "bits": bits,
+                      "q_start": q_start, "q_cols": q_cols}
+        if q_tokens != tokens:
+            raise InputError(f"int8_linear_quantize: the output quantizer has {q_tokens} tokens, the input {tokens}")
+    out = launch(xq.reshape(-1, xq.shape[-1]), wq, w_colsum.to(torch.int32), f32(w_scale), x_scale, x_zp, f32(bias),
+                 tokens, out_dtype, autotune=autotune, **quant_args)
+    if quant is None:
+        return out.reshape(*xq.shape[:-1], wq.shape[0])
+    return out[0].reshape(*xq.shape[:-1], wq.shape[0]), out[1].reshape(*xq.shape[:-1], out[1].shape[-1])
 
-    The integer accumulator is computed exactly through a float64 matmul (|acc| <= 127*128*K is
-    far below 2^53) and converted to int32.
-    """
+
+def _launch_reference(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, *, inv_smooth=None,
+                      inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, autotune=True):
+    """:func:`_reference_2d` called as :func:`_launch_int8_linear` is (``autotune`` picks tiles: none here)."""
     M, N, _ = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
+    quant = None
     if inv_scale is not None:
         q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
-        y = int8_linear_ref(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
-        return y, quantize_per_token_ref(y[:, q_start:q_start + q_cols], inv_smooth, inv_scale, zero_point, bits,
-                                         tokens)
-    tok = torch.arange(M, device=xq.device) % tokens
+        quant = (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits)
+    return _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant)
+
+
+def _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant):
+    """The launcher's result in pure PyTorch (:mod:`ptq4vm_fx.quant.integer`'s GEMM and quantizer):
+    quant None or (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits)."""
+    tok = torch.arange(xq.shape[0], device=xq.device) % tokens
     y = integer.dequantize_accumulator(integer.int_matmul(xq, wq), x_scale[tok], x_zero_point[tok], w_scale,
-                                       w_colsum, bias)
-    return y.to(out_dtype)
+                                       w_colsum, bias).to(out_dtype)
+    if quant is None:
+        return y
+    q_start, q_cols, inv_smooth, inv_scale, zero_point, bits = quant
+    yq = integer.quantize_codes(y[:, q_start:q_start + q_cols], inv_smooth, inv_scale[tok], zero_point[tok], bits)
+    return y, yq.to(torch.int8)
+
+
+def int8_linear(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor, w_colsum: Tensor,
+                bias: Optional[Tensor], out_dtype: torch.dtype, autotune: bool = True) -> Tensor:
+    """Integer linear (module docstring): xq (..., L, K) int8; x_scale, x_zero_point (L,) per-token static or
+    xq.shape[:-1] per row; wq (N, K) int8; w_scale (N,) float; w_colsum (N,) integer = wq.sum(1); bias (N,)
+    float or None. Returns (..., L, N) ``out_dtype``. ``autotune``: the kernel's tiles tuned on first use (True)
+    or fixed per shape (False)."""
+    return _int8_linear(_launch_int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune)
+
+
+def int8_linear_ref(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor,
+                    w_colsum: Tensor, bias: Optional[Tensor], out_dtype: torch.dtype, autotune: bool = True) -> Tensor:
+    """Pure-PyTorch specification of :func:`int8_linear` (the accumulator exact through float64)."""
+    return _int8_linear(_launch_reference, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune)
+
+
+def int8_linear_fake(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True):
+    return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
+
+
+def int8_linear_quantize(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor,
+                         w_colsum: Tensor, bias: Optional[Tensor], out_dtype: torch.dtype, q_start: int, q_cols: int,
+                         inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
+                         autotune: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`int8_linear` whose epilogue also quantizes the output columns [q_start, q_start + q_cols) as
+    stored: returns (y (..., L, N) ``out_dtype``, yq (..., L, q_cols) int8); inv_smooth (q_cols,) or None,
+    scale / zero_point (L,) per-token static."""
+    return _int8_linear(_launch_int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune, (q_start, q_cols, inv_smooth, scale, zero_point, bits))
+
+
+def int8_linear_quantize_ref(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor,
+                             w_colsum: Tensor, bias: Optional[Tensor], out_dtype: torch.dtype, q_start: int,
+                             q_cols: int, inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
+                             autotune: bool = True) -> tuple[Tensor, Tensor]:
+    """Pure-PyTorch specification of :func:`int8_linear_quantize`."""
+    return _int8_linear(_launch_reference, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune, (q_start, q_cols, inv_smooth, scale, zero_point, bits))
+
+
+def int8_linear_quantize_fake(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, q_start, q_cols,
+                              inv_smooth, scale, zero_point, bits, autotune=True):
+    return (xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype),
+            xq.new_empty((*xq.shape[:-1], q_cols), dtype=torch.int8))

@@ -1,30 +1,36 @@
 """Static per-token activation quantization, alone and fused into its producers.
 
-Contract (every kernel here follows it bit for bit): a value x of channel c belonging to token
-position t is quantized to ``bits`` bits as
+Contract (every kernel here follows it bit for bit): :func:`ptq4vm_fx.quant.integer.quantize_codes`,
+a value x of channel c belonging to token position t quantized to ``bits`` bits as
 
     q = clamp(round((float32(x) * inv_smooth[c]) * inv_scale[t]) + zp[t], -2^(bits-1), 2^(bits-1)-1)
 
 in fp32, in that order, round = round half to even; stored as int8. ``inv_smooth`` (channels,)
-fp32 (None = no smoothing), ``inv_scale`` (tokens,) fp32 = 1 / scale computed by torch on the
-host, ``zero_point`` (tokens,) int32 already in the signed range.
+(None = no smoothing), ``inv_scale`` = 1 / scale computed on the host, ``zero_point`` signed.
 
-Kernels:
-    * ``quantize_per_token``  - (M, K) activations, row m is token m % tokens.
+Each op here is, in this order: the Triton kernel, its launcher (``_launch_*``: 2-D activations,
+checks, launch), the public function with the op's signature (the CUDA implementation of the
+custom op, :mod:`ptq4vm_fx.ops`), its ``*_ref`` with the same signature (the CPU implementation)
+and its ``*_fake`` (the shapes, for tracing):
+    * ``quantize_per_token``  - (..., L, C) activations, per-token static or per-row parameters.
     * ``add_rmsnorm_quantize`` - residual add + RMSNorm + quantization (Vim's fused_add_norm).
     * ``conv1d_silu_quantize`` - Vim's depthwise causal (or anticausal) conv1d + SiLU, writing the
-      fp32 result and its token-major quantization.
+      result and its token-major quantization.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from ..errors import InputError
 from ..quant import integer
-from ..scan import token_major_empty
+from ..scan import token_major, token_major_empty
 from ._common import (
     FLOAT_DTYPES,
     TL_DTYPES,
@@ -33,7 +39,9 @@ from ._common import (
     check_devices,
     check_quant_params,
     check_tensor,
+    f32,
     interpret_mode,
+    inverse_token_params,
     qrange,
     vec,
 )
@@ -83,20 +91,9 @@ def _quantize_per_token_config(M, K):
     return {"BLOCK_M": block_m, "BLOCK_K": block_k}, 4
 
 
-def quantize_per_token(x, inv_smooth, inv_scale, zero_point, bits, tokens):
-    """Static per-token quantization of an activation matrix.
-
-    Args:
-        x: (M, K) fp32 / fp16 / bf16; row m belongs to token position m % tokens.
-        inv_smooth: (K,) fp32 per-channel smoothing factor (1 / s), or None.
-        inv_scale: (tokens,) fp32, 1 / scale per token.
-        zero_point: (tokens,) int32 per-token zero point (signed range).
-        bits: int in [2, 8].
-        tokens: int, tokens per sample (L).
-
-    Returns:
-        (M, K) int8 codes.
-    """
+def _launch_quantize_per_token(x, inv_smooth, inv_scale, zero_point, bits, tokens):
+    """x (M, K) float, row m of token m % tokens; inv_smooth (K,) fp32 or None; inv_scale (tokens,)
+    fp32; zero_point (tokens,) int32 -> (M, K) int8."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     M, K = x.shape
     check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, K)
@@ -104,7 +101,6 @@ def quantize_per_token(x, inv_smooth, inv_scale, zero_point, bits, tokens):
     q = torch.empty((M, K), dtype=torch.int8, device=x.device)
     if M == 0 or K == 0:
         return q
-    inv_smooth, inv_scale, zero_point = vec(inv_smooth), vec(inv_scale), vec(zero_point)
     qmin, qmax = qrange(bits)
     cfg, num_warps = _quantize_per_token_config(M, K)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K, cfg["BLOCK_K"]))
@@ -118,13 +114,36 @@ def quantize_per_token(x, inv_smooth, inv_scale, zero_point, bits, tokens):
     return q
 
 
-def quantize_per_token_ref(x, inv_smooth, inv_scale, zero_point, bits, tokens):
-    """Pure-PyTorch specification of :func:`quantize_per_token`."""
-    check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
-    M, K = x.shape
-    check_quant_params(inv_smooth, inv_scale, zero_point, bits, tokens, K)
-    tok = torch.arange(M, device=x.device) % tokens
-    return integer.quantize_codes(x, inv_smooth, inv_scale[tok], zero_point[tok], bits).to(torch.int8)
+def _rows(x: Tensor) -> Tensor:
+    """x (..., K) as a (M, K) matrix (a view where the strides allow)."""
+    if x.dim() < 2:
+        raise InputError(f"expected activations of shape (..., tokens, channels), got {tuple(x.shape)}")
+    return x.reshape(-1, x.shape[-1])
+
+
+def quantize_per_token(x: Tensor, inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor,
+                       bits: int) -> Tensor:
+    """Per-token quantization: x (..., L, C) float -> (..., L, C) int8 codes (module docstring).
+
+    inv_smooth (C,) float or None; scale / zero_point (signed, integer valued) (L,) per-token static,
+    or x.shape[:-1] per row (dynamic)."""
+    inv_scale, zp, tokens = inverse_token_params(scale, zero_point, x.shape[:-1], "quantize_per_token")
+    q = _launch_quantize_per_token(_rows(x), f32(inv_smooth), inv_scale, zp, bits, tokens)
+    return q.reshape(x.shape)
+
+
+def quantize_per_token_ref(x: Tensor, inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor,
+                           bits: int) -> Tensor:
+    """Pure-PyTorch specification of :func:`quantize_per_token` (:mod:`ptq4vm_fx.quant.integer`'s rule)."""
+    inv_scale, zp, tokens = inverse_token_params(scale, zero_point, x.shape[:-1], "quantize_per_token")
+    x2 = _rows(x)
+    check_quant_params(f32(inv_smooth), inv_scale, zp, bits, tokens, x2.shape[1])
+    tok = torch.arange(x2.shape[0], device=x.device) % tokens
+    return integer.quantize_codes(x2, inv_smooth, inv_scale[tok], zp[tok], bits).to(torch.int8).reshape(x.shape)
+
+
+def quantize_per_token_fake(x, inv_smooth, scale, zero_point, bits):
+    return torch.empty(x.shape, dtype=torch.int8, device=x.device)
 
 
 # ============================================================================================
@@ -194,8 +213,8 @@ def _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_po
     return M, K
 
 
-def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens,
-                         norm_dtype=torch.float32):
+def _launch_add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens,
+                                 norm_dtype):
     """Fused residual add + RMSNorm + static per-token quantization (one row per step).
 
         residual_out = float32(x) + float32(residual)            (= float32(x) if residual is None)
@@ -230,7 +249,7 @@ def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_p
     x = x if x.stride(1) == 1 else x.contiguous()
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
-    weight, inv_smooth, inv_scale, zero_point = vec(weight), vec(inv_smooth), vec(inv_scale), vec(zero_point)
+    weight = vec(weight)
     qmin, qmax = qrange(bits)
     block_k, rows, num_warps = _add_rmsnorm_config(M, K)
     grid = (triton.cdiv(M, rows),)
@@ -246,17 +265,39 @@ def add_rmsnorm_quantize(x, residual, weight, eps, inv_smooth, inv_scale, zero_p
     return q, res_out
 
 
-def add_rmsnorm_quantize_ref(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens,
-                             norm_dtype=torch.float32):
+def add_rmsnorm_quantize(x: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
+                         inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
+                         norm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """x, residual (..., L, C) float (residual may be None); weight (C,) -> (xq (..., L, C) int8,
+    residual_out (..., L, C) fp32), with ``residual_out = x + residual`` and
+    ``xq = quantize(r * rsqrt(mean(r^2) + eps) * weight)``, r = residual_out; r and the norm's output
+    rounded to ``norm_dtype`` (a norm run in fp16 / bf16; float32: not rounded). scale / zero_point (L,)."""
+    inv_scale, zp, tokens = inverse_token_params(scale, zero_point, x.shape[-2:-1], "add_rmsnorm_quantize")
+    res2 = None if residual is None else _rows(residual)
+    xq, res_out = _launch_add_rmsnorm_quantize(_rows(x), res2, weight, eps, f32(inv_smooth), inv_scale, zp, bits,
+                                               tokens, norm_dtype)
+    return xq.reshape(x.shape), res_out.reshape(x.shape)
+
+
+def add_rmsnorm_quantize_ref(x: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
+                             inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
+                             norm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch specification of :func:`add_rmsnorm_quantize`."""
-    _check_rmsnorm_args(x, residual, weight, eps, inv_smooth, inv_scale, zero_point, bits, tokens, norm_dtype)
-    res_out = x.float()
-    if residual is not None:
-        res_out = res_out + residual.float()
+    inv_scale, zp, tokens = inverse_token_params(scale, zero_point, x.shape[-2:-1], "add_rmsnorm_quantize")
+    res2 = None if residual is None else _rows(residual)
+    _check_rmsnorm_args(_rows(x), res2, weight, eps, f32(inv_smooth), inv_scale, zp, bits, tokens, norm_dtype)
+    res_out = x.float() if residual is None else x.float() + residual.float()
+    if res_out is x:  # an output must not alias an input
+        res_out = res_out.clone()
     r = res_out.to(norm_dtype).float()
     rstd = torch.rsqrt(r.pow(2).mean(-1, keepdim=True) + eps)
     normed = ((r * rstd) * weight.float()).to(norm_dtype)
-    return quantize_per_token_ref(normed, inv_smooth, inv_scale, zero_point, bits, tokens), res_out
+    return quantize_per_token_ref(normed, inv_smooth, scale, zero_point, bits), res_out.contiguous()
+
+
+def add_rmsnorm_quantize_fake(x, residual, weight, eps, inv_smooth, scale, zero_point, bits, norm_dtype):
+    return (torch.empty_like(x, dtype=torch.int8, memory_format=torch.contiguous_format),
+            torch.empty_like(x, dtype=torch.float32, memory_format=torch.contiguous_format))
 
 
 # ============================================================================================
@@ -340,7 +381,7 @@ def _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, r
     return Bsz, D, L, weight
 
 
-def conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse=False):
+def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse):
     """Depthwise conv1d (kernel width W, zero padded) + SiLU + token-major quantization.
 
         forward (reverse=False), causal:   v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t-(W-1)+j]
@@ -370,7 +411,7 @@ def conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bit
     q = torch.empty((Bsz, L, D), dtype=torch.int8, device=x.device)
     if u.numel() == 0:
         return u, q
-    bias, inv_smooth, inv_scale, zero_point = vec(bias), vec(inv_smooth), vec(inv_scale), vec(zero_point)
+    bias = vec(bias)
     qmin, qmax = qrange(bits)
     cfg, num_warps = _conv1d_config(D, L)
     grid = (triton.cdiv(L, cfg["BLOCK_L"]), triton.cdiv(D, cfg["BLOCK_D"]), Bsz)
@@ -389,9 +430,21 @@ def conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bit
     return u, q
 
 
-def conv1d_silu_quantize_ref(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse=False):
+def conv1d_silu_quantize(x: Tensor, weight: Tensor, bias: Optional[Tensor], inv_smooth: Optional[Tensor],
+                         scale: Tensor, zero_point: Tensor, bits: int, reverse: bool) -> tuple[Tensor, Tensor]:
+    """x (batch, D, L) float; weight (D, 1, W) or (D, W); bias (D,) or None; scale / zero_point (L,) ->
+    (u (batch, D, L) in x's dtype, token-major, xq (batch, L, D) int8): ``u = silu(conv)``, causal, or
+    anticausal when ``reverse`` (the unflipped weight: equals ``conv1d(pad(x, (0, W-1)), weight.flip(-1))``),
+    and ``xq = quantize(u^T)``; computed in fp32, the conv's and the SiLU's outputs rounded to x's dtype."""
+    inv_scale, zp, _ = inverse_token_params(scale, zero_point, x.shape[-1:], "conv1d_silu_quantize")
+    return _launch_conv1d_silu_quantize(x, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse)
+
+
+def conv1d_silu_quantize_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], inv_smooth: Optional[Tensor],
+                             scale: Tensor, zero_point: Tensor, bits: int, reverse: bool) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch specification of :func:`conv1d_silu_quantize` (F.conv1d based)."""
-    Bsz, D, L, weight = _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse)
+    inv_scale, zp, _ = inverse_token_params(scale, zero_point, x.shape[-1:], "conv1d_silu_quantize")
+    Bsz, D, L, weight = _check_conv_args(x, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse)
     W = weight.shape[1]
     w = weight.float()[:, None, :]
     b = bias.float() if bias is not None else None
@@ -402,7 +455,10 @@ def conv1d_silu_quantize_ref(x, weight, bias, inv_smooth, inv_scale, zero_point,
     else:
         v = F.conv1d(F.pad(xf, (W - 1, 0)), w, b, groups=D)
     v = v.to(x.dtype).float()
-    u = (v / (1.0 + torch.exp(-v))).to(x.dtype)
-    xq = quantize_per_token_ref(u.transpose(1, 2).reshape(Bsz * L, D), inv_smooth, inv_scale, zero_point,
-                                bits, L)
-    return u, xq.reshape(Bsz, L, D)
+    u = token_major((v / (1.0 + torch.exp(-v))).to(x.dtype))
+    return u, quantize_per_token_ref(u.transpose(1, 2), inv_smooth, scale, zero_point, bits).contiguous()
+
+
+def conv1d_silu_quantize_fake(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
+    batch, d, length = x.shape
+    return token_major_empty(batch, d, length, x.dtype, x.device), x.new_empty((batch, length, d), dtype=torch.int8)

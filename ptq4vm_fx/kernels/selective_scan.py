@@ -32,10 +32,14 @@ conversions, no barriers inside the token loop. Three things keep it so:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from ..quant import integer
 from ..scan import channel_major, token_major_empty
 from ..scan import selective_scan_ref as _scan_reference
 from ._common import (
@@ -45,7 +49,9 @@ from ._common import (
     check_devices,
     check_quant_params,
     check_tensor,
+    f32,
     interpret_mode,
+    inverse_token_params,
     qrange,
     vec,
 )
@@ -337,6 +343,12 @@ def _check_store_out(store_out, quant):
         raise ValueError("store_out=False leaves nothing to return: it needs the quantized output (inv_scale)")
 
 
+def _float(A):
+    """A in fp32, its strides kept (channel-major stays so); anything not a tensor passes through for
+    the argument checks to name."""
+    return A.float() if isinstance(A, torch.Tensor) else A
+
+
 def _s3(t):
     return (t.stride(0), t.stride(1), t.stride(2)) if t is not None else (0, 0, 0)
 
@@ -352,17 +364,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Args:
         u: (Bsz, Dm, L) fp32 / fp16 / bf16 input.
         delta: (Bsz, Dm, L) fp32 / fp16 / bf16 time steps (before bias / softplus).
-        A: (Dm, N) fp32 state matrix (negative real); copied channel-major unless it is.
+        A: (Dm, N) state matrix (negative real), used in fp32; copied channel-major unless it is.
         B, C: (Bsz, N, L) fp32 / fp16 / bf16 input-dependent projections.
-        D: (Dm,) fp32 skip, or None.
+        D: (Dm,) skip, or None (used in fp32).
         z: (Bsz, Dm, L) gate, or None.
-        delta_bias: (Dm,) fp32 or None.
+        delta_bias: (Dm,) or None (used in fp32).
         delta_softplus: bool. reverse: bool (anticausal scan, t = L-1 .. 0).
         Any strides are accepted for the 3-D tensors.
 
     Returns:
         out: (Bsz, Dm, L), dtype of ``u``, stored token-major (stride 1 along Dm).
     """
+    A, D, delta_bias = _float(A), f32(D), f32(delta_bias)
     Bsz, Dm, L, N = _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
     _check_flag("delta_softplus", delta_softplus)
     _check_flag("reverse", reverse)
@@ -386,7 +399,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return out
 
 
-def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                                u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                                z=None, delta_softplus=False,
                                inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True):
@@ -479,19 +492,19 @@ def bidirectional_scan_combine(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        reverse=False):
     """Pure-PyTorch specification of :func:`selective_scan`."""
+    A, D, delta_bias = _float(A), f32(D), f32(delta_bias)
     _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
     _check_flag("delta_softplus", delta_softplus)
     _check_flag("reverse", reverse)
     return _scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 
-def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
-                                   u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
-                                   z=None, delta_softplus=False,
-                                   inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True):
-    """Pure-PyTorch specification of :func:`bidirectional_scan_combine`."""
-    from .quantize import quantize_per_token_ref
-
+def _bidirectional_reference(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                             u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
+                             z=None, delta_softplus=False,
+                             inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True):
+    """Pure-PyTorch specification of :func:`_launch_bidirectional_scan` (same arguments and result),
+    on :func:`ptq4vm_fx.scan.selective_scan_ref` and :mod:`ptq4vm_fx.quant.integer`."""
     Bsz, Dm, L, _ = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
     _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
     _check_store_out(store_out, inv_scale is not None)
@@ -501,6 +514,88 @@ def bidirectional_scan_combine_ref(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_
     out = token_major_empty(Bsz, Dm, L, dtype, u_f.device).copy_((out_f + out_b) / 2)  # the kernel's layout
     if inv_scale is None:
         return out
-    xq = quantize_per_token_ref(out.transpose(1, 2).reshape(Bsz * L, Dm), inv_smooth, inv_scale, zero_point,
-                                bits, L)
-    return out if store_out else out.new_empty(0), xq.reshape(Bsz, L, Dm)
+    check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, Dm)
+    xq = integer.quantize_codes(out.transpose(1, 2), inv_smooth, inv_scale, zero_point, bits).to(torch.int8)
+    return out if store_out else out.new_empty(0), xq.contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# The ops: bidirectional_scan, bidirectional_scan_quantize
+# --------------------------------------------------------------------------------------------
+
+
+def _bidirectional(launch, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b,
+                   delta_bias_b, z, delta_softplus, quant=None):
+    """The op-level call of ``launch``; quant: None, or (inv_smooth, scale, zero_point, bits, store_out)."""
+    quant_args = {}
+    if quant is not None:
+        inv_smooth, scale, zero_point, bits, store_out = quant
+        inv_scale, zp, _ = inverse_token_params(scale, zero_point, u_f.shape[-1:], "bidirectional_scan_quantize")
+        quant_args = {"inv_smooth": f32(inv_smooth), "inv_scale": inv_scale, "zero_point": zp, "bits": bits,
+                      "store_out": store_out}
+    return launch(u_f, delta_f, _float(A_f), B_f, C_f, f32(D_f), f32(delta_bias_f),
+                  u_b, delta_b, _float(A_b), B_b, C_b, f32(D_b), f32(delta_bias_b),
+                  z=z, delta_softplus=delta_softplus, **quant_args)
+
+
+def bidirectional_scan(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B_f: Tensor, C_f: Tensor, D_f: Optional[Tensor],
+                       delta_bias_f: Optional[Tensor], u_b: Tensor, delta_b: Tensor, A_b: Tensor, B_b: Tensor,
+                       C_b: Tensor, D_b: Optional[Tensor], delta_bias_b: Optional[Tensor], z: Optional[Tensor],
+                       delta_softplus: bool) -> Tensor:
+    """``(selective_scan(*_f, z, reverse=False) + selective_scan(*_b, z, reverse=True)) / 2`` in one kernel
+    (:func:`_launch_bidirectional_scan`). u, delta, z: (batch, D, L); A: (D, N); B, C: (batch, N, L);
+    D, delta_bias: (D,) or None. Returns (batch, D, L) in ``u_f``'s dtype, stored token-major."""
+    return _bidirectional(_launch_bidirectional_scan, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus)
+
+
+def bidirectional_scan_ref(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B_f: Tensor, C_f: Tensor,
+                           D_f: Optional[Tensor], delta_bias_f: Optional[Tensor], u_b: Tensor, delta_b: Tensor,
+                           A_b: Tensor, B_b: Tensor, C_b: Tensor, D_b: Optional[Tensor],
+                           delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool) -> Tensor:
+    """Pure-PyTorch specification of :func:`bidirectional_scan`."""
+    return _bidirectional(_bidirectional_reference, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus)
+
+
+def bidirectional_scan_fake(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b,
+                            delta_bias_b, z, delta_softplus):
+    return token_major_empty(*u_f.shape, u_f.dtype, u_f.device)
+
+
+def bidirectional_scan_quantize(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B_f: Tensor, C_f: Tensor,
+                                D_f: Optional[Tensor], delta_bias_f: Optional[Tensor], u_b: Tensor, delta_b: Tensor,
+                                A_b: Tensor, B_b: Tensor, C_b: Tensor, D_b: Optional[Tensor],
+                                delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
+                                inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
+                                store_out: bool = True) -> tuple[Tensor, Tensor]:
+    """:func:`bidirectional_scan` with its output also quantized in the epilogue: returns
+    (out (batch, D, L), xq (batch, L, D) int8 = quantize(out^T)); inv_smooth (D,) or None, scale /
+    zero_point (L,). ``store_out`` False: out is not written and comes back empty (only xq is read)."""
+    return _bidirectional(_launch_bidirectional_scan, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus,
+                          (inv_smooth, scale, zero_point, bits, store_out))
+
+
+def bidirectional_scan_quantize_ref(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B_f: Tensor, C_f: Tensor,
+                                    D_f: Optional[Tensor], delta_bias_f: Optional[Tensor], u_b: Tensor,
+                                    delta_b: Tensor, A_b: Tensor, B_b: Tensor, C_b: Tensor, D_b: Optional[Tensor],
+                                    delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
+                                    inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
+                                    store_out: bool = True) -> tuple[Tensor, Tensor]:
+    """Pure-PyTorch specification of :func:`bidirectional_scan_quantize`."""
+    return _bidirectional(_bidirectional_reference, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus,
+                          (inv_smooth, scale, zero_point, bits, store_out))
+
+
+def bidirectional_scan_quantize_fake(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b,
+                                     D_b, delta_bias_b, z, delta_softplus, inv_smooth, scale, zero_point, bits,
+                                     store_out=True):
+    batch, d, length = u_f.shape
+    out = token_major_empty(batch, d, length, u_f.dtype, u_f.device) if store_out else u_f.new_empty(0)
+    return out, u_f.new_empty((batch, length, d), dtype=torch.int8)
+
+
+def selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    return token_major_empty(*u.shape, u.dtype, u.device)

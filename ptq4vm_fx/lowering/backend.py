@@ -31,34 +31,22 @@ import torch
 from torch._inductor.compile_fx import compile_fx
 from torch.fx import GraphModule
 
-from .. import ops  # registers torch.ops.ptq4vm
+from .. import ops, scan  # ops registers torch.ops.ptq4vm
+from ..kernels import _common
+from ..kernels import int8_linear as _gemm
+from ..kernels import quantize as _quantize
+from ..kernels import selective_scan as _scan_kernels
+from ..quant import integer
 from . import fused_ops, report
-from .fuse_add_rmsnorm_quantize import fuse_add_rmsnorm_quantize
-from .fuse_bidirectional_scan import fuse_bidirectional_scan
-from .fuse_conv1d_silu_quantize import fuse_conv1d_silu_quantize
-from .fuse_int8_linear import fuse_int8_linear
-from .fuse_linear_quantize import fuse_linear_quantize
-from .fuse_scan_quantize import fuse_scan_quantize
-from .lower_quantize_per_token import lower_quantize_per_token
 from .match import is_custom_op
-from .options import FUSIONS, BackendOptions
+from .options import FUSIONS, REWRITES, BackendOptions
 
-# one rewrite per fusion name, in options.FUSIONS order (the order they must run in)
-REWRITES: dict[str, Callable[[GraphModule], int]] = {
-    "bidirectional_scan": fuse_bidirectional_scan,
-    "scan_quantize": fuse_scan_quantize,
-    "add_rmsnorm_quantize": fuse_add_rmsnorm_quantize,
-    "conv1d_silu_quantize": fuse_conv1d_silu_quantize,
-    "int8_linear": fuse_int8_linear,
-    "linear_quantize": fuse_linear_quantize,
-    "quantize_per_token": lower_quantize_per_token,
-}
-QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.qlinear)
-GEMMS = (fused_ops.FUSED_OPS.int8_linear, fused_ops.FUSED_OPS.int8_linear_quantize)
+QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.int8_linear)
+GEMMS = (torch.ops.ptq4vm.int8_linear, fused_ops.FUSED_OPS.int8_linear_quantize)
 
 
 def has_quantized_ops(gm: GraphModule) -> bool:
-    """True when ``gm`` calls ``ptq4vm::quantize_per_token`` or ``ptq4vm::qlinear`` (a float Vim
+    """True when ``gm`` calls ``ptq4vm::quantize_per_token`` or ``ptq4vm::int8_linear`` (a float Vim
     calls only ``ptq4vm::selective_scan``)."""
     return any(is_custom_op(n, op) for n in gm.graph.nodes for op in QUANTIZED_OPS)
 
@@ -66,9 +54,9 @@ def has_quantized_ops(gm: GraphModule) -> bool:
 @functools.cache
 def ops_fingerprint() -> str:
     """"ptq4vm-<16 hex digits>": a hash of the sources of the ptq4vm and ptq4vm_fused ops (their
-    implementations and fake implementations)."""
+    definitions, the kernel modules that implement them, the numerics and the scan reference)."""
     digest = hashlib.sha256()
-    for module in (ops, fused_ops):
+    for module in (ops, fused_ops, integer, scan, _gemm, _quantize, _scan_kernels, _common):
         digest.update(Path(module.__file__).read_bytes())
     return "ptq4vm-" + digest.hexdigest()[:16]
 

@@ -30,7 +30,7 @@ NAME = "add_rmsnorm_quantize"
 FUSED = FUSED_OPS.add_rmsnorm_quantize
 
 
-def fuse_add_rmsnorm_quantize(gm: GraphModule) -> int:
+def rewrite(gm: GraphModule) -> int:
     """In place; returns the number of norm + quantize pairs fused."""
     return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
 

@@ -26,7 +26,7 @@ FUSED = FUSED_OPS.bidirectional_scan
 _BRANCH = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
 
-def fuse_bidirectional_scan(gm: GraphModule) -> int:
+def rewrite(gm: GraphModule) -> int:
     """In place; returns the number of scan pairs fused."""
     return apply_rewrite(gm, NAME, gm.graph.nodes, _plan)
 

@@ -29,7 +29,7 @@ NAME = "conv1d_silu_quantize"
 FUSED = FUSED_OPS.conv1d_silu_quantize
 
 
-def fuse_conv1d_silu_quantize(gm: GraphModule) -> int:
+def rewrite(gm: GraphModule) -> int:
     """In place; returns the number of conv1d + SiLU + quantize chains fused."""
     return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
 

@@ -1,31 +1,33 @@
 """Rewrite: a column slice of an INT8 linear's output quantized in that GEMM's epilogue.
 
-    y  = ptq4vm_fused::int8_linear(xq, ..., dtype)                              (..., L, N)
+    y  = ptq4vm::int8_linear(xq, ..., dtype)                                    (..., L, N)
     xq = ptq4vm::quantize_per_token(y[..., a:b], inv_smooth, scale, zero_point, bits)
  -> y, xq = ptq4vm_fused::int8_linear_quantize(xq, ..., dtype, a, b - a, inv_smooth, scale, zero_point, bits)
 
 In Vim this is dt_proj's input, the first dt_rank columns of x_proj's output: the codes are
 written by the GEMM that computes the columns, and the separate quantize pass over them goes.
-Runs after :mod:`.fuse_int8_linear`; anchored on the quantize call.
+Anchored on the quantize call.
 """
 
 from __future__ import annotations
 
 import operator
 
+import torch
 from torch.fx import GraphModule, Node
 
+from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from .fused_ops import FUSED_OPS
 from .match import is_custom_op, strip_casts, tensor
 from .quantize_site import StaticQuantize, quantize_input, quantize_nodes, static_quantize
 from .rewrite import Replacement, apply_rewrite
 
 NAME = "linear_quantize"
-LINEAR = FUSED_OPS.int8_linear
+LINEAR = torch.ops.ptq4vm.int8_linear
 FUSED = FUSED_OPS.int8_linear_quantize
 
 
-def fuse_linear_quantize(gm: GraphModule) -> int:
+def rewrite(gm: GraphModule) -> int:
     """In place; returns the number of quantize calls moved into a GEMM epilogue."""
     return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
 

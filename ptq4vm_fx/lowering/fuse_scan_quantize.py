@@ -24,7 +24,7 @@ SCAN = FUSED_OPS.bidirectional_scan
 FUSED = FUSED_OPS.bidirectional_scan_quantize
 
 
-def fuse_scan_quantize(gm: GraphModule) -> int:
+def rewrite(gm: GraphModule) -> int:
     """In place; returns the number of quantize calls moved into a scan epilogue."""
     return apply_rewrite(gm, NAME, quantize_nodes(gm), _plan)
 

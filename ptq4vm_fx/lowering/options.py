@@ -1,6 +1,6 @@
 """Options of the ``ptq4vm`` backend: ``torch.compile(m, backend="ptq4vm", options={...})``.
 
-* ``fusions``: the rewrites to apply (default: all of :data:`FUSIONS`);
+* ``fusions``: the rewrites to apply (default: all of :data:`FUSIONS`, each one module of this package);
 * ``autotune``: None (default): the INT8 GEMM kernel tunes its tiles on the GPU on first use, once
   per (rows bucketed by powers of two, N, K); the float rest of the graph compiles with Inductor's
   defaults. True: that, and Inductor's ``max_autotune`` for the float rest. False: nothing is
@@ -23,23 +23,30 @@ across a round trip such as ``x.to(torch.float16).float()``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch._inductor
+from torch.fx import GraphModule
 
-# in the order they run: the quantize fusions consume the scan and GEMM fusions' outputs, and
-# the standalone quantizer takes whatever quantize calls no producer absorbed
-FUSIONS = (
-    "bidirectional_scan",
-    "scan_quantize",
-    "add_rmsnorm_quantize",
-    "conv1d_silu_quantize",
-    "int8_linear",
-    "linear_quantize",
-    "quantize_per_token",
+from . import (
+    fuse_add_rmsnorm_quantize,
+    fuse_bidirectional_scan,
+    fuse_conv1d_silu_quantize,
+    fuse_linear_quantize,
+    fuse_scan_quantize,
 )
+
+# Every rewrite, by its name, in the order they run (the scan's quantize fusion consumes the scan
+# fusion's output): the one list of fusions. ptq4vm::quantize_per_token and ptq4vm::int8_linear
+# need none: they run their kernels on CUDA themselves.
+REWRITES: dict[str, Callable[[GraphModule], int]] = {
+    module.NAME: module.rewrite
+    for module in (fuse_bidirectional_scan, fuse_scan_quantize, fuse_add_rmsnorm_quantize,
+                   fuse_conv1d_silu_quantize, fuse_linear_quantize)
+}
+FUSIONS = tuple(REWRITES)
 _KEYS = ("fusions", "autotune", "cudagraphs", "inductor")
 
 

@@ -39,7 +39,7 @@ def graph_lowered() -> None:
 def graph_without_ptq4vm_ops() -> None:
     counters[APPLIED]["graphs_without_ptq4vm_ops"] += 1
     _warn_once("no ptq4vm ops", "ptq4vm backend: no ptq4vm ops to lower in this graph (no quantize_per_token "
-               "or qlinear: a float model?); compiling it with Inductor as it is. Quantize the model first "
+               "or int8_linear: a float model?); compiling it with Inductor as it is. Quantize the model first "
                "with ptq4vm_fx.prepare and ptq4vm_fx.convert.")
 
 

@@ -114,7 +114,7 @@ class FakeQuantLinear(nn.Module):
 
 
 class QuantizedLinear(nn.Module):
-    """Integer linear: ``ptq4vm::quantize_per_token`` then ``ptq4vm::qlinear`` (docs/design.md section 3).
+    """Integer linear: ``ptq4vm::quantize_per_token`` then ``ptq4vm::int8_linear`` (docs/design.md section 3).
 
     Buffers: wq int8 (O, C); w_scale fp32 (O,); w_colsum int32 (O,); bias fp32 (O,) or None;
     inv_smooth fp32 (C,); act_scale fp32 (L,); act_zero_point int32 (L,), signed; smooth fp32 (C,),
@@ -156,8 +156,8 @@ class QuantizedLinear(nn.Module):
         else:
             scale, zero_point = self.act_scale, self.act_zero_point
         xq = torch.ops.ptq4vm.quantize_per_token(x, self.inv_smooth, scale, zero_point, self.a_bits)
-        y = torch.ops.ptq4vm.qlinear(xq, scale, zero_point, self.wq, self.w_scale, self.w_colsum, self.bias)
-        return y.to(x.dtype)
+        return torch.ops.ptq4vm.int8_linear(xq, scale, zero_point, self.wq, self.w_scale, self.w_colsum, self.bias,
+                                            x.dtype)
 
     def _apply(self, fn, recurse=True):
         """Device moves apply to every buffer; a dtype cast of the model (``.half()``, ``.to(torch.bfloat16)``)

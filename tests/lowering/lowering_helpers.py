@@ -16,10 +16,9 @@ EXPECTED = {
     "scan_quantize": 2,
     "add_rmsnorm_quantize": 2,
     "conv1d_silu_quantize": 4,
-    "int8_linear": 12,
     "linear_quantize": 4,
-    "quantize_per_token": 0,
 }
+GEMMS_LEFT = 8  # the ptq4vm::int8_linear calls no fusion takes (in_proj, dt_proj(_b), out_proj): their own kernel
 
 
 # Inductor's CPU code generator keeps fp16 / bf16 round trips under emulate_precision_casts (the

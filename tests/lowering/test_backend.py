@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from ptq4vm_fx import ops
+from ptq4vm_fx.kernels import selective_scan as scan_kernels
 from ptq4vm_fx.lowering import backend, fused_ops, report
-from ptq4vm_fx.lowering.backend import REWRITES
 from ptq4vm_fx.lowering.match import is_custom_op
-from ptq4vm_fx.lowering.options import FUSIONS, BackendOptions
+from ptq4vm_fx.lowering.options import FUSIONS, REWRITES, BackendOptions
 
 from .lowering_helpers import EMULATES_CASTS_ON_CPU, EXPECTED, assert_agrees, images, quantize, tiny_vim
 from .test_fused_ops import sample_args
@@ -32,7 +33,7 @@ def _compile_and_run(model, device, size=32):
             expected.append(model(x))
         scan_a = []
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(fused_ops, "_bidirectional", _recording_scan_A(fused_ops._bidirectional, scan_a))
+            patch.setattr(scan_kernels, "_bidirectional", _recording_scan_A(scan_kernels._bidirectional, scan_a))
             compiled(x)
     stats = {"unique_graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
              "applied": report.lowering_counters(), "skipped": report.skipped_counters(), "scan_A": scan_a}
@@ -40,7 +41,7 @@ def _compile_and_run(model, device, size=32):
 
 
 def _recording_scan_A(bidirectional, seen):
-    """``fused_ops._bidirectional`` (what both fused scans call at run time), appending (shape, stride)
+    """``kernels.selective_scan._bidirectional`` (what both fused scans call at run time), appending (shape, stride)
     of A_f and A_b to ``seen``."""
     def record(kernel, u_f, delta_f, A_f, *args):
         seen.extend((tuple(a.shape), a.stride()) for a in (A_f, args[6]))
@@ -104,7 +105,7 @@ def test_autotune_false_gives_every_gemm_fixed_tiles(qvim, autotune, tuned):
     """options={"autotune": False} reaches the INT8 GEMMs: each fused GEMM call is told not to tune."""
     gm = _compiled_without_inductor(qvim, {"autotune": autotune})[0]["gm"]
     gemms = [n for n in gm.graph.nodes if any(is_custom_op(n, op) for op in backend.GEMMS)]
-    assert len(gemms) == EXPECTED["int8_linear"]
+    assert len(gemms) == 12  # 6 linears in each of 2 blocks
     assert all(n.kwargs.get("autotune", True) is tuned for n in gemms)
 
 
@@ -146,8 +147,8 @@ def test_options_defaults_and_patches():
     assert BackendOptions.from_compile({"inductor": {"emulate_precision_casts": False}}).inductor_patches(
         None) == {**default, "emulate_precision_casts": False}
     # the order of the names does not matter: the rewrites always run in FUSIONS order
-    assert BackendOptions.from_compile({"fusions": ["int8_linear", "bidirectional_scan"]}).fusions == (
-        "bidirectional_scan", "int8_linear")
+    assert BackendOptions.from_compile({"fusions": ["linear_quantize", "bidirectional_scan"]}).fusions == (
+        "bidirectional_scan", "linear_quantize")
 
 
 @pytest.mark.parametrize(
@@ -155,7 +156,7 @@ def test_options_defaults_and_patches():
     [
         ({"autotun": True}, r"unknown option\(s\) \['autotun'\]"),
         ({"fusions": ["int8_gemm"]}, r"unknown fusion\(s\) \['int8_gemm'\]"),
-        ({"fusions": "int8_linear"}, "must be a list of names"),
+        ({"fusions": "linear_quantize"}, "must be a list of names"),
         ({"fusions": ["scan_quantize"]}, "enable both or neither"),
         ({"autotune": "yes"}, "must be True, False or None"),
         ({"cudagraphs": 1}, "'cudagraphs' must be a bool"),
@@ -169,7 +170,7 @@ def test_bad_options_are_clear_errors(options, message):
 
 def test_bad_option_through_torch_compile(qvim):
     torch._dynamo.reset()
-    compiled = torch.compile(qvim, backend="ptq4vm", options={"fusion": ["int8_linear"]})
+    compiled = torch.compile(qvim, backend="ptq4vm", options={"fusion": ["linear_quantize"]})
     with pytest.raises(Exception, match=r"ptq4vm backend: unknown option\(s\) \['fusion'\]"), torch.no_grad():
         compiled(images(2))
 
@@ -219,9 +220,9 @@ def test_grad_mode_is_a_clear_error(qvim):
 # GPU: the compiled model runs the Triton kernels
 # --------------------------------------------------------------------------------------------
 
-KERNELS = {  # fused op -> the Triton kernel its CUDA implementation launches
-    fused_ops.int8_linear: "_int8_linear_kernel",
-    fused_ops.quantize_per_token: "_quantize_per_token_kernel",
+KERNELS = {  # op -> the Triton kernel its CUDA implementation launches
+    ops.int8_linear: "_int8_linear_kernel",
+    ops.quantize_per_token: "_quantize_per_token_kernel",
     fused_ops.add_rmsnorm_quantize: "_add_rmsnorm_quantize_kernel",
     fused_ops.conv1d_silu_quantize: "_conv1d_silu_quantize_kernel",
     fused_ops.bidirectional_scan: "_bidirectional_scan_kernel",

@@ -1,6 +1,6 @@
-"""The ptq4vm_fused ops: reference implementation == the eager ptq4vm ops they replace, CUDA
-implementation (Triton kernels; the interpreter on the CPU) == reference, fake implementations
-consistent (opcheck)."""
+"""The custom ops: the ptq4vm_fused ops' reference implementations == the eager ptq4vm ops they
+replace; for every op (ptq4vm and ptq4vm_fused) the CUDA implementation (Triton kernels; the
+interpreter on the CPU) == the reference, and the fake implementations are consistent (opcheck)."""
 
 import pytest
 import torch
@@ -49,11 +49,11 @@ def _scan_branch(batch, g):
 def sample_args(op, batch, seed=0):
     """Arguments of ``op`` shaped like a Vim block's (``batch`` images, ``L`` tokens)."""
     g = _gen(seed + 100)
-    if op is fused_ops.int8_linear:
+    if op is ops.int8_linear:
         return (*_linear_args(batch, seed), torch.float32)
     if op is fused_ops.int8_linear_quantize:  # dt_proj's input: the first columns of x_proj's output
         return (*_linear_args(batch, seed), torch.float32, 0, C, *_qparams(C, seed, amax=0.5), 8)
-    if op is fused_ops.quantize_per_token:
+    if op is ops.quantize_per_token:
         x_dbl = torch.randn(batch, L, C + 8, generator=g)  # a column slice, as dt_proj's input
         return (x_dbl[..., :C], *_qparams(C, seed), 8)
     if op is fused_ops.add_rmsnorm_quantize:
@@ -71,7 +71,12 @@ def sample_args(op, batch, seed=0):
     return (*args, *_qparams(D, seed, amax=1.0), 8)
 
 
-ALL_OPS = list(fused_ops.CUDA_IMPLS)
+ALL_OPS = [ops.quantize_per_token, ops.int8_linear, fused_ops.int8_linear_quantize, fused_ops.add_rmsnorm_quantize,
+           fused_ops.conv1d_silu_quantize, fused_ops.bidirectional_scan, fused_ops.bidirectional_scan_quantize]
+
+
+def test_every_op_has_its_kernel_registered():
+    assert {op._opoverload for op in ALL_OPS} | {torch.ops.ptq4vm.selective_scan.default} == set(ops.CUDA_KERNELS)
 
 
 def _close(a, b):
@@ -87,31 +92,16 @@ def _close(a, b):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
-def test_int8_linear_equals_qlinear(batch, out_dtype):
-    args = _linear_args(batch, bias=out_dtype == torch.float32)
-    expect = torch.ops.ptq4vm.qlinear(*args).to(out_dtype)
-    got = fused_ops.int8_linear(*args, out_dtype)
-    assert got.dtype == out_dtype and torch.equal(got, expect)
-
-
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("q_start,q_cols", [(0, 12), (30, 10)])
-def test_int8_linear_quantize_equals_qlinear_then_quantize(out_dtype, q_start, q_cols):
+def test_int8_linear_quantize_equals_int8_linear_then_quantize(out_dtype, q_start, q_cols):
     args = _linear_args(3)
     qparams = _qparams(q_cols, seed=1, amax=0.5)
-    y = torch.ops.ptq4vm.qlinear(*args).to(out_dtype)
+    y = torch.ops.ptq4vm.int8_linear(*args, out_dtype)
     expect = torch.ops.ptq4vm.quantize_per_token(y[..., q_start:q_start + q_cols].float(), *qparams, 8)
     got_y, got_q = fused_ops.int8_linear_quantize(*args, out_dtype, q_start, q_cols, *qparams, 8)
     assert torch.equal(got_y, y) and torch.equal(got_q, expect)
     assert 0 < (expect.abs() == 127).sum() < expect.numel() / 2  # codes spread over the range, few clamped
-
-
-@pytest.mark.parametrize("batch", [1, 3])
-def test_quantize_per_token_equals_eager(batch):
-    args = sample_args(fused_ops.quantize_per_token, batch)
-    assert torch.equal(fused_ops.quantize_per_token(*args), torch.ops.ptq4vm.quantize_per_token(*args))
 
 
 @pytest.mark.parametrize("with_residual", [True, False])
@@ -167,10 +157,10 @@ def test_bidirectional_scan_equals_two_scans():
 def test_wrong_token_count_is_a_clear_error():
     xq, x_scale, x_zp, wq, w_scale, colsum, bias = _linear_args(2)
     with pytest.raises(ValueError, match="tokens"):
-        fused_ops.int8_linear(xq[:, :3], x_scale, x_zp, wq, w_scale, colsum, bias, torch.float32)
-    x, inv_smooth, scale, zp, bits = sample_args(fused_ops.quantize_per_token, 2)
+        ops.int8_linear(xq[:, :3], x_scale, x_zp, wq, w_scale, colsum, bias, torch.float32)
+    x, inv_smooth, scale, zp, bits = sample_args(ops.quantize_per_token, 2)
     with pytest.raises(ValueError, match="calibrated"):
-        fused_ops.quantize_per_token(x[:, :4], inv_smooth, scale, zp, bits)
+        ops.quantize_per_token(x[:, :4], inv_smooth, scale, zp, bits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +177,7 @@ def _to(args, device):
 def test_cuda_impl_matches_reference(device, op, batch):
     args = sample_args(op, batch, seed=batch)
     expect = op(*args)  # CPU: the reference
-    got = fused_ops.CUDA_IMPLS[op](*_to(args, device))
+    got = ops.CUDA_KERNELS[op._opoverload](*_to(args, device))
     for e, g in zip(*(t if isinstance(t, tuple) else (t,) for t in (expect, got))):
         assert g.shape == e.shape and g.dtype == e.dtype and g.stride() == e.stride()
         _close(g.cpu(), e)
@@ -199,7 +189,7 @@ def test_opcheck(op):
                                                               "test_aot_dispatch_dynamic"))
 
 
-@pytest.mark.parametrize("op", [fused_ops.int8_linear, fused_ops.int8_linear_quantize,
+@pytest.mark.parametrize("op", [ops.int8_linear, fused_ops.int8_linear_quantize,
                                 fused_ops.bidirectional_scan_quantize], ids=lambda op: op._name)
 def test_opcheck_trailing_option_off(op):
     """The lowering's trailing options switched off (autotune=False, store_out=False): fakes still consistent."""

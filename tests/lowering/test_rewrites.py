@@ -15,7 +15,7 @@ from ptq4vm_fx.lowering.fuse_scan_quantize import FUSED as SCAN_QUANTIZE
 from ptq4vm_fx.lowering.match import bind_custom, is_custom_op, is_op, op_namespace
 from ptq4vm_fx.lowering.options import FUSIONS
 
-from .lowering_helpers import EXPECTED, assert_agrees, dynamo_graph, images, quantize, tiny_vim
+from .lowering_helpers import EXPECTED, GEMMS_LEFT, assert_agrees, dynamo_graph, images, quantize, tiny_vim
 
 NONE = dict.fromkeys(FUSIONS, 0)
 DT_COLUMNS = 2 + 2 * 16  # x_proj's output in the TINY model: dt_rank + 2 * d_state
@@ -38,7 +38,8 @@ def _ops_left(gm, namespace):
 def test_every_rewrite_fires_on_a_quantized_vim(qvim, fresh_counters):
     counts, expect, got, gm = _lowered(qvim, images(3))
     assert counts == EXPECTED
-    assert _ops_left(gm, "ptq4vm") == []  # every ptq4vm op went into a fused op
+    # every quantize went into a fused op; the GEMMs no fusion takes run their own kernels
+    assert _ops_left(gm, "ptq4vm") == ["ptq4vm.int8_linear"] * GEMMS_LEFT
     assert_agrees(got, expect)
     assert fresh_counters.lowering_counters() == dict({k: v for k, v in EXPECTED.items() if v}, graphs_lowered=1)
     assert fresh_counters.skipped_counters() == {}
@@ -58,9 +59,9 @@ def test_a_float_linear_is_not_fused(dropped, rewrite, fresh_counters):
     linears = tuple(n for n in ("in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b")
                     if n not in dropped)
     model = quantize(tiny_vim(), linears=linears)
-    counts, expect, got, _ = _lowered(model, images(2))
+    counts, expect, got, gm = _lowered(model, images(2))
     assert counts[rewrite] == 0
-    assert counts["int8_linear"] == 2 * len(linears)
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") + counts["linear_quantize"] == 2 * len(linears)
     assert counts["bidirectional_scan"] == 2
     assert_agrees(got, expect)
     assert fresh_counters.skipped_counters() == {}
@@ -74,26 +75,27 @@ def test_float_vim_has_no_quantized_ops():
     assert lower_graph(gm) == dict(NONE, bidirectional_scan=2)
 
 
-def test_dynamic_scales_are_left_to_the_reference_ops_with_a_reason(fresh_counters):
-    """Per-row dynamic quantization: no kernel takes its scales; the counters say why."""
+def test_dynamic_scales_are_not_fused_with_a_reason(fresh_counters):
+    """Per-row dynamic quantization: no fused kernel takes its scales (the counters say why); the
+    ptq4vm ops stay, and run their own kernels, which take per-row scales."""
     counts, expect, got, gm = _lowered(quantize(tiny_vim(), method="dynamic"), images(2))
     assert counts == dict(NONE, bidirectional_scan=2)
     reason = "dynamic (per-row) activation scales"
     assert fresh_counters.skipped_counters() == {
-        f"int8_linear: {reason}": 12,
         f"add_rmsnorm_quantize: {reason}": 2,
         f"conv1d_silu_quantize: {reason}": 4,
         f"scan_quantize: {reason}": 2,
-        f"quantize_per_token: {reason}": 12,
+        f"linear_quantize: {reason}": 4,
     }
-    assert _ops_left(gm, "ptq4vm").count("ptq4vm.qlinear") == 12
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") == 12
     assert_agrees(got, expect)
 
 
 def test_summed_but_not_averaged_scans_are_not_fused(fresh_counters):
-    counts, expect, got, _ = _lowered(quantize(tiny_vim(if_divide_out=False)), images(2))
+    counts, expect, got, gm = _lowered(quantize(tiny_vim(if_divide_out=False)), images(2))
     assert counts["bidirectional_scan"] == counts["scan_quantize"] == 0
-    assert counts["quantize_per_token"] == 2  # out_proj's input is quantized on its own
+    # out_proj's input is quantized on its own (the quantize op's kernel)
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.quantize_per_token") == 2
     assert counts["linear_quantize"] == 4
     assert fresh_counters.skipped_counters() == {
         "bidirectional_scan: the two directions are summed but not averaged": 2}
@@ -107,7 +109,7 @@ def test_a_vim_in_half_precision_lowers_completely(qvim, dtype, fresh_counters):
     model = copy.deepcopy(qvim).to(dtype)
     counts, expect, got, gm = _lowered(model, images(3).to(dtype))
     assert counts == EXPECTED
-    assert _ops_left(gm, "ptq4vm") == []
+    assert _ops_left(gm, "ptq4vm") == ["ptq4vm.int8_linear"] * GEMMS_LEFT
     assert fresh_counters.skipped_counters() == {}
     assert got.dtype == dtype
     assert_agrees(got, expect, min_sqnr_db=80.0)
@@ -173,9 +175,9 @@ def test_the_scan_stores_its_float_output_only_when_something_reads_it(qvim):
 
 
 def test_only_the_enabled_fusions_run(qvim):
-    counts, expect, got, gm = _lowered(qvim, images(2), fusions=["int8_linear"])
-    assert counts == {"int8_linear": 12}
-    assert _ops_left(gm, "ptq4vm").count("ptq4vm.quantize_per_token") == 12
+    counts, expect, got, gm = _lowered(qvim, images(2), fusions=["linear_quantize"])
+    assert counts == {"linear_quantize": 4}
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.quantize_per_token") == 12 - 4
     assert_agrees(got, expect)
 
 
@@ -238,7 +240,6 @@ def test_batch_is_symbolic_and_tokens_static(qvim):
 def test_linear_quantize_reads_the_column_range(qvim, index, columns):
     """The slices of an INT8 linear's output that its epilogue can quantize: step-1 column ranges."""
     gm, _ = dynamo_graph(qvim, images(2))
-    lower_graph(gm, ["int8_linear"])
     sliced = next(n for n in gm.graph.nodes if n.target is operator.getitem and is_custom_op(n.args[0], INT8_LINEAR))
     sliced.args = (sliced.args[0], index)
     assert _column_range(sliced) == columns
