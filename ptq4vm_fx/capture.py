@@ -61,7 +61,3 @@ def blocks(gm: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphModule]]:
     order = [n.target for n in gm.graph.nodes if n.op == "call_module"]
     return [(t, gm.get_submodule(t)) for t in order if isinstance(gm.get_submodule(t), torch.fx.GraphModule)]
 
-
-def graph_modules(gm: torch.fx.GraphModule) -> list[tuple[str, torch.fx.GraphModule]]:
-    """The top GraphModule and every block GraphModule, as (prefix, module)."""
-    return [("", gm)] + blocks(gm)

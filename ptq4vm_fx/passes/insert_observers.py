@@ -35,16 +35,6 @@ def insert_observers(gm: torch.fx.GraphModule, names: tuple[str, ...]) -> int:
     return count
 
 
-def observers(gm: torch.fx.GraphModule) -> dict[str, TokenChannelObserver]:
-    """{'layers.0.mixer.in_proj': observer, ...} keyed by the observed linear's full name."""
-    found = {}
-    for prefix, block in blocks(gm):
-        for name, module in block.named_modules():
-            if isinstance(module, TokenChannelObserver):
-                found[f"{prefix}.{name.removesuffix('_observer')}"] = module
-    return found
-
-
 def remove_observers(gm: torch.fx.GraphModule) -> int:
     """In place: drop every observer node and module; returns how many were removed."""
     count = 0

@@ -2,10 +2,18 @@ import pytest
 import torch
 
 import ptq4vm_fx
-from ptq4vm_fx.capture import capture
-from ptq4vm_fx.passes.insert_observers import insert_observers, observers, remove_observers
+from ptq4vm_fx.capture import blocks, capture
+from ptq4vm_fx.passes.insert_observers import insert_observers, remove_observers
+from ptq4vm_fx.quant.observer import TokenChannelObserver
 
 from ..conftest import tiny_vim
+
+
+def observers(gm):
+    """{'layers.0.mixer.in_proj': observer, ...} keyed by the observed linear's full name."""
+    return {f"{prefix}.{name.removesuffix('_observer')}": module
+            for prefix, block in blocks(gm) for name, module in block.named_modules()
+            if isinstance(module, TokenChannelObserver)}
 
 
 def test_one_observer_per_quantizable_linear_and_none_for_others():
