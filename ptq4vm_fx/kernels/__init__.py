@@ -1,1 +1,1 @@
-"""Triton kernel families, one per file, each with a pure-PyTorch ``*_ref`` beside it (DESIGN.md section 9)."""
+"""Triton kernel families, one per file, each with a pure-PyTorch ``*_ref`` beside it (docs/design.md section 9)."""

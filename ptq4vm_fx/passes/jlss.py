@@ -1,4 +1,4 @@
-"""Pass: PTQ4VM stages 2 and 3, block by block (DESIGN.md section 5).
+"""Pass: PTQ4VM stages 2 and 3, block by block (docs/design.md section 5).
 
 For block i, the target is the float block's output on float inputs; the quantized block is fed
 the outputs of the already-quantized blocks before it. Stage 2 grid-searches every weight row's
