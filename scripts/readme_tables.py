@@ -1,0 +1,91 @@
+"""Rewrite the README's sweep results from the JSON ``ptq4vm sweep --json`` writes; never edit them by hand.
+
+    OMP_NUM_THREADS=1 .venv/bin/ptq4vm sweep --json sweep.json
+    .venv/bin/python scripts/readme_tables.py sweep.json --machine "2 CPU cores"
+
+Everything between the README's ``<!-- sweep:begin -->`` and ``<!-- sweep:end -->`` lines is replaced:
+a sentence saying what was measured, how and where, the top-1 / SQNR table (presets x methods) and
+the calibration-plus-conversion seconds of each cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+SHARED = ("model", "data", "float_top1", "calib_images", "eval_images")  # the same in every row of one sweep
+README = Path(__file__).resolve().parents[1] / "README.md"
+COMMAND = "ptq4vm sweep --json sweep.json"
+WIDTH = 100  # the README's line length
+
+
+def _ordered(rows: list[dict], key: str) -> list[str]:
+    return list(dict.fromkeys(row[key] for row in rows))
+
+
+def _table(rows: list[dict], cell) -> list[str]:
+    """Markdown rows: one per preset (in sweep order), one column per method, ``cell(row)`` in each."""
+    methods, presets = _ordered(rows, "method"), _ordered(rows, "preset")
+    by_cell = {(row["preset"], row["method"]): row for row in rows}
+    lines = ["| bits | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for preset in presets:
+        cells = [cell(by_cell[preset, m]) if (preset, m) in by_cell else "-" for m in methods]
+        lines.append(f"| {preset.upper()} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(rows: list[dict], machine: str, command: str = COMMAND) -> str:
+    """The generated README text (without the markers) for the rows of one sweep JSON."""
+    if not rows:
+        raise ValueError("the sweep JSON holds no results")
+    for key in SHARED:
+        values = {row[key] for row in rows}
+        if len(values) != 1:
+            raise ValueError(f"the rows of the sweep JSON disagree on {key}: {sorted(values)}")
+    first = rows[0]
+    intro = (
+        f"Top-1 (%) / logits SQNR against the float model (dB) of `{first['model']}` on the "
+        f"{first['eval_images']} test images of the {first['data']} (float top-1 {first['float_top1']:.2f} %; "
+        f"one image is {100.0 / first['eval_images']:.2f} points), calibrated on {first['calib_images']} "
+        f"calibration images. Measured with `{command}` on {machine}; the tables are written from its JSON "
+        f"by `scripts/readme_tables.py`."
+    )
+    return "\n".join([
+        textwrap.fill(intro, width=WIDTH, break_on_hyphens=False, break_long_words=False),
+        "",
+        *_table(rows, lambda r: f"{r['quant_top1']:.2f} / {r['sqnr_db']:.1f}"),
+        "",
+        "Calibration plus conversion (s), the `calibration_seconds` of the same run:",
+        "",
+        *_table(rows, lambda r: f"{r['calibration_seconds']:.1f}"),
+    ])
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with what lies between the BEGIN and END marker lines replaced by ``block``."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"expected one {BEGIN} line followed by one {END} line")
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_json", help="the file `ptq4vm sweep --json` wrote")
+    parser.add_argument("--machine", required=True, help='where the sweep ran, e.g. "2 CPU cores"')
+    parser.add_argument("--command", default=COMMAND, help=f"the command that ran it (default: {COMMAND})")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    rows = json.loads(Path(args.sweep_json).read_text())
+    args.readme.write_text(replace_block(args.readme.read_text(), render(rows, args.machine, args.command)))
+    print(f"wrote the sweep tables of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
