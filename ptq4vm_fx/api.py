@@ -56,7 +56,7 @@ def convert(prepared: torch.fx.GraphModule, simulate: bool = False) -> torch.fx.
         raise InputError("convert() takes the module returned by ptq4vm_fx.prepare()")
     recorder = prepared.get_submodule(RECORDER)
     if recorder.batches == 0:
-        raise RuntimeError(
+        raise InputError(
             "convert() needs calibration: run the prepared model on calibration batches "
             "(under torch.no_grad()) before converting"
         )

@@ -12,9 +12,11 @@ import torch.fx
 
 from ..capture import blocks
 from ..config import QuantConfig
+from ..errors import InputError
 from ..quant.integer import act_qparams, weight_qmax
 from ..quant.linear import FakeQuantLinear
 from ..quant.observer import TokenChannelObserver
+from .insert_observers import remove_observers
 
 
 def smoothing_scale(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -46,21 +48,18 @@ def quantize_linears(gm: torch.fx.GraphModule, config: QuantConfig) -> int:
     """In place; returns the number of linears replaced."""
     count = 0
     for _, block in blocks(gm):
-        for node in list(block.graph.nodes):
+        for node in block.graph.nodes:
             if node.op != "call_module" or not isinstance(block.get_submodule(node.target), TokenChannelObserver):
                 continue
             observer = block.get_submodule(node.target)
             if observer.batches == 0:
-                raise RuntimeError(
+                raise InputError(
                     "convert() needs calibration: run the prepared model on calibration batches "
                     "(under torch.no_grad()) before converting"
                 )
             (linear_node,) = node.users
             block.set_submodule(linear_node.target, init_fake_quant(block.get_submodule(linear_node.target),
                                                                     observer, config))
-            node.replace_all_uses_with(node.args[0])
-            block.graph.erase_node(node)
-            block.delete_submodule(node.target)
             count += 1
-        block.recompile()
+    remove_observers(gm)
     return count

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import ptq4vm_fx
+from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.quant.linear import FakeQuantLinear
 
 from ..conftest import tiny_vim
@@ -32,5 +33,5 @@ def test_init_follows_the_method(method, smooth, per_tensor):
 
 def test_convert_before_calibration_is_refused():
     prepared = ptq4vm_fx.prepare(tiny_vim(), torch.randn(1, 3, 32, 32), "w8a8")
-    with pytest.raises(RuntimeError, match="needs calibration"):
+    with pytest.raises(InputError, match="needs calibration"):
         ptq4vm_fx.convert(prepared)
