@@ -3,8 +3,6 @@ quantized model compiled by the ptq4vm backend; several processes under torchrun
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from tabulate import tabulate
 from torch.utils.data import DataLoader
@@ -13,27 +11,9 @@ from .. import distributed
 from ..data.bundled import MODEL_NAME
 from ..errors import InputError
 from ..evaluate import Evaluation, evaluate, logits_sqnr_db
+from ..progress import hide_cuda_home_notice
 from .outputs import check_output_file, write_json
 from .selection import eval_dataset, float_model, loader, quantized_model, reference_model
-
-# torch.utils.cpp_extension logs this when imported (Inductor imports it) on a machine with a CUDA
-# toolkit but no CUDA GPU: a notice about its own CUDA lookup, not about the user's run
-CUDA_HOME_NOTICE = "No CUDA runtime is found"
-
-
-class _DropCudaHomeNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(CUDA_HOME_NOTICE)
-
-
-def hide_cuda_home_notice() -> None:
-    """On a machine without a CUDA GPU, keep torch.utils.cpp_extension's CUDA_HOME notice off the
-    screen; every other record of that logger still shows."""
-    if torch.cuda.is_available():
-        return
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    if not any(isinstance(f, _DropCudaHomeNotice) for f in logger.filters):
-        logger.addFilter(_DropCudaHomeNotice())
 
 
 def _table(evals: dict[str, Evaluation]) -> str:

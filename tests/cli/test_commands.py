@@ -294,7 +294,7 @@ def test_eval_in_a_real_process(tiny_quantized, image_folder):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="torch logs the notice only without a CUDA GPU")
 def test_only_the_cuda_home_notice_is_hidden():
-    from ptq4vm_fx.cli.eval_cmd import hide_cuda_home_notice
+    from ptq4vm_fx.progress import hide_cuda_home_notice
 
     hide_cuda_home_notice()
     logger = logging.getLogger("torch.utils.cpp_extension")
