@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	.venv/bin/ptq4vm sweep
+	.venv/bin/ptq4vm sweep --json sweep.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -13,6 +13,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from .errors import InputError
 from .models.vim import Block, RMSNorm, VisionMamba
 
 SUPPORTED_MODELS = (VisionMamba,)
@@ -31,7 +32,7 @@ class _BlockTracer(torch.fx.Tracer):
 def check_supported(model: nn.Module) -> None:
     if not isinstance(model, SUPPORTED_MODELS):
         names = ", ".join(cls.__name__ for cls in SUPPORTED_MODELS)
-        raise TypeError(
+        raise InputError(
             f"unsupported model {type(model).__name__}: ptq4vm_fx quantizes {names} "
             "(build one with timm.create_model('vim_tiny_patch16_224') after importing ptq4vm_fx)"
         )

@@ -76,7 +76,7 @@ def test_unknown_preset_method_and_config_type():
         ptq4vm_fx.prepare(model, torch.randn(1, 2), "w3a3")
     with pytest.raises(ValueError, match="unknown method 'gptq'"):
         ptq4vm_fx.QuantConfig(method="gptq")
-    with pytest.raises(TypeError, match="unsupported model Linear"):
+    with pytest.raises(InputError, match="unsupported model Linear"):
         ptq4vm_fx.prepare(model, torch.randn(1, 2), "w8a8")
 
 

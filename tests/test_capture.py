@@ -3,6 +3,7 @@ import torch
 import torch.fx
 
 from ptq4vm_fx.capture import blocks, capture
+from ptq4vm_fx.errors import InputError
 
 from .conftest import tiny_vim
 
@@ -24,5 +25,5 @@ def test_capture_matches_eager_with_one_graph_per_block():
 
 
 def test_capture_rejects_unsupported_models():
-    with pytest.raises(TypeError, match="unsupported model Sequential"):
+    with pytest.raises(InputError, match="unsupported model Sequential"):
         capture(torch.nn.Sequential(torch.nn.Linear(4, 4)))

@@ -36,6 +36,7 @@ from ..kernels import _common
 from ..kernels import int8_linear as _gemm
 from ..kernels import quantize as _quantize
 from ..kernels import selective_scan as _scan_kernels
+from ..progress import hide_cuda_home_notice
 from ..quant import integer
 from . import fused_ops, report
 from .match import is_custom_op
@@ -86,6 +87,7 @@ def ptq4vm_backend(
     mode: str | None = None,
 ) -> Callable:
     """torch.compile backend: lower the ptq4vm ops of ``gm``, then compile it with Inductor."""
+    hide_cuda_home_notice()  # Inductor imports torch.utils.cpp_extension, which logs it on a CPU machine
     opts = BackendOptions.from_compile(options)
     if has_quantized_ops(gm):
         if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
+from ..errors import InputError
 from . import integer
 from .fake_quant import dynamic_act_qparams, fake_quant_act, fake_quant_weight, weight_codes
 
@@ -74,7 +75,7 @@ class FakeQuantLinear(nn.Module):
         if self.dynamic:
             return dynamic_act_qparams(x, inv_smooth, self.a_bits)
         if x.shape[-2] != self.log_act_scale.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"input has {x.shape[-2]} tokens but the per-token scales were calibrated for "
                 f"{self.log_act_scale.shape[0]}: use the image size the model was calibrated at"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 
 class TokenChannelObserver(nn.Module):
     """Pass-through module recording min and max over the batch of x (…, L, C) as (L, C) buffers.
@@ -19,11 +21,11 @@ class TokenChannelObserver(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
-            raise ValueError(f"observer expects (…, tokens, channels), got shape {tuple(x.shape)}")
+            raise InputError(f"observer expects (…, tokens, channels), got shape {tuple(x.shape)}")
         v = x.detach().float().reshape(-1, *x.shape[-2:])
         lo, hi = v.amin(0), v.amax(0)
         if self.batches and lo.shape != self.min_val.shape:
-            raise ValueError(
+            raise InputError(
                 f"calibration batch has {lo.shape[0]} tokens x {lo.shape[1]} channels but earlier batches had "
                 f"{self.min_val.shape[0]} x {self.min_val.shape[1]}: calibrate at one image size"
             )

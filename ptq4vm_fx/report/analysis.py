@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..capture import blocks
 from ..config import QuantConfig
+from ..errors import InputError
 from ..evaluate import power_ratio_db, sqnr_db, topk_accuracy
 from ..progress import progress
 from ..quant import integer
@@ -52,7 +53,7 @@ def detail_block(qmodel: torch.fx.GraphModule, index: int | None = None) -> str:
     names = [name for name, _ in blocks(qmodel)]
     if index is not None:
         if not 0 <= index < len(names):
-            raise ValueError(f"block {index} does not exist: the model has blocks 0..{len(names) - 1}")
+            raise InputError(f"block {index} does not exist: the model has blocks 0..{len(names) - 1}")
         return names[index]
     stats = qmodel.meta.get("block_stats") or {}
     if stats:
@@ -199,7 +200,7 @@ def analyse(
     """Run both models on images (N, C, H, W) with labels (N,) and measure every quantized linear."""
     layers = quantized_layers(qmodel)
     if not layers:
-        raise ValueError("the model has no quantized linears: give the result of ptq4vm_fx.convert or load")
+        raise InputError("the model has no quantized linears: give the result of ptq4vm_fx.convert or load")
     focus = detail_block(qmodel, block)
     w_eff = smoothed_float_weights(qmodel, float_model)
     tallies = {
