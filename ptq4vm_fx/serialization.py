@@ -21,7 +21,7 @@ from .errors import InputError
 from .models.checkpoint import load_tensors
 from .models.vim import VisionMamba
 from .models.zoo import check_overrides
-from .quant.linear import FakeQuantLinear, QuantizedLinear
+from .quant.linear import QUANTIZED_LINEARS
 
 FORMAT_PREFIX = "ptq4vm_fx.quantized/"
 FORMAT = FORMAT_PREFIX + "2"  # 2: the quantized modules are recorded; 1 re-derived them from the config
@@ -30,31 +30,14 @@ _WHAT = "a ptq4vm_fx quantized model file"
 # the constructor arguments a quantized linear is recorded with, and their types
 _LINEAR_ARGS = {"in_features": int, "out_features": int, "tokens": int, "w_bits": int, "a_bits": int,
                 "dynamic": bool, "has_bias": bool}
-_KINDS = {cls.__name__: cls for cls in (QuantizedLinear, FakeQuantLinear)}
-
-
-def _linear_args(module: QuantizedLinear | FakeQuantLinear) -> dict:
-    """The constructor arguments of a quantized linear, read from the module."""
-    scales = module.act_scale if isinstance(module, QuantizedLinear) else module.log_act_scale
-    return {"in_features": module.in_features, "out_features": module.out_features, "tokens": scales.shape[0],
-            "w_bits": module.w_bits, "a_bits": module.a_bits, "dynamic": bool(module.dynamic),
-            "has_bias": module.bias is not None}
-
-
-def _empty_linear(kind: str, args: dict) -> nn.Module:
-    """A quantized linear of class ``kind`` built from recorded ``args``, its tensors to be loaded."""
-    if kind == "QuantizedLinear":
-        return QuantizedLinear(**args)
-    weight = torch.zeros(args["out_features"], args["in_features"])
-    bias = torch.zeros(args["out_features"]) if args["has_bias"] else None
-    return FakeQuantLinear(weight, bias, args["tokens"], args["w_bits"], args["a_bits"], args["dynamic"])
+_KINDS = {cls.__name__: cls for cls in QUANTIZED_LINEARS}
 
 
 def quantized_modules(qmodel: nn.Module) -> list[dict]:
     """[{'name': 'layers.0.mixer.in_proj', 'kind': 'QuantizedLinear', 'args': {...}}, ...]: every
     quantized module of ``qmodel`` in module order, as :func:`save` records them."""
     return [
-        {"name": name, "kind": type(module).__name__, "args": _linear_args(module)}
+        {"name": name, "kind": type(module).__name__, "args": module.init_args()}
         for name, module in qmodel.named_modules()
         if isinstance(module, tuple(_KINDS.values()))
     ]
@@ -122,7 +105,7 @@ def _skeleton(path, model_config: dict, record: list[dict]) -> torch.fx.GraphMod
                 f"{args['in_features']}->{args['out_features']}, the model's linear is "
                 f"{linear.in_features}->{linear.out_features}"
             )
-        gm.set_submodule(name, _empty_linear(entry["kind"], args))
+        gm.set_submodule(name, _KINDS[entry["kind"]].empty(**args))
     return gm
 
 

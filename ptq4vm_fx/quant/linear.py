@@ -1,7 +1,9 @@
 """The two forms of a quantized linear: fake-quant (simulation, JLSS) and integer (int8 buffers).
 
 Both expose the same facts, so reports and serialization read them without asking which form
-they hold: ``in_features``, ``out_features``, ``w_bits``, ``a_bits``, ``dynamic``, ``tokens``,
+they hold: :meth:`init_args` (plain constructor arguments; ``cls.empty(**args)`` rebuilds an
+instance to load a state dict into), ``in_features``, ``out_features``, ``w_bits``, ``a_bits``,
+``dynamic``, ``tokens``,
 ``smooth`` (C,) the smoothing scale m, ``inv_smooth`` (C,) what the quantizer multiplies its input by
 (1/m, or ones once a producer absorbed it), ``row_fold`` (O,) the factor a fold multiplied each output
 row by (a consumer's 1/m on x_proj's dt rows, else 1), :meth:`static_act_qparams` and
@@ -52,6 +54,16 @@ class FakeQuantLinear(nn.Module):
     @property
     def tokens(self) -> int:
         return self.log_act_scale.shape[0]
+
+    def init_args(self) -> dict:
+        return init_args(self)
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, tokens: int, w_bits: int, a_bits: int, dynamic: bool,
+              has_bias: bool) -> FakeQuantLinear:
+        """An instance of these sizes with zero tensors, to load a state dict into."""
+        bias = torch.zeros(out_features) if has_bias else None
+        return cls(torch.zeros(out_features, in_features), bias, tokens, w_bits, a_bits, dynamic)
 
     @property
     def inv_smooth(self) -> Tensor:
@@ -143,6 +155,14 @@ class QuantizedLinear(nn.Module):
     def tokens(self) -> int:
         return self.act_scale.shape[0]
 
+    def init_args(self) -> dict:
+        return init_args(self)
+
+    @classmethod
+    def empty(cls, **args) -> QuantizedLinear:
+        """An instance of these sizes, to load a state dict into."""
+        return cls(**args)
+
     def static_act_qparams(self) -> tuple[Tensor, Tensor]:
         """(scale, signed zero point), (L,) fp32 each."""
         return self.act_scale, self.act_zero_point.float()
@@ -175,6 +195,13 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else f"tokens={self.tokens}"
         return f"{self.in_features}->{self.out_features}, int W{self.w_bits}A{self.a_bits}, {mode}"
+
+
+def init_args(module: FakeQuantLinear | QuantizedLinear) -> dict:
+    """The constructor arguments of either form, as plain values (QuantizedLinear's signature)."""
+    return {"in_features": module.in_features, "out_features": module.out_features, "tokens": module.tokens,
+            "w_bits": module.w_bits, "a_bits": module.a_bits, "dynamic": bool(module.dynamic),
+            "has_bias": module.bias is not None}
 
 
 # both forms, for code that finds the quantized linears of a model without caring which form they are in
