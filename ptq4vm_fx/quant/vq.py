@@ -157,13 +157,15 @@ class VQConfig:
 
 def nearest_codewords(vectors: Tensor, codebook: Tensor, n: int = 1) -> tuple[Tensor, Tensor]:
     """vectors (N, d), codebook (k, d) fp32 -> (squared distances (N, n) fp32, indices (N, n) int64)
-    of the n nearest codewords, nearest first. Chunked: at most 2^22 distances at a time."""
-    k, d = codebook.shape
-    chunk = max(1, (1 << 22) // (k * d))
+    of the n nearest codewords, nearest first. Distances as |x|^2 - 2 x.c + |c|^2 (one GEMM; exact
+    ties aside, rounding can only swap codewords within ~1e-7 of |x|^2 of each other), chunked to
+    at most 2^22 at a time."""
+    k = codebook.shape[0]
+    c2 = codebook.pow(2).sum(1)
     dists, idxs = [], []
-    for part in vectors.split(chunk):
-        d2 = (part[:, None, :] - codebook[None]).pow(2).sum(-1)
-        dist, idx = d2.topk(n, dim=1, largest=False)
+    for part in vectors.split(max(1, (1 << 22) // k)):
+        d2 = torch.addmm(c2[None], part, codebook.t(), alpha=-2.0).add_(part.pow(2).sum(1, keepdim=True))
+        dist, idx = d2.clamp_(min=0.0).topk(n, dim=1, largest=False)
         dists.append(dist)
         idxs.append(idx)
     return torch.cat(dists), torch.cat(idxs)
@@ -473,7 +475,8 @@ def calibrate_block(block: nn.Module, float_block: nn.Module, inputs: Tensor | S
         if step % config.hull_every == 0:
             for name, layer in layers.items():
                 state = optimizer.state[layer.logits]
-                reports[name].hull_changes += layer.update_hull([state["exp_avg"], state["exp_avg_sq"]])
+                moments = [state[key] for key in ("exp_avg", "exp_avg_sq") if key in state]
+                reports[name].hull_changes += layer.update_hull(moments)
         if step % config.confirm_every == 0:
             for name, layer in layers.items():
                 by_threshold, forced = layer.confirm(config.confirm_threshold, step / config.steps)
