@@ -53,7 +53,7 @@ class VQLinear(nn.Module):
     moves apply. Loading a state dict checks the codes' dtype and shape and that every code is < k.
     """
 
-    def __init__(self, in_features: int, out_features: int, k: int, d: int, bias: bool):
+    def __init__(self, in_features: int, out_features: int, k: int, d: int, has_bias: bool):
         super().__init__()
         if not 2 <= k <= 256:
             raise InputError(f"VQLinear: k must be in [2, 256], got {k}")
@@ -64,7 +64,17 @@ class VQLinear(nn.Module):
         self.register_buffer("codes", torch.zeros(out_features, packed_row_bytes(in_features // d, self.bits),
                                                   dtype=torch.uint8))
         self.register_buffer("codebook", torch.zeros(k, d, dtype=torch.float16))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("bias", torch.zeros(out_features) if has_bias else None)
+
+    def init_args(self) -> dict:
+        """The constructor arguments, as plain values (for a file's module record)."""
+        return {"in_features": self.in_features, "out_features": self.out_features, "k": self.k, "d": self.d,
+                "has_bias": self.bias is not None}
+
+    @classmethod
+    def empty(cls, **args) -> VQLinear:
+        """An instance of these sizes, to load a state dict into."""
+        return cls(**args)
 
     @classmethod
     def from_codes(cls, codes: Tensor, codebook: Tensor, bias: Tensor | None) -> VQLinear:

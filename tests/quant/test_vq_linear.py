@@ -60,7 +60,8 @@ def test_state_dict_round_trip_without_pickled_code():
     buf = io.BytesIO()
     torch.save(m.state_dict(), buf)
     buf.seek(0)
-    fresh = VQLinear(24, 5, 64, 4, bias=True)
+    fresh = VQLinear.empty(**m.init_args())
+    assert m.init_args() == {"in_features": 24, "out_features": 5, "k": 64, "d": 4, "has_bias": True}
     fresh.load_state_dict(torch.load(buf, weights_only=True))
     for name, t in m.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], t) and fresh.state_dict()[name].dtype == t.dtype
@@ -75,9 +76,9 @@ def test_corrupt_codes_are_refused_on_load():
     codes[2, 3] = 50
     bad = dict(state, codes=pack_codes(codes, 6))
     with pytest.raises(InputError, match="code 50 is out of range for a 48-entry codebook"):
-        VQLinear(12, 6, 48, 2, bias=True).load_state_dict(bad)
+        VQLinear(12, 6, 48, 2, has_bias=True).load_state_dict(bad)
     with pytest.raises(InputError, match="codes must be uint8"):
-        VQLinear(12, 6, 48, 2, bias=True).load_state_dict(dict(state, codes=state["codes"].long()))
+        VQLinear(12, 6, 48, 2, has_bias=True).load_state_dict(dict(state, codes=state["codes"].long()))
     with pytest.raises(InputError, match=r"codes must be in \[0, 16\)"):
         VQLinear.from_codes(torch.full((2, 3), 16), torch.zeros(16, 2), None)
 
@@ -91,9 +92,9 @@ def test_storage_bits():
 
 def test_constructor_refuses_bad_sizes():
     with pytest.raises(InputError, match="not a multiple of the codeword length 4"):
-        VQLinear(10, 3, 16, 4, bias=False)
+        VQLinear(10, 3, 16, 4, has_bias=False)
     with pytest.raises(InputError, match="k must be in"):
-        VQLinear(8, 3, 512, 4, bias=False)
+        VQLinear(8, 3, 512, 4, has_bias=False)
 
 
 @pytest.mark.requires_cuda
