@@ -19,10 +19,12 @@ multiples of k first and the padded tokens are scanned too, as officially), each
 (scanned backwards). A flipped direction is one ``torch.ops.ptq4vm.selective_scan`` call with
 ``reverse=True`` on the unflipped order (LocalVim: with the anticausal conv1d, as Vim's backward
 branch), which equals the official flip -> scan -> flip back exactly, padded tokens included; no
-flip or gather appears in the graph. The official merge of ``v`` / ``v_flip`` reads the
-column-major output back as if it were laid out (H, W) (``rearrange('b d (h w) -> b d (w h)')``):
-the inverse of the scan only for square maps. It is reproduced as is, so non-square inputs
-(LocalVSSM any size; LocalVim a non-square ``img_size`` without RoPE) give the official results.
+activation is flipped or gathered in the graph (token orders are pads, reshapes and permutes).
+The official merge of ``v`` / ``v_flip`` reads the column-major output back as if it were laid out
+(H, W) (``rearrange('b d (h w) -> b d (w h)')``): the inverse of the scan only for square maps. It is
+reproduced as is (LocalVim's z gate too stays in each scan's token order, as officially), so
+non-square inputs (LocalVSSM any size; LocalVim a non-square ``img_size`` without RoPE) give the
+official results.
 
 Official checkpoints of LocalVim hold K equal ``A_log_i`` per block (the official ``MultiMamba``
 wraps one tensor in K Parameters, which share storage and so train as one); here they are K
@@ -89,6 +91,8 @@ def _direction_lists(model: str, directions, blocks: int) -> list[list[str]]:
             f"{model}: directions=None (the direction-search supernet) is not supported; "
             f"supported: a list of {blocks} per-block lists of scan directions ({_DIRECTIONS_SUPPORTED})"
         )
+    if not isinstance(directions, (list, tuple)) or not all(isinstance(d, (list, tuple)) for d in directions):
+        raise InputError(f"{model}: directions={directions!r} is not supported; supported: a list of per-block lists")
     directions = [list(d) for d in directions]
     if len(directions) != blocks or not all(directions):
         raise InputError(
@@ -103,7 +107,8 @@ def _direction_lists(model: str, directions, blocks: int) -> list[list[str]]:
 class MultiScan(nn.Module):
     """The token orders of one block's directions (official ``MultiScan`` with fixed ``choices``; no
     parameters). ``scan(x, k)``: (batch, C, H, W) -> (batch, C, L_k) in direction k's order (unflipped);
-    ``merge(y, k, H, W)``: (batch, C, L_k) in that order -> (batch, C, H W) row-major, padding cropped."""
+    ``merge(y, k, H, W)``: (batch, C, L_k) in that order -> (batch, C, H W) row-major, padding cropped (for
+    'v' the official reading, the inverse of the scan only when H == W)."""
 
     def __init__(self, choices: Sequence[str], where: str = "directions"):
         super().__init__()
