@@ -534,7 +534,6 @@ class MultiMamba(nn.Module):
         self.token_size = tuple(token_size)
         self.use_middle_cls_token = use_middle_cls_token
         self.in_proj = nn.Linear(d_model, 2 * D, bias=bias)
-        self.act = nn.SiLU()
         self.multi_scan = MultiScan(directions, where)
         A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(D, 1)
         for i in range(len(directions)):
@@ -558,7 +557,7 @@ class MultiMamba(nn.Module):
             u = F.conv1d(F.pad(u, (0, self.d_conv - 1)), conv.weight.flip(-1), conv.bias, groups=self.d_inner)
         else:
             u = conv(u)[..., : -(self.d_conv - 1)]
-        u = self.act(u)
+        u = F.silu(u)  # Vim's spelling of conv1d + SiLU (one pattern for the lowering's fusion)
         x_dbl = x_proj(u.transpose(1, 2))  # (batch, L, R + 2N)
         R, N = self.dt_rank, self.d_state
         delta = dt_proj(x_dbl[..., :R]).transpose(1, 2)
