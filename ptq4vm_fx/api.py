@@ -28,8 +28,7 @@ def prepare(model: nn.Module, example_inputs, config: QuantConfig | str | None =
     be calibrated and run at. Run calibration batches through the returned module under
     ``torch.no_grad()``, then call :func:`convert`.
     """
-    config = resolve_config(config)
-    check_supported(model)
+    config = resolve_config(config).for_family(check_supported(model))
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not isinstance(example_inputs, (tuple, list)) or len(example_inputs) != 1:

@@ -30,23 +30,24 @@ STAGE_OPTIONS = {
     "jlss": ("jlss_epochs", "jlss_batch_size", "jlss_lr", "jlss_weight_decay", "seed"),
 }
 _STAGE_INDEX = {"smooth": 1, "grid_search": 2, "jlss": 3}
-# The linears of a Vim mixer that are quantized (DESIGN.md section 4).
-DEFAULT_LINEARS = ("in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
     """Bit widths, method and JLSS hyper-parameters.
 
-    ``alpha`` is SmoothQuant's migration strength (0.5 for Vim). JLSS trains step sizes and
-    smoothing scales block by block for ``jlss_epochs`` passes over the calibration set.
+    ``alpha`` is SmoothQuant's migration strength and ``linears`` the quantized linears (by last
+    name component); None takes the model family's (``ModelFamily.alpha``: 0.5 for Vim;
+    ``ModelFamily.linears``) when :func:`ptq4vm_fx.prepare` resolves the config for the model
+    (:meth:`for_family`). JLSS trains step sizes and smoothing scales block by block for
+    ``jlss_epochs`` passes over the calibration set.
     """
 
     weight_bits: int = 8
     act_bits: int = 8
     method: str = "ptq4vm"
-    alpha: float = 0.5
-    linears: tuple[str, ...] = DEFAULT_LINEARS
+    alpha: float | None = None
+    linears: tuple[str, ...] | None = None
     grid_candidates: int = 100
     grid_norm: float = 2.4
     grid_samples: int = 256
@@ -64,14 +65,14 @@ class QuantConfig:
             bits = getattr(self, name)
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise InputError(f"{name} must be an int in [2, 8], got {bits!r}")
-        if not 0.0 <= self.alpha <= 1.0:
+        if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
-        unknown = set(self.linears) - set(DEFAULT_LINEARS)
-        if unknown or not self.linears:
-            raise InputError(f"linears must be a non-empty subset of {DEFAULT_LINEARS}, got {self.linears}")
+        if self.linears is not None:
+            if isinstance(self.linears, str) or not self.linears or not all(isinstance(n, str) for n in self.linears):
+                raise InputError(f"linears must be a non-empty list of linear names, got {self.linears!r}")
+            object.__setattr__(self, "linears", tuple(self.linears))
         if self.grid_candidates < 1 or self.grid_samples < 1 or self.jlss_epochs < 0 or self.jlss_batch_size < 1:
             raise InputError("grid_candidates, grid_samples, jlss_batch_size must be >= 1 and jlss_epochs >= 0")
-        object.__setattr__(self, "linears", tuple(self.linears))
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         changed = [name for name in unused_options(self.method) if getattr(self, name) != defaults[name]]
         if changed:
@@ -97,6 +98,17 @@ class QuantConfig:
     def name(self) -> str:
         return f"{self.method}-w{self.weight_bits}a{self.act_bits}"
 
+    def for_family(self, family) -> QuantConfig:
+        """This config with the family's defaults (``linears``, and ``alpha`` where the method smooths)
+        in place of None; linears the family does not have are refused."""
+        linears = self.linears if self.linears is not None else family.linears
+        unknown = sorted(set(linears) - set(family.linears))
+        if unknown:
+            raise InputError(f"linears {unknown} are not quantizable linears of a {family.name} model; "
+                             f"choose from {', '.join(family.linears)}")
+        alpha = self.alpha if self.alpha is not None or not self.smooth else family.alpha
+        return dataclasses.replace(self, linears=tuple(linears), alpha=alpha)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -107,7 +119,7 @@ class QuantConfig:
         if unknown:
             raise InputError(f"unknown QuantConfig fields: {sorted(unknown)}")
         d = dict(d)
-        if "linears" in d:
+        if d.get("linears") is not None:
             d["linears"] = tuple(d["linears"])
         return cls(**d)
 

@@ -1,9 +1,9 @@
 """save / load of quantized models: tensors and plain metadata only, never pickled code.
 
-The file is a ``torch.save`` dict read back with ``weights_only=True``. It records the float Vim's
+The file is a ``torch.save`` dict read back with ``weights_only=True``. It records the float model's
 configuration and, for every quantized module the saved model holds, its qualified name, class
 and constructor arguments (read from the module, not re-derived from the config). Loading
-rebuilds the float Vim, captures it, puts an empty module of each recorded kind where the record
+rebuilds the float model (its family's class), captures it, puts an empty module of each recorded kind where the record
 says, and loads the state dict strictly: a record and a state dict that disagree are refused.
 """
 
@@ -19,8 +19,7 @@ from .capture import capture
 from .config import QuantConfig
 from .errors import InputError
 from .models.checkpoint import load_tensors
-from .models.vim import VisionMamba
-from .models.zoo import check_overrides
+from .models.family import family_named
 from .quant.linear import QUANTIZED_LINEARS
 
 FORMAT_PREFIX = "ptq4vm_fx.quantized/"
@@ -53,6 +52,7 @@ def save(qmodel: torch.fx.GraphModule, path: str | os.PathLike) -> None:
             "format": FORMAT,
             "stage": meta["stage"],
             "model_name": meta.get("model_name"),
+            "family": meta["family"],
             "model_config": meta["model_config"],
             "quant_config": meta["quant_config"],
             "block_stats": meta.get("block_stats", {}),
@@ -82,13 +82,12 @@ def _check_record(path, record) -> None:
             raise malformed(f"{entry['name']}: constructor arguments {args!r}")
 
 
-def _skeleton(path, model_config: dict, record: list[dict]) -> torch.fx.GraphModule:
+def _skeleton(path, family: str, model_config: dict, record: list[dict]) -> torch.fx.GraphModule:
     """The captured float model with an empty recorded module in place of each recorded linear."""
     if not isinstance(model_config, dict):
         raise InputError(f"{path}: malformed ptq4vm_fx file (model configuration {model_config!r})")
     try:
-        check_overrides(model_config)
-        gm = capture(VisionMamba(**model_config))
+        gm = capture(family_named(family).build(model_config))
     except (TypeError, ValueError) as exc:  # an InputError is a ValueError
         raise InputError(f"{path}: malformed ptq4vm_fx file (model configuration: {exc})") from None
     for entry in record:
@@ -120,7 +119,8 @@ def load(path: str | os.PathLike) -> torch.fx.GraphModule:
             f"{path} is a ptq4vm_fx quantized model in format {version!r}, which this version does not read "
             f"(it reads {FORMAT!r}): quantize the model again"
         )
-    absent = [key for key in ("stage", "model_config", "quant_config", "modules", "state_dict") if key not in obj]
+    absent = [key for key in ("stage", "family", "model_config", "quant_config", "modules", "state_dict")
+              if key not in obj]
     if absent:
         raise InputError(f"{path}: malformed ptq4vm_fx file (no {', '.join(absent)})")
     model_config, stage, state, record = obj["model_config"], obj["stage"], obj["state_dict"], obj["modules"]
@@ -133,7 +133,7 @@ def load(path: str | os.PathLike) -> torch.fx.GraphModule:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: malformed ptq4vm_fx file (its state dict is not a dict of tensors)")
     _check_record(path, record)
-    gm = _skeleton(path, model_config, record)
+    gm = _skeleton(path, obj["family"], model_config, record)
     expected = gm.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]

@@ -2,6 +2,7 @@ import pytest
 
 from ptq4vm_fx.config import METHODS, PRESETS, QuantConfig, resolve_config
 from ptq4vm_fx.errors import InputError
+from ptq4vm_fx.models.zoo import FAMILY as VIM
 
 
 def test_presets_and_round_trip():
@@ -18,12 +19,25 @@ def test_presets_and_round_trip():
     (dict(weight_bits=9), "weight_bits must be an int"),
     (dict(act_bits=1), "act_bits must be an int"),
     (dict(alpha=1.5), "alpha must be in"),
-    (dict(linears=("head",)), "linears must be a non-empty subset"),
+    (dict(linears=()), "linears must be a non-empty list"),
+    (dict(linears="in_proj"), "linears must be a non-empty list"),
     (dict(jlss_epochs=-1), "jlss_epochs >= 0"),
 ])
 def test_invalid_configs_are_named(kwargs, match):
     with pytest.raises(InputError, match=match):
         QuantConfig(**kwargs)
+
+
+def test_family_defaults_fill_what_the_config_leaves_open():
+    config = QuantConfig.preset_config("w8a8", "pts_smooth")
+    assert config.alpha is None and config.linears is None
+    resolved = config.for_family(VIM)
+    assert resolved.alpha == VIM.alpha == 0.5 and resolved.linears == VIM.linears
+    assert QuantConfig(method="pts_smooth", alpha=0.7).for_family(VIM).alpha == 0.7
+    assert QuantConfig(method="minmax").for_family(VIM).alpha is None  # minmax does not smooth
+    assert QuantConfig.from_dict(resolved.to_dict()) == resolved
+    with pytest.raises(InputError, match=r"linears \['head'\] are not quantizable linears of a vim model"):
+        QuantConfig(linears=("head", "in_proj")).for_family(VIM)
 
 
 def test_unknown_fields_in_a_dict():

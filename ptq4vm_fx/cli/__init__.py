@@ -28,7 +28,7 @@ from .. import distributed
 from ..config import METHODS, PRESETS
 from ..data.bundled import MODEL_NAME
 from ..errors import InputError
-from ..models.zoo import check_overrides
+from ..models.family import check_overrides
 from ..progress import log, set_quiet
 from . import eval_cmd, quantize, report, sweep
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if distributed.launched() and args.command != "eval":
             raise InputError(f"only `ptq4vm eval` runs under torchrun, not `ptq4vm {args.command}`")
-        check_overrides(args.model_kwargs)
+        check_overrides(getattr(args, "model", None) or MODEL_NAME, args.model_kwargs)
         with logging_redirect_tqdm():
             return args.func(args)
     except InputError as exc:

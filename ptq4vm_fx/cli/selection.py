@@ -7,15 +7,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .. import distributed
 from ..data.bundled import MODEL_NAME, bundled_model, load_digits_splits
 from ..data.imagefolder import ImageFolder, check_classes, eval_transform, load_subset, split_dirs
 from ..errors import InputError
-from ..models import create_vim, load_checkpoint, model_names
-from ..models.vim import VisionMamba
-from ..models.zoo import check_overrides
+from ..models import load_checkpoint
+from ..models.family import check_overrides, create_model
 from ..serialization import load
 
 BUNDLED_DATA = "bundled digits"
@@ -24,14 +24,12 @@ BUNDLED_DATA = "bundled digits"
 # ---- models --------------------------------------------------------------------------------------
 
 
-def float_model(name: str, checkpoint: str | None, overrides: dict) -> VisionMamba:
+def float_model(name: str, checkpoint: str | None, overrides: dict) -> nn.Module:
     """The float model ``name`` with ``overrides`` and the weights in ``checkpoint`` (the bundled
     weights for the bundled model when no checkpoint is given)."""
-    if name not in model_names():
-        raise InputError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
-    check_overrides(overrides)
+    check_overrides(name, overrides)  # an unknown name too
     if checkpoint is not None:
-        return load_checkpoint(create_vim(name, **overrides), checkpoint).eval()
+        return load_checkpoint(create_model(name, **overrides), checkpoint).eval()
     if name != MODEL_NAME:
         raise InputError(f"--checkpoint is required for {name} (weights are never downloaded)")
     model = bundled_model()
@@ -53,16 +51,16 @@ def quantized_model(args) -> tuple[torch.fx.GraphModule, str]:
     return qmodel, name or args.model
 
 
-def reference_model(name: str, config: dict) -> VisionMamba:
+def reference_model(name: str, config: dict) -> nn.Module:
     """A weightless (meta-device) ``name`` with ``config``: its data config and class count."""
     with torch.device("meta"):
-        return create_vim(name, **config)
+        return create_model(name, **config)
 
 
 # ---- data ----------------------------------------------------------------------------------------
 
 
-def _require_bundled(model: VisionMamba) -> None:
+def _require_bundled(model: nn.Module) -> None:
     name = getattr(model, "model_name", type(model).__name__)
     if name != MODEL_NAME or model.config["img_size"] != 8:
         raise InputError(
@@ -70,7 +68,7 @@ def _require_bundled(model: VisionMamba) -> None:
         )
 
 
-def eval_dataset(args, model: VisionMamba) -> tuple[Dataset, str]:
+def eval_dataset(args, model: nn.Module) -> tuple[Dataset, str]:
     """The evaluation set as (image (C, H, W) float32, label) items, and where it comes from."""
     if args.data is None:
         _require_bundled(model)
@@ -82,7 +80,7 @@ def eval_dataset(args, model: VisionMamba) -> tuple[Dataset, str]:
     return dataset, str(folder)
 
 
-def calibration_images(args, model: VisionMamba) -> torch.Tensor:
+def calibration_images(args, model: nn.Module) -> torch.Tensor:
     """(--calib-images, C, H, W) float32: the bundled calibration split or a fixed-seed subset of DIR."""
     if args.data is None:
         _require_bundled(model)
@@ -111,7 +109,7 @@ class QuantizeSetup:
     """The float model on its device, its calibration images and its evaluation batches."""
 
     device: torch.device
-    model: VisionMamba
+    model: nn.Module
     calib: torch.Tensor  # (N, C, H, W) float32, on the CPU
     loader: DataLoader  # (images, labels) batches of the evaluation set
     eval_images: int

@@ -8,7 +8,7 @@ import torch
 
 from ..errors import InputError
 from ..models.checkpoint import load_checkpoint
-from ..models.zoo import create_vim
+from ..models.family import create_model
 from .digits import load_digits_splits
 
 MODEL_NAME = "vim_digits"
@@ -21,7 +21,7 @@ def bundled_model() -> torch.nn.Module:
     reproduces its checkpoint."""
     if not CHECKPOINT.is_file():
         raise FileNotFoundError(f"bundled checkpoint missing: {CHECKPOINT} (run scripts/train_digits.py)")
-    return load_checkpoint(create_vim(MODEL_NAME), CHECKPOINT).eval()
+    return load_checkpoint(create_model(MODEL_NAME), CHECKPOINT).eval()
 
 
 def bundled_digits(split: str = "calib") -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,7 @@ def eval_transform(model: nn.Module) -> Callable[[Image.Image], Tensor]:
     RGB PIL image -> (3, H, W) float32 normalised tensor at the model's image size."""
     if not hasattr(model, "pretrained_cfg"):
         raise InputError(
-            f"{type(model).__name__} has no pretrained_cfg: build it with ptq4vm_fx.models.create_vim"
+            f"{type(model).__name__} has no pretrained_cfg: build it with ptq4vm_fx.models.create_model"
         )
     config = resolve_data_config(model=model)
     if config["input_size"][0] != 3:

@@ -12,7 +12,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 
 from ..errors import InputError
-from .vim import VisionMamba
+from .family import ModelFamily, register_family
+from .vim import Block, RMSNorm, VisionMamba
 
 _BASE = dict(img_size=224, patch_size=16, stride=16, depth=24, d_state=16)
 VIM_CONFIGS = {
@@ -103,3 +104,20 @@ vim_base_patch16_224 = _registered("vim_base_patch16_224")
 vim_digits = _registered("vim_digits")
 for _alias in OFFICIAL_ALIASES:
     globals()[_alias] = _registered(_alias)
+
+
+FAMILY = register_family(ModelFamily(
+    name="vim",
+    model_class=VisionMamba,
+    model_names=model_names,
+    create=create_vim,
+    config_keys=config_keys,
+    block_classes=(Block,),
+    leaf_classes=(RMSNorm,),
+    fold_norms=(RMSNorm,),
+    # the mixer's linears (docs/design.md section 4); the backward branch has its own x_proj_b / dt_proj_b
+    linears=("in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b"),
+    alpha=0.5,
+    scan_orders=("tokens 0..L-1 (forward branch)", "tokens L-1..0 (backward branch, reverse=True)"),
+    image_size=lambda model: tuple(model.patch_embed.img_size),
+))

@@ -1,6 +1,7 @@
 """Pass: fold a quantized linear's 1/m into its producer where that is exact (docs/design.md section 4).
 
-* producer is an RMSNorm used only by this linear: divide the norm weight by m (in_proj);
+* producer is one of the family's ``fold_norms`` (Vim's RMSNorm) used only by this linear: divide
+  the norm's weight (and bias, if it has one) by m (in_proj);
 * producer is a column slice ``y[..., a:b]`` of another linear used only by this linear: divide
   rows a:b of that linear (weight, bias and, if quantized, weight step size; recorded in its
   ``row_fold``) by m (dt_proj).
@@ -17,7 +18,7 @@ import torch.fx
 from torch import nn
 
 from ..capture import blocks
-from ..models.vim import RMSNorm
+from ..models.family import family_named
 from ..quant.linear import FakeQuantLinear
 
 
@@ -53,6 +54,7 @@ def _fold_into_rows(producer: nn.Module, rows: slice, m: torch.Tensor) -> None:
 @torch.no_grad()
 def fold_smoothing(gm: torch.fx.GraphModule) -> int:
     """In place; returns how many smoothing scales were folded into a producer."""
+    norms = family_named(gm.meta["family"]).fold_norms
     count = 0
     for _, block in blocks(gm):
         for node in block.graph.nodes:
@@ -65,9 +67,11 @@ def fold_smoothing(gm: torch.fx.GraphModule) -> int:
             m = linear.smooth.detach()
             if len(source.users) != 1:
                 continue
-            if source.op == "call_module" and isinstance(block.get_submodule(source.target), RMSNorm):
+            if source.op == "call_module" and isinstance(block.get_submodule(source.target), norms):
                 norm = block.get_submodule(source.target)
                 norm.weight /= m.to(norm.weight.dtype)
+                if getattr(norm, "bias", None) is not None:
+                    norm.bias /= m.to(norm.bias.dtype)
             elif (sliced := column_slice(source)) is not None and sliced[0].op == "call_module":
                 producer = block.get_submodule(sliced[0].target)
                 if not isinstance(producer, (nn.Linear, FakeQuantLinear)):

@@ -1,0 +1,108 @@
+"""Model families: the one place each family declares what the rest of the project needs of it.
+
+A family file (``models/zoo.py`` for Vim, ``models/vmamba.py``, ...) builds its models and registers
+one :class:`ModelFamily`; capture, passes, serialization, the CLI and the report read it and never
+name a family's classes (docs/design.md section 11). Adding a family is one file and its spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.fx
+from torch import nn
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """What capture, the passes, serialization, the CLI and the report need to know of a family.
+
+    name: "vim", "vmamba", ...; model_class: the top-level nn.Module (its ``config`` dict holds its
+    constructor arguments, so ``model_class(**config)`` rebuilds it); model_names: the registered
+    names (timm), ``create(name, **overrides)`` builds one; config_keys: the keys ``overrides`` may
+    hold; block_classes: the residual blocks, each
+    captured as its own GraphModule (the JLSS unit); leaf_classes: modules kept whole inside a block
+    graph (norms, ...); fold_norms: norms whose per-channel weight (and bias) absorbs the smoothing
+    1/m of the one linear they feed; linears: the quantized linears by last name component;
+    alpha: the default SmoothQuant migration strength; scan_orders: the scan's direction orders, in
+    words (report, docs); image_size(model) -> (H, W) the model is built for; canonicalize(block):
+    a family's rewrite of a captured block graph into the form the passes read (call_module
+    ``nn.Linear`` on (..., tokens, channels)), or None.
+    """
+
+    name: str
+    model_class: type[nn.Module]
+    model_names: Callable[[], list[str]]
+    create: Callable[..., nn.Module]
+    config_keys: Callable[[], list[str]]
+    block_classes: tuple[type[nn.Module], ...]
+    leaf_classes: tuple[type[nn.Module], ...]
+    fold_norms: tuple[type[nn.Module], ...]
+    linears: tuple[str, ...]
+    alpha: float
+    scan_orders: tuple[str, ...]
+    image_size: Callable[[nn.Module], tuple[int, int]]
+    canonicalize: Callable[[torch.fx.GraphModule], None] | None = None
+
+    def build(self, config: dict) -> nn.Module:
+        """The float model of a recorded configuration (``model.config``)."""
+        return self.model_class(**config)
+
+
+FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add ``family`` to :data:`FAMILIES` (called once by its family file, on import)."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def family_of(model: nn.Module) -> ModelFamily:
+    """The family of a float model; an InputError naming the supported classes otherwise."""
+    for family in FAMILIES.values():
+        if isinstance(model, family.model_class):
+            return family
+    supported = ", ".join(f"{f.model_class.__name__} ({f.name})" for f in FAMILIES.values())
+    raise InputError(
+        f"unsupported model {type(model).__name__}: ptq4vm_fx quantizes {supported} "
+        "(build one with timm.create_model('vim_tiny_patch16_224') after importing ptq4vm_fx)"
+    )
+
+
+def family_named(name: str) -> ModelFamily:
+    if name not in FAMILIES:
+        raise InputError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def model_names() -> list[str]:
+    """Every registered model name, all families."""
+    return [name for family in FAMILIES.values() for name in family.model_names()]
+
+
+def family_of_name(model_name: str) -> ModelFamily:
+    """The family that registers ``model_name``; an InputError listing the known names otherwise."""
+    for family in FAMILIES.values():
+        if model_name in family.model_names():
+            return family
+    raise InputError(f"unknown model {model_name!r}; known models: {', '.join(model_names())}")
+
+
+def create_model(model_name: str, **overrides) -> nn.Module:
+    """A registered model by name, any family; ``overrides`` change its configuration."""
+    return family_of_name(model_name).create(model_name, **overrides)
+
+
+def check_overrides(model_name: str, overrides: dict) -> None:
+    """Refuse configuration keys the model's family does not have, listing the valid ones."""
+    valid = family_of_name(model_name).config_keys()
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise InputError(
+            f"unknown model configuration key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"valid keys: {', '.join(valid)}"
+        )
