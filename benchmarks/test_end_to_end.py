@@ -11,10 +11,9 @@ Random weights (timing does not depend on them); the INT8 model is calibrated wi
 on two random batches. It runs twice: with its float parts (norms, convs, scan inputs) in fp32, as
 ``convert`` produces it ("int8_*"), and moved to fp16 like the FP16 baseline ("int8_fp16_*": half
 the bytes between the kernels; the residual and the scales stay fp32). Both FP16 baselines run the
-same float scan implementation as the lowered model: the Triton scan kernel, installed as
-ptq4vm::selective_scan's CUDA kernel for this session (the op's reference implementation is a
-chunked loop meant for the CPU). Static shapes (dynamic=False) for all compiled models: one graph
-per batch size.
+same float scan implementation as the lowered model: the Triton scan kernel, ptq4vm::selective_scan's
+CUDA implementation (its reference implementation, a chunked loop, is the CPU's). Static shapes
+(dynamic=False) for all compiled models: one graph per batch size.
 """
 
 import copy
@@ -24,19 +23,12 @@ import torch
 
 import ptq4vm_fx
 from ptq4vm_fx.evaluate import sqnr_db
-from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
 from ptq4vm_fx.models import create_vim
 
 from .shapes import BATCHES, MODELS, vim_shape
 from .timing import median_ms
 
 pytestmark = pytest.mark.requires_cuda
-
-
-@pytest.fixture(scope="module", autouse=True)
-def triton_float_scan():
-    """ptq4vm::selective_scan runs the Triton kernel on CUDA (for the FP16 baselines)."""
-    torch.library.register_kernel("ptq4vm::selective_scan", "cuda", triton_scan)
 
 
 def build_models(name: str, device="cuda", calib_batches=2, calib_batch=8) -> dict:

@@ -1,10 +1,12 @@
 """Per-kernel speedups at Vim-T/S/B shapes.
 
-* INT8 linear: the lowered op (ptq4vm_fused::int8_linear: int8 activations from a fused producer,
-  dequantization + zero-point correction + bias in the GEMM epilogue) against torch._int_mm with a
-  separate quantize and dequantize in torch ops, and against an FP16 linear (cuBLAS).
+* INT8 linear: the op a lowered model runs (ptq4vm::int8_linear, the Triton GEMM on CUDA: int8
+  activations from a fused producer, dequantization + zero-point correction + bias in the GEMM
+  epilogue) against torch._int_mm with a separate quantize and dequantize in torch ops, and against
+  an FP16 linear (cuBLAS).
 * x_proj with dt_proj's input quantized in its epilogue (ptq4vm_fused::int8_linear_quantize)
-  against the same GEMM followed by the standalone quantize kernel on the dt_rank column slice.
+  against the same GEMM followed by the standalone quantize kernel (ptq4vm::quantize_per_token) on
+  the dt_rank column slice.
 * Bidirectional scan: the lowered op (both directions, the average and the int8 epilogue for
   out_proj in one kernel) against the reference scan (ptq4vm_fx.ops, twice, as the eager model runs
   it) and against an FP16 scan (the Triton single-direction kernel on fp16 inputs, twice, plus the
@@ -71,8 +73,8 @@ def linear_problem(model: str, linear: str, batch: int, device="cuda") -> dict:
 
 
 def int8_fused(p: dict, autotune: bool = True) -> torch.Tensor:
-    return fused_ops.int8_linear(p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"],
-                                 torch.float16, autotune)
+    return torch.ops.ptq4vm.int8_linear(p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"],
+                                        torch.float16, autotune)
 
 
 def int_mm_unfused(p: dict) -> torch.Tensor:
@@ -218,8 +220,8 @@ def linear_quantize_calls(p: dict, dt_rank: int) -> tuple:
         return fused_ops.int8_linear_quantize(*gemm_args, 0, dt_rank, *qparams)
 
     def separate():
-        y = fused_ops.int8_linear(*gemm_args)
-        return y, fused_ops.quantize_per_token(y[..., :dt_rank], *qparams)
+        y = torch.ops.ptq4vm.int8_linear(*gemm_args)
+        return y, torch.ops.ptq4vm.quantize_per_token(y[..., :dt_rank], *qparams)
 
     return fused, separate
 

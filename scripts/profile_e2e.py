@@ -2,13 +2,15 @@
 model compiled with the ptq4vm backend (float parts in fp32, and in fp16) and of the FP16 model
 compiled by Inductor, per kernel and grouped by what they compute, next to each forward's wall time
 (their difference is the host's launch overhead, which CUDA graphs remove). On the host side: the
-CPU time of each fused op's call (dispatch, checks, Triton launch) and the CUDA synchronizations
-per forward (any one of them stops the host from running ahead of the GPU).
+CPU time of each custom op's call (``ptq4vm::*`` and ``ptq4vm_fused::*``: dispatch, checks, Triton
+launch) and the CUDA synchronizations per forward (any one of them stops the host from running ahead
+of the GPU).
 
     python scripts/profile_e2e.py --model vim_small_patch16_224 --batch 128 --out profile.json
 
 The models are the end-to-end benchmark's (benchmarks/test_end_to_end.py: random weights, INT8
-calibrated with "pts_smooth", the FP16 model's scan on the same Triton kernel).
+calibrated with "pts_smooth"; the FP16 model's scan, ptq4vm::selective_scan, runs the same Triton
+kernel: the op's CUDA implementation).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import environment  # noqa: E402
 from benchmarks.test_end_to_end import HALF_INPUTS, build_models  # noqa: E402
 from benchmarks.timing import median_ms  # noqa: E402
-from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan  # noqa: E402
 
 VARIANTS = ("int8_ptq4vm", "int8_fp16_ptq4vm", "fp16_inductor")
 # (category, substrings of the kernel name), first match wins
@@ -49,7 +50,7 @@ def category(kernel: str) -> str:
 
 def profile(fn, runs: int) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]], float]:
     """Over ``runs`` profiled calls of ``fn``: ({kernel: (device ms, launches)} per forward,
-    {ptq4vm_fused op: (host ms, calls)} per forward, CUDA synchronizations per forward)."""
+    {ptq4vm / ptq4vm_fused op: (host ms, calls)} per forward, CUDA synchronizations per forward)."""
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(runs):
@@ -59,7 +60,7 @@ def profile(fn, runs: int) -> tuple[dict[str, tuple[float, int]], dict[str, tupl
         device_us = getattr(event, "self_device_time_total", 0)
         if device_us > 0:
             kernels[event.key] = (device_us / 1e3 / runs, event.count // runs)
-        if event.key.startswith("ptq4vm_fused::"):
+        if event.key.startswith(("ptq4vm::", "ptq4vm_fused::")):
             ops[event.key] = (event.cpu_time_total / 1e3 / runs, event.count // runs)
         if "Synchronize" in event.key:  # cudaStreamSynchronize, cudaDeviceSynchronize, ...
             syncs += event.count
@@ -68,7 +69,7 @@ def profile(fn, runs: int) -> tuple[dict[str, tuple[float, int]], dict[str, tupl
 
 def summarize(kernels: dict[str, tuple[float, int]], ops: dict[str, tuple[float, int]], syncs: float,
               top: int) -> dict:
-    """Totals per kernel category, the ``top`` kernels by device time, the fused ops' host time."""
+    """Totals per kernel category, the ``top`` kernels by device time, the custom ops' host time."""
     by_category: dict[str, float] = defaultdict(float)
     for name, (ms, _) in kernels.items():
         by_category[category(name)] += ms
@@ -77,9 +78,9 @@ def summarize(kernels: dict[str, tuple[float, int]], ops: dict[str, tuple[float,
             "launches": sum(n for _, n in kernels.values()),
             "by_category_ms": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
             "top_kernels": [{"name": name, "ms": ms, "launches": n} for name, (ms, n) in ranked],
-            "fused_ops_host_ms": sum(ms for ms, _ in ops.values()),
-            "fused_ops_host": {name: {"ms": ms, "calls": n, "us_per_call": ms * 1e3 / max(n, 1)}
-                               for name, (ms, n) in sorted(ops.items())},
+            "custom_ops_host_ms": sum(ms for ms, _ in ops.values()),
+            "custom_ops_host": {name: {"ms": ms, "calls": n, "us_per_call": ms * 1e3 / max(n, 1)}
+                                for name, (ms, n) in sorted(ops.items())},
             "cuda_synchronizations": syncs}
 
 
@@ -93,7 +94,6 @@ def main():
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("profile_e2e.py needs a CUDA GPU (CPU timings are not speed results)")
-    torch.library.register_kernel("ptq4vm::selective_scan", "cuda", triton_scan)  # as the benchmark does
     models = build_models(args.model)
     x = torch.randn(args.batch, 3, *models["img_size"], device="cuda")
     result = {"environment": environment(), "model": args.model, "batch": args.batch, "variants": {}}
@@ -104,7 +104,7 @@ def main():
             summary = summarize(*profile(lambda v=variant, xi=xi: models[v](xi), args.runs), args.top)
             result["variants"][variant] = {"wall_ms": wall, **summary}
             print(f"{variant}: wall {wall:.2f} ms, kernels {summary['kernel_ms']:.2f} ms in {summary['launches']} "
-                  f"launches, fused ops' host time {summary['fused_ops_host_ms']:.2f} ms, "
+                  f"launches, custom ops' host time {summary['custom_ops_host_ms']:.2f} ms, "
                   f"{summary['cuda_synchronizations']:g} synchronizations; "
                   + ", ".join(f"{k} {v:.2f}" for k, v in summary["by_category_ms"].items()), flush=True)
             args.out.write_text(json.dumps(result, indent=1))  # after each variant: a cut-short run keeps it

@@ -273,6 +273,7 @@ def add_rmsnorm_quantize(x: Tensor, residual: Optional[Tensor], weight: Tensor, 
     ``xq = quantize(r * rsqrt(mean(r^2) + eps) * weight)``, r = residual_out; r and the norm's output
     rounded to ``norm_dtype`` (a norm run in fp16 / bf16; float32: not rounded). scale / zero_point (L,)."""
     inv_scale, zp, tokens = inverse_token_params(scale, zero_point, x.shape[-2:-1], "add_rmsnorm_quantize")
+    check_tensor("residual", residual, shape=x.shape, allow_none=True)  # not only as many rows
     res2 = None if residual is None else _rows(residual)
     xq, res_out = _launch_add_rmsnorm_quantize(_rows(x), res2, weight, eps, f32(inv_smooth), inv_scale, zp, bits,
                                                tokens, norm_dtype)
@@ -284,6 +285,7 @@ def add_rmsnorm_quantize_ref(x: Tensor, residual: Optional[Tensor], weight: Tens
                              norm_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch specification of :func:`add_rmsnorm_quantize`."""
     inv_scale, zp, tokens = inverse_token_params(scale, zero_point, x.shape[-2:-1], "add_rmsnorm_quantize")
+    check_tensor("residual", residual, shape=x.shape, allow_none=True)
     res2 = None if residual is None else _rows(residual)
     _check_rmsnorm_args(_rows(x), res2, weight, eps, f32(inv_smooth), inv_scale, zp, bits, tokens, norm_dtype)
     res_out = x.float() if residual is None else x.float() + residual.float()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.kernels.quantize import (
     add_rmsnorm_quantize,
     add_rmsnorm_quantize_ref,
@@ -9,19 +10,20 @@ from ptq4vm_fx.kernels.quantize import (
     quantize_per_token,
     quantize_per_token_ref,
 )
+from ptq4vm_fx.quant import integer
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def _qparams(K, tokens, bits, seed, smooth=True, amax=3.0):
-    """Scales that put the data in range (with some clipping) and zero points in the signed range."""
+    """Scales that put the data in range (with some clipping) and zero points in the signed range:
+    (inv_smooth (K,) or None, scale (tokens,), zero_point (tokens,) int32)."""
     g = torch.Generator().manual_seed(seed)
     qmax = 2 ** (bits - 1) - 1
     scale = (torch.rand(tokens, generator=g) + 0.5) * amax / qmax
-    inv_scale = 1.0 / scale
     zp = torch.randint(-(qmax // 2), qmax // 2 + 1, (tokens,), dtype=torch.int32, generator=g)
     inv_smooth = (torch.rand(K, generator=g) + 0.5) if smooth else None
-    return inv_smooth, inv_scale, zp
+    return inv_smooth, scale, zp
 
 
 def _to(args, device):
@@ -33,73 +35,121 @@ def _to(args, device):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("M,tokens", [(1, 1), (7, 7), (10, 5)])
+@pytest.mark.parametrize("batch,L", [(1, 1), (1, 7), (2, 5)])
 @pytest.mark.parametrize("K", [12, 33])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits,smooth", [(8, True), (4, False), (2, True)])
-def test_quantize_per_token_exact(device, M, tokens, K, dtype, bits, smooth):
-    seed = M * 100 + K + bits
-    x = (torch.randn(M, K, generator=torch.Generator().manual_seed(seed)) * 2).to(dtype)
-    params = _qparams(K, tokens, bits, seed, smooth)
-    q = quantize_per_token(*_to((x, *params), device), bits, tokens)
-    q_ref = quantize_per_token_ref(x, *params, bits, tokens)
-    assert q.dtype == torch.int8 and q.shape == (M, K)
+def test_quantize_per_token_exact(device, batch, L, K, dtype, bits, smooth):
+    """x (batch, L, K) with per-token static (L,) parameters: token t of every sample takes entry t."""
+    seed = batch * L * 100 + K + bits
+    x = (torch.randn(batch, L, K, generator=torch.Generator().manual_seed(seed)) * 2).to(dtype)
+    params = _qparams(K, L, bits, seed, smooth)
+    q = quantize_per_token(*_to((x, *params), device), bits)
+    q_ref = quantize_per_token_ref(x, *params, bits)
+    assert q.dtype == torch.int8 and q.shape == (batch, L, K)
     assert torch.equal(q.cpu(), q_ref)
+    # the reference is the integer module's rule, token t of each sample quantized with entry t
+    expect = integer.quantize_codes(x, params[0], integer.reciprocal_scale(params[1]), params[2], bits)
+    assert torch.equal(q_ref, expect.to(torch.int8))
+
+
+@pytest.mark.parametrize("batch,L,K", [(2, 5, 12), (3, 1, 33), (1, 7, 40)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_quantize_per_row_parameters(device, batch, L, K, dtype):
+    """Per-row (dynamic) parameters, scale / zero_point of shape x.shape[:-1]: every (sample, token)
+    row its own; the kernel equals the reference exactly, and per-row parameters that repeat the
+    per-token static ones give the static codes."""
+    g = torch.Generator().manual_seed(batch * 100 + L * 10 + K)
+    x = (torch.randn(batch, L, K, generator=g) * 2).to(dtype)
+    inv_smooth = torch.rand(K, generator=g) + 0.5
+    scale = (torch.rand(batch, L, generator=g) + 0.5) * 3.0 / 127
+    zp = torch.randint(-60, 61, (batch, L), generator=g).float()  # integer valued, as the dynamic path's
+    q = quantize_per_token(*_to((x, inv_smooth, scale, zp), device), 8)
+    q_ref = quantize_per_token_ref(x, inv_smooth, scale, zp, 8)
+    assert q.shape == (batch, L, K) and q.dtype == torch.int8
+    assert torch.equal(q.cpu(), q_ref)
+    expect = integer.quantize_codes(x, inv_smooth, integer.reciprocal_scale(scale), zp, 8)
+    assert torch.equal(q_ref, expect.to(torch.int8))
+    clamped = (q_ref == -128) | (q_ref == 127)
+    assert 0 < clamped.sum() < q_ref.numel()  # rows differ: some saturate, most do not
+    # per-row parameters equal to the static ones: the static codes
+    _, s_static, zp_static = _qparams(K, L, 8, 1)
+    static = quantize_per_token(*_to((x, inv_smooth, s_static, zp_static), device), 8)
+    rows = quantize_per_token(*_to((x, inv_smooth, s_static.expand(batch, L), zp_static.expand(batch, L)), device), 8)
+    assert torch.equal(rows, static)
 
 
 def test_quantize_ties_round_to_even_and_saturation(device):
     inf = float("inf")
     vals = torch.tensor([[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 1e9, -1e9, inf, -inf, 0.49999997]])
-    inv_scale = torch.ones(1)
+    scale = torch.ones(1)
     zp = torch.tensor([3], dtype=torch.int32)
     expect = torch.tensor([[-2, -2, 0, 0, 2, 2, 4, 127, -128, 127, -128, 0]]) + torch.tensor(
         [[3] * 7 + [0, 0, 0, 0, 3]])
-    q = quantize_per_token(vals.to(device), None, inv_scale.to(device), zp.to(device), 8, 1)
-    q_ref = quantize_per_token_ref(vals, None, inv_scale, zp, 8, 1)
+    q = quantize_per_token(vals.to(device), None, scale.to(device), zp.to(device), 8)
+    q_ref = quantize_per_token_ref(vals, None, scale, zp, 8)
     assert torch.equal(q_ref, expect.to(torch.int8))
     assert torch.equal(q.cpu(), q_ref)
 
 
 def test_quantize_products_near_ties(device):
     """Inputs whose scaled value lands within an ulp of a .5 tie: the fp32 evaluation order
-    (x * inv_smooth) * inv_scale, then round, must be followed exactly."""
+    (x * inv_smooth) * inv_scale, then round, must be followed exactly (inv_scale = 1 / scale in
+    fp32, as both the kernel and the reference compute it)."""
     g = torch.Generator().manual_seed(7)
     k = torch.randint(-60, 60, (16, 32), generator=g).float() + 0.5
-    inv_scale = torch.tensor([3.0, 1 / 3, 0.1, 7.0], dtype=torch.float32)
+    scale = torch.tensor([1 / 3, 3.0, 10.0, 1 / 7], dtype=torch.float32)
+    inv_scale = integer.reciprocal_scale(scale)
     inv_smooth = torch.tensor([1.0, 1.1, 0.9, 3.0] * 8)
     x = (k / inv_scale.repeat(4)[:, None] / inv_smooth[None, :]).float()
-    x = torch.stack([x, x.nextafter(torch.tensor(1e9)), x.nextafter(torch.tensor(-1e9))]).reshape(48, 32)
+    x = torch.stack([x, x.nextafter(torch.tensor(1e9)), x.nextafter(torch.tensor(-1e9))]).reshape(12, 4, 32)
     zp = torch.tensor([0, 1, -1, 2], dtype=torch.int32)
-    q = quantize_per_token(*_to((x, inv_smooth, inv_scale, zp), device), 8, 4)
-    assert torch.equal(q.cpu(), quantize_per_token_ref(x, inv_smooth, inv_scale, zp, 8, 4))
+    q = quantize_per_token(*_to((x, inv_smooth, scale, zp), device), 8)
+    assert torch.equal(q.cpu(), quantize_per_token_ref(x, inv_smooth, scale, zp, 8))
 
 
 def test_quantize_strided_input(device):
-    x = torch.randn(33, 10, generator=torch.Generator().manual_seed(1)).t()  # (10, 33), column-major
+    """A column-major (batch, L, K) view (unit stride along tokens) reaches the kernel as it is."""
+    x = torch.randn(33, 10, generator=torch.Generator().manual_seed(1)).t().reshape(2, 5, 33)
+    assert x.stride() == (5, 1, 10)
     params = _qparams(33, 5, 8, 1)
-    q = quantize_per_token(*_to((x, *params), device), 8, 5)
-    assert torch.equal(q.cpu(), quantize_per_token_ref(x, *params, 8, 5))
+    q = quantize_per_token(*_to((x, *params), device), 8)
+    assert torch.equal(q.cpu(), quantize_per_token_ref(x, *params, 8))
+
+
+def test_quantize_parameter_dtypes(device):
+    """scale in any float dtype and zero_point in any integer dtype (or integer-valued float) give
+    the codes of fp32 / int32 parameters."""
+    x = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(2)) * 2
+    inv_smooth, scale, zp = _qparams(12, 5, 8, 2)
+    scale = scale.half().float()  # exactly representable in fp16
+    expect = quantize_per_token_ref(x, inv_smooth, scale, zp, 8)
+    for s, z in ((scale.half(), zp.to(torch.int8)), (scale.double(), zp.long()), (scale, zp.float())):
+        assert torch.equal(quantize_per_token(*_to((x, inv_smooth, s, z), device), 8).cpu(), expect)
+        assert torch.equal(quantize_per_token_ref(x, inv_smooth, s, z, 8), expect)
 
 
 def test_quantize_bad_inputs():
-    x = torch.randn(10, 12)
-    inv_smooth, inv_scale, zp = _qparams(12, 5, 8, 0)
+    x = torch.randn(2, 5, 12)
+    inv_smooth, scale, zp = _qparams(12, 5, 8, 0)
     with pytest.raises(ValueError, match="x must have dtype"):
-        quantize_per_token(x.double(), inv_smooth, inv_scale, zp, 8, 5)
-    with pytest.raises(ValueError, match="x must be 2-D"):
-        quantize_per_token(x[0], inv_smooth, inv_scale, zp, 8, 5)
+        quantize_per_token(x.double(), inv_smooth, scale, zp, 8)
+    with pytest.raises(ValueError, match="tokens"):  # 1-D x: no token axis
+        quantize_per_token(x[0, 0], inv_smooth, scale, zp, 8)
     with pytest.raises(ValueError, match="inv_smooth"):
-        quantize_per_token(x, inv_smooth[:5], inv_scale, zp, 8, 5)
-    with pytest.raises(ValueError, match="inv_scale"):
-        quantize_per_token(x, inv_smooth, inv_scale.half(), zp, 8, 5)
-    with pytest.raises(ValueError, match="zero_point"):
-        quantize_per_token(x, inv_smooth, inv_scale, zp.to(torch.int8), 8, 5)
-    with pytest.raises(ValueError, match="inv_scale must have shape"):
-        quantize_per_token(x, inv_smooth, inv_scale, zp, 8, 4)
+        quantize_per_token(x, inv_smooth[:5], scale, zp, 8)
+    with pytest.raises(InputError, match="differ in shape"):
+        quantize_per_token(x, inv_smooth, scale, zp[:4], 8)
+    with pytest.raises(InputError, match="the input has 5 tokens"):  # static parameters of another L
+        quantize_per_token(x, inv_smooth, scale[:4], zp[:4], 8)
+    with pytest.raises(InputError, match="tokens"):  # per-row parameters of another shape
+        quantize_per_token(x, inv_smooth, scale.expand(3, 5), zp.expand(3, 5), 8)
+    with pytest.raises(InputError, match="tokens"):
+        quantize_per_token_ref(x, inv_smooth, scale[:4], zp[:4], 8)
     with pytest.raises(ValueError, match="bits"):
-        quantize_per_token(x, inv_smooth, inv_scale, zp, 9, 5)
+        quantize_per_token(x, inv_smooth, scale, zp, 9)
     with pytest.raises(ValueError, match="bits"):
-        quantize_per_token_ref(x, inv_smooth, inv_scale, zp, 1, 5)
+        quantize_per_token_ref(x, inv_smooth, scale, zp, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,21 +157,22 @@ def test_quantize_bad_inputs():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("M,tokens", [(1, 1), (7, 7), (10, 5)])
+@pytest.mark.parametrize("batch,L", [(1, 1), (1, 7), (2, 5)])
 @pytest.mark.parametrize("K", [12, 33])
 @pytest.mark.parametrize("dtype,has_res,norm_dtype",
                          [(torch.float32, True, torch.float32), (torch.float16, True, torch.float32),
                           (torch.bfloat16, False, torch.float32), (torch.float16, True, torch.float16),
                           (torch.float32, False, torch.bfloat16)])
-def test_add_rmsnorm_quantize(device, M, tokens, K, dtype, has_res, norm_dtype):
-    g = torch.Generator().manual_seed(M * 10 + K)
-    x = (torch.randn(M, K, generator=g) * 2).to(dtype)
-    res = torch.randn(M, K, generator=g) if has_res else None
+def test_add_rmsnorm_quantize(device, batch, L, K, dtype, has_res, norm_dtype):
+    g = torch.Generator().manual_seed(batch * L * 10 + K)
+    x = (torch.randn(batch, L, K, generator=g) * 2).to(dtype)
+    res = torch.randn(batch, L, K, generator=g) if has_res else None
     weight = torch.rand(K, generator=g) + 0.5
-    params = _qparams(K, tokens, 8, M + K)
-    q, res_out = add_rmsnorm_quantize(*_to((x, res, weight, 1e-5, *params), device), 8, tokens, norm_dtype)
-    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, weight, 1e-5, *params, 8, tokens, norm_dtype)
+    params = _qparams(K, L, 8, batch * L + K)
+    q, res_out = add_rmsnorm_quantize(*_to((x, res, weight, 1e-5, *params), device), 8, norm_dtype)
+    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, weight, 1e-5, *params, 8, norm_dtype)
     assert res_out.dtype == torch.float32 and q.dtype == torch.int8
+    assert q.shape == res_out.shape == (batch, L, K)
     assert torch.equal(res_out.cpu(), res_ref)  # one fp32 add: exact
     # normed values agree to ~1 ulp (different summation order for the mean): codes may differ
     # by one, and only rarely
@@ -137,33 +188,43 @@ def test_add_rmsnorm_quantize_ref_is_a_norm_in_half(norm_dtype):
     from ptq4vm_fx.models.vim import RMSNorm
 
     g = torch.Generator().manual_seed(7)
-    x, res = torch.randn(40, 24, generator=g).half(), torch.randn(40, 24, generator=g) * 3
+    x, res = torch.randn(5, 8, 24, generator=g).half(), torch.randn(5, 8, 24, generator=g) * 3
     norm = RMSNorm(24).to(norm_dtype)
     with torch.no_grad():
         norm.weight.copy_(torch.rand(24, generator=g) + 0.5)
     params = _qparams(24, 8, 8, 5, amax=1.0)
-    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, norm.weight, norm.eps, *params, 8, 8, norm_dtype)
+    q_ref, res_ref = add_rmsnorm_quantize_ref(x, res, norm.weight, norm.eps, *params, 8, norm_dtype)
     residual = x + res  # fp16 + fp32 -> fp32
-    expect = quantize_per_token_ref(norm(residual.to(norm_dtype)), *params, 8, 8)
+    expect = quantize_per_token_ref(norm(residual.to(norm_dtype)), *params, 8)
     assert torch.equal(res_ref, residual) and torch.equal(q_ref, expect)
-    q_fp32, _ = add_rmsnorm_quantize_ref(x, res, norm.weight, norm.eps, *params, 8, 8)
+    q_fp32, _ = add_rmsnorm_quantize_ref(x, res, norm.weight, norm.eps, *params, 8, torch.float32)
     assert not torch.equal(q_fp32, expect)
 
 
 def test_add_rmsnorm_quantize_bad_inputs():
-    x = torch.randn(10, 12)
+    x = torch.randn(2, 5, 12)
     params = _qparams(12, 5, 8, 0)
     w = torch.ones(12)
+    f32 = torch.float32
     with pytest.raises(ValueError, match="residual"):
-        add_rmsnorm_quantize(x, torch.randn(10, 11), w, 1e-5, *params, 8, 5)
+        add_rmsnorm_quantize(x, torch.randn(2, 5, 11), w, 1e-5, *params, 8, f32)
+    for fn in (add_rmsnorm_quantize, add_rmsnorm_quantize_ref):  # as many rows, but not x's shape
+        with pytest.raises(ValueError, match="residual must have shape"):
+            fn(x, torch.randn(10, 12), w, 1e-5, *params, 8, f32)
+    with pytest.raises(ValueError, match="residual must have dtype"):
+        add_rmsnorm_quantize_ref(x, torch.ones(2, 5, 12, dtype=torch.int32), w, 1e-5, *params, 8, f32)
     with pytest.raises(ValueError, match="weight"):
-        add_rmsnorm_quantize(x, None, torch.ones(13), 1e-5, *params, 8, 5)
+        add_rmsnorm_quantize(x, None, torch.ones(13), 1e-5, *params, 8, f32)
     with pytest.raises(ValueError, match="x must have dtype"):
-        add_rmsnorm_quantize(x.to(torch.int32), None, w, 1e-5, *params, 8, 5)
+        add_rmsnorm_quantize(x.to(torch.int32), None, w, 1e-5, *params, 8, f32)
     with pytest.raises(ValueError, match="eps"):
-        add_rmsnorm_quantize(x, None, w, -1.0, *params, 8, 5)
+        add_rmsnorm_quantize(x, None, w, -1.0, *params, 8, f32)
     with pytest.raises(ValueError, match="norm_dtype"):
-        add_rmsnorm_quantize(x, None, w, 1e-5, *params, 8, 5, torch.float64)
+        add_rmsnorm_quantize(x, None, w, 1e-5, *params, 8, torch.float64)
+    with pytest.raises(InputError, match="the input has 4 tokens"):  # scales calibrated for L = 5
+        add_rmsnorm_quantize(x[:, :4], None, w, 1e-5, *params, 8, f32)
+    with pytest.raises(ValueError, match="bits"):
+        add_rmsnorm_quantize_ref(x, None, w, 1e-5, *params, 9, f32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,15 +243,15 @@ def test_conv1d_silu_quantize(device, Bsz, D, L, reverse, W, bias, smooth, dtype
     weight = torch.randn(D, W, generator=g) * 0.5
     b = torch.randn(D, generator=g) if bias else None
     params = _qparams(D, L, 8, D + L, smooth, amax=2.0)
-    u, q = conv1d_silu_quantize(*_to((x, weight, b, *params), device), 8, reverse=reverse)
-    u_ref, q_ref = conv1d_silu_quantize_ref(x, weight, b, *params, 8, reverse=reverse)
+    u, q = conv1d_silu_quantize(*_to((x, weight, b, *params), device), 8, reverse)
+    u_ref, q_ref = conv1d_silu_quantize_ref(x, weight, b, *params, 8, reverse)
     u, q = u.cpu(), q.cpu()
     assert u.shape == (Bsz, D, L) and u.dtype == dtype  # fp16 / bf16: v and u rounded to x's dtype
     assert q.shape == (Bsz, L, D) and q.dtype == torch.int8
     ulp = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
     torch.testing.assert_close(u.float(), u_ref.float(), rtol=ulp, atol=1e-6)
     # the codes are exactly the quantization of the kernel's own u ...
-    q_own = quantize_per_token_ref(u.transpose(1, 2).reshape(Bsz * L, D), *params, 8, L).reshape(Bsz, L, D)
+    q_own = quantize_per_token_ref(u.transpose(1, 2), *params, 8)
     assert torch.equal(q, q_own)
     # ... and agree with the reference's wherever the floats agree
     diff = (q.int() - q_ref.int()).abs()
@@ -206,8 +267,8 @@ def test_conv1d_reverse_is_flipped_forward():
     b = torch.randn(6, generator=g)
     params = _qparams(6, 9, 8, 3)
     flipped = (params[0], params[1].flip(0), params[2].flip(0))
-    u_r, q_r = conv1d_silu_quantize_ref(x, weight, b, *params, 8, reverse=True)
-    u_f, q_f = conv1d_silu_quantize_ref(x.flip(-1), weight, b, *flipped, 8, reverse=False)
+    u_r, q_r = conv1d_silu_quantize_ref(x, weight, b, *params, 8, True)
+    u_f, q_f = conv1d_silu_quantize_ref(x.flip(-1), weight, b, *flipped, 8, False)
     torch.testing.assert_close(u_r, u_f.flip(-1), rtol=1e-6, atol=1e-7)
     assert (q_r.int() - q_f.flip(1).int()).abs().max() <= 1
 
@@ -217,8 +278,8 @@ def test_conv1d_weight_with_channel_axis(device):
     x = torch.randn(1, 8, 6, generator=g)
     weight = torch.randn(8, 1, 4, generator=g)  # nn.Conv1d(groups=D) layout
     params = _qparams(8, 6, 8, 4)
-    u, q = conv1d_silu_quantize(*_to((x, weight, None, *params), device), 8)
-    u2, q2 = conv1d_silu_quantize(*_to((x, weight[:, 0], None, *params), device), 8)
+    u, q = conv1d_silu_quantize(*_to((x, weight, None, *params), device), 8, False)
+    u2, q2 = conv1d_silu_quantize(*_to((x, weight[:, 0], None, *params), device), 8, False)
     assert torch.equal(u, u2) and torch.equal(q, q2)
 
 
@@ -226,12 +287,16 @@ def test_conv1d_bad_inputs():
     x = torch.randn(2, 6, 9)
     params = _qparams(6, 9, 8, 0)
     with pytest.raises(ValueError, match="weight must have shape"):
-        conv1d_silu_quantize(x, torch.randn(5, 4), None, *params, 8)
+        conv1d_silu_quantize(x, torch.randn(5, 4), None, *params, 8, False)
     with pytest.raises(ValueError, match="x must be 3-D"):
-        conv1d_silu_quantize(x[0], torch.randn(6, 4), None, *params, 8)
+        conv1d_silu_quantize(x[0], torch.randn(6, 4), None, *params, 8, False)
     with pytest.raises(ValueError, match="bias"):
-        conv1d_silu_quantize(x, torch.randn(6, 4), torch.randn(5), *params, 8)
-    with pytest.raises(ValueError, match="inv_scale must have shape"):
-        conv1d_silu_quantize(x[..., :8], torch.randn(6, 4), None, *params, 8)
+        conv1d_silu_quantize(x, torch.randn(6, 4), torch.randn(5), *params, 8, False)
+    with pytest.raises(InputError, match="the input has 8 tokens"):  # scales calibrated for L = 9
+        conv1d_silu_quantize(x[..., :8], torch.randn(6, 4), None, *params, 8, False)
+    with pytest.raises(ValueError, match="inv_smooth"):
+        conv1d_silu_quantize(x, torch.randn(6, 4), None, torch.ones(5), *params[1:], 8, False)
     with pytest.raises(ValueError, match="reverse"):
-        conv1d_silu_quantize(x, torch.randn(6, 4), None, *params, 8, reverse=1)
+        conv1d_silu_quantize(x, torch.randn(6, 4), None, *params, 8, 1)
+    with pytest.raises(ValueError, match="reverse"):
+        conv1d_silu_quantize_ref(x, torch.randn(6, 4), None, *params, 8, 1)

@@ -5,12 +5,15 @@ import torch
 import triton
 import triton.language as tl
 
+from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.kernels.quantize import quantize_per_token_ref
 from ptq4vm_fx.kernels.selective_scan import (
     _silu,
     _softplus,
-    bidirectional_scan_combine,
-    bidirectional_scan_combine_ref,
+    bidirectional_scan,
+    bidirectional_scan_quantize,
+    bidirectional_scan_quantize_ref,
+    bidirectional_scan_ref,
     selective_scan,
     selective_scan_ref,
 )
@@ -157,30 +160,57 @@ def test_selective_scan_strided_bc(device):
     torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
 
 
+def test_selective_scan_parameters_in_any_float_dtype(device):
+    """A, D and delta_bias are used in fp32 whatever their dtype (a model moved to fp16 holds them so):
+    the result of their fp32 values, from the kernel and the reference."""
+    u, delta, A, B, C, D, z, db = _inputs(2, 6, 5, 8, seed=3)
+    A, D, db = A.half().float(), D.half().float(), db.half().float()  # fp16-exact
+    expect = selective_scan_ref(u, delta, A, B, C, D, z, db, True)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        args = (u, delta, A.to(dtype), B, C, D.to(dtype), z, db.to(dtype))
+        if dtype != torch.bfloat16:  # not bf16-exact
+            assert torch.equal(selective_scan_ref(*args, True), expect)
+        out = selective_scan(*_to(args, device), True)
+        ref = selective_scan_ref(*args, True)
+        torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
+
+
 def test_selective_scan_bad_inputs():
     u, delta, A, B, C, D, z, db = _inputs(2, 4, 5, 8, seed=0)
-    with pytest.raises(ValueError, match="A must have dtype"):
-        selective_scan(u, delta, A.half(), B, C)
+    with pytest.raises(ValueError, match="A must be a tensor"):
+        selective_scan(u, delta, None, B, C)
     with pytest.raises(ValueError, match="A must have shape"):
         selective_scan(u, delta, A[:3], B, C)
+    with pytest.raises(ValueError, match="A must be 2-D"):
+        selective_scan(u, delta, A[0], B, C)
     with pytest.raises(ValueError, match="B must have shape"):
         selective_scan(u, delta, A, B[:, :4], C)
+    with pytest.raises(ValueError, match="C must have dtype"):
+        selective_scan(u, delta, A, B, C.double())
     with pytest.raises(ValueError, match="delta must have shape"):
         selective_scan(u, delta[..., :4], A, B, C)
     with pytest.raises(ValueError, match="u must be 3-D"):
         selective_scan(u[0], delta, A, B, C)
+    with pytest.raises(ValueError, match="u must have dtype"):
+        selective_scan(u.double(), delta, A, B, C)
     with pytest.raises(ValueError, match="z must have shape"):
         selective_scan(u, delta, A, B, C, D, z[:1])
-    with pytest.raises(ValueError, match="D must have dtype"):
-        selective_scan(u, delta, A, B, C, D.double())
+    with pytest.raises(ValueError, match="D must have shape"):
+        selective_scan(u, delta, A, B, C, D[:3])
     with pytest.raises(ValueError, match="delta_softplus"):
         selective_scan(u, delta, A, B, C, delta_softplus="yes")
+    with pytest.raises(ValueError, match="reverse"):
+        selective_scan(u, delta, A, B, C, reverse=1)
+    with pytest.raises(ValueError, match="delta_bias"):
+        selective_scan(u, delta, A, B, C, delta_bias=db[:2])
     with pytest.raises(ValueError, match="delta_bias"):
         selective_scan_ref(u, delta, A, B, C, delta_bias=db[:2])
+    with pytest.raises(ValueError, match="A must have shape"):
+        selective_scan_ref(u, delta, A[:3], B, C)
 
 
 # --------------------------------------------------------------------------------------------
-# bidirectional_scan_combine
+# bidirectional_scan, bidirectional_scan_quantize
 # --------------------------------------------------------------------------------------------
 
 
@@ -191,11 +221,12 @@ def _bidir_inputs(Bsz, Dm, L, N, seed, dtype=torch.float32):
 
 
 def _out_qparams(Dm, L, seed, smooth=True):
+    """(inv_smooth (Dm,) or None, scale (L,), zero_point (L,) int32) for the scan's output."""
     g = torch.Generator().manual_seed(seed)
     inv_scale = 127.0 / ((torch.rand(L, generator=g) + 0.5) * 2.0)
     zp = torch.randint(-10, 11, (L,), dtype=torch.int32, generator=g)
     inv_smooth = torch.rand(Dm, generator=g) + 0.5 if smooth else None
-    return inv_smooth, inv_scale, zp
+    return inv_smooth, 1 / inv_scale, zp
 
 
 @pytest.mark.parametrize("Bsz,Dm,L,N", [(1, 5, 1, 16), (2, 12, 7, 16), (1, 9, 6, 5), (2, 64, 5, 16), (1, 40, 4, 16)])
@@ -203,9 +234,9 @@ def _out_qparams(Dm, L, seed, smooth=True):
 def test_bidirectional_fp32(device, Bsz, Dm, L, N, with_z):
     branches, z = _bidir_inputs(Bsz, Dm, L, N, seed=Dm * L + N)
     z = z if with_z else None
-    out = bidirectional_scan_combine(*_to(branches, device), z=z if z is None else z.to(device),
-                                     delta_softplus=True)
-    ref = bidirectional_scan_combine_ref(*branches, z=z, delta_softplus=True)
+    out = bidirectional_scan(*_to(branches, device), z if z is None else z.to(device), True)
+    ref = bidirectional_scan_ref(*branches, z, True)
+    assert out.shape == (Bsz, Dm, L) and out.dtype == torch.float32
     torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
     # the spec itself: (forward scan + reverse scan) / 2
     uf, df, Af, Bf, Cf, Df, dbf, ub, db_, Ab, Bb, Cb, Db, dbb = branches
@@ -223,7 +254,7 @@ def test_bidirectional_ref_rounds_like_the_unfused_graph(dtype):
     two = (selective_scan_ref(uf, df, Af, Bf, Cf, Df, z, dbf, True)
            + selective_scan_ref(ub, db_, Ab, Bb, Cb, Db, z, dbb, True, reverse=True)) / 2
     assert two.dtype == dtype
-    assert torch.equal(bidirectional_scan_combine_ref(*branches, z=z, delta_softplus=True), two)
+    assert torch.equal(bidirectional_scan_ref(*branches, z, True), two)
 
 
 def test_bidirectional_branches_share_a_dtype():
@@ -231,7 +262,7 @@ def test_bidirectional_branches_share_a_dtype():
     bad = list(branches)
     bad[7] = bad[7].half()  # u_b
     with pytest.raises(ValueError, match="u_b must have u_f's dtype"):
-        bidirectional_scan_combine(*bad, z=None)
+        bidirectional_scan(*bad, None, False)
 
 
 @pytest.mark.parametrize("dtype,smooth,bits", [(torch.float32, True, 8), (torch.float16, False, 8),
@@ -242,13 +273,14 @@ def test_bidirectional_quantized(device, dtype, smooth, bits):
     # no D / delta_bias on the backward branch: exercises the optional arguments
     branches = branches[:12] + (None, None)
     qp = _out_qparams(Dm, L, seed=22, smooth=smooth)
-    out, xq = bidirectional_scan_combine(*_to(branches, device), z.to(device), True, *_to(qp, device), bits)
-    out_ref, xq_ref = bidirectional_scan_combine_ref(*branches, z, True, *qp, bits)
+    out, xq = bidirectional_scan_quantize(*_to(branches, device), z.to(device), True, *_to(qp, device), bits)
+    out_ref, xq_ref = bidirectional_scan_quantize_ref(*branches, z, True, *qp, bits)
     out, xq = out.cpu(), xq.cpu()
     assert out.dtype == dtype and xq.dtype == torch.int8 and xq.shape == (Bsz, L, Dm)
     torch.testing.assert_close(out.float(), out_ref.float(), **_tol(dtype))
+    assert torch.equal(out_ref, bidirectional_scan_ref(*branches, z, True))  # the float output is the scan's
     # codes: exactly the quantization of the kernel's own (stored) output ...
-    own = quantize_per_token_ref(out.transpose(1, 2).reshape(Bsz * L, Dm), *qp, bits, L).reshape(Bsz, L, Dm)
+    own = quantize_per_token_ref(out.transpose(1, 2), *qp, bits)
     assert torch.equal(xq, own)
     # ... and the reference's codes wherever the outputs agree
     same = (out == out_ref).transpose(1, 2)
@@ -261,14 +293,15 @@ def test_bidirectional_codes_without_the_float_output(device):
     branches, z = _bidir_inputs(2, 40, 7, 16, seed=31, dtype=torch.float16)
     qp = _out_qparams(40, 7, seed=32)
     args = (*_to(branches, device), z.to(device), True, *_to(qp, device), 8)
-    out, xq = bidirectional_scan_combine(*args)
-    none, xq_only = bidirectional_scan_combine(*args, store_out=False)
+    out, xq = bidirectional_scan_quantize(*args)
+    none, xq_only = bidirectional_scan_quantize(*args, store_out=False)
     assert none.numel() == 0 and none.dtype == out.dtype
     assert torch.equal(xq_only, xq)
-    ref_none, ref_xq = bidirectional_scan_combine_ref(*branches, z, True, *qp, 8, store_out=False)
-    assert ref_none.numel() == 0 and torch.equal(ref_xq, bidirectional_scan_combine_ref(*branches, z, True, *qp, 8)[1])
-    with pytest.raises(ValueError, match="store_out=False leaves nothing to return"):
-        bidirectional_scan_combine(*branches, z=z, store_out=False)
+    ref_none, ref_xq = bidirectional_scan_quantize_ref(*branches, z, True, *qp, 8, store_out=False)
+    assert ref_none.numel() == 0
+    assert torch.equal(ref_xq, bidirectional_scan_quantize_ref(*branches, z, True, *qp, 8)[1])
+    with pytest.raises(ValueError, match="store_out must be a bool"):
+        bidirectional_scan_quantize(*branches, z, True, *qp, 8, store_out=0)
 
 
 def test_bidirectional_bad_inputs():
@@ -277,14 +310,28 @@ def test_bidirectional_bad_inputs():
     bad = list(branches)
     bad[7] = bad[7][:, :, :4]  # u_b shorter
     with pytest.raises(ValueError, match="backward"):
-        bidirectional_scan_combine(*bad, z=None)
+        bidirectional_scan(*bad, None, False)
     bad = list(branches)
-    bad[9] = bad[9].half()  # A_b
-    with pytest.raises(ValueError, match="backward A must have dtype"):
-        bidirectional_scan_combine(*bad, z=z)
-    with pytest.raises(ValueError, match="inv_scale"):
-        bidirectional_scan_combine(*branches, z, True, qp[0], None, qp[2], 8)
+    bad[9] = bad[9][:3]  # A_b
+    with pytest.raises(ValueError, match="backward A must have shape"):
+        bidirectional_scan(*bad, z, False)
+    bad = list(branches)
+    bad[3] = bad[3].double()  # B_f
+    with pytest.raises(ValueError, match="B must have dtype"):
+        bidirectional_scan_ref(*bad, z, False)
+    with pytest.raises(ValueError, match="z must have shape"):
+        bidirectional_scan(*branches, z[:1], True)
+    with pytest.raises(ValueError, match="delta_softplus"):
+        bidirectional_scan(*branches, z, "yes")
+    with pytest.raises(ValueError, match="scale"):
+        bidirectional_scan_quantize(*branches, z, True, qp[0], None, qp[2], 8)
     with pytest.raises(ValueError, match="zero_point"):
-        bidirectional_scan_combine(*branches, z, True, qp[0], qp[1], qp[2].float(), 8)
-    with pytest.raises(ValueError, match="inv_scale must have shape"):
-        bidirectional_scan_combine(*branches, z, True, qp[0], qp[1][:4], qp[2], 8)
+        bidirectional_scan_quantize(*branches, z, True, qp[0], qp[1], None, 8)
+    with pytest.raises(ValueError, match="inv_smooth"):
+        bidirectional_scan_quantize(*branches, z, True, qp[0][:3], qp[1], qp[2], 8)
+    with pytest.raises(ValueError, match="bits"):
+        bidirectional_scan_quantize(*branches, z, True, *qp, 9)
+    with pytest.raises(InputError, match="the input has 5 tokens"):  # scales calibrated for L = 4
+        bidirectional_scan_quantize(*branches, z, True, qp[0], qp[1][:4], qp[2][:4], 8)
+    with pytest.raises(InputError, match="the input has 5 tokens"):
+        bidirectional_scan_quantize_ref(*branches, z, True, qp[0], qp[1][:4], qp[2][:4], 8)
