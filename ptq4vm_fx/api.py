@@ -36,7 +36,12 @@ def prepare(model: nn.Module, example_inputs, config: QuantConfig | str | None =
     model.eval()
     with torch.no_grad():
         model(*example_inputs)  # validates the input shape with a clear error
-    gm = capture(model)
+    size = tuple(example_inputs[0].shape[-2:])
+    gm = capture(model, size)
+    if size != gm.meta["img_size"]:
+        (height, width), name = gm.meta["img_size"], getattr(model, "model_name", None) or type(model).__name__
+        raise InputError(f"example inputs are {size[0]}x{size[1]} images but {name} is configured for "
+                         f"{height}x{width}: calibrate at that size or build the model for {size[0]}x{size[1]}")
     if insert_observers(gm, config.linears) == 0:
         raise InputError(f"nothing to quantize: the model has no linear named one of {config.linears} in a block")
     insert_input_recorder(gm, keep=config.grid_search or config.jlss)

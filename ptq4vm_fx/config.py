@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import InputError
+from .models.family import selects
 
 # Activation granularity and calibration of each method (see README "Methods").
 METHODS = {
@@ -100,9 +101,10 @@ class QuantConfig:
 
     def for_family(self, family) -> QuantConfig:
         """This config with the family's defaults (``linears``, and ``alpha`` where the method smooths)
-        in place of None; linears the family does not have are refused."""
+        in place of None; linears the family does not have (``family.linears``: names or fnmatch
+        patterns such as ``"x_proj_[0-9]*"``; a name the pattern covers, ``"x_proj_0"``, is one) are refused."""
         linears = self.linears if self.linears is not None else family.linears
-        unknown = sorted(set(linears) - set(family.linears))
+        unknown = sorted(name for name in linears if not selects(family.linears, name))
         if unknown:
             raise InputError(f"linears {unknown} are not quantizable linears of a {family.name} model; "
                              f"choose from {', '.join(family.linears)}")

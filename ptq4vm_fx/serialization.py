@@ -1,10 +1,11 @@
 """save / load of quantized models: tensors and plain metadata only, never pickled code.
 
 The file is a ``torch.save`` dict read back with ``weights_only=True``. It records the float model's
-configuration and, for every quantized module the saved model holds, its qualified name, class
-and constructor arguments (read from the module, not re-derived from the config). Loading
-rebuilds the float model (its family's class), captures it, puts an empty module of each recorded kind where the record
-says, and loads the state dict strictly: a record and a state dict that disagree are refused.
+configuration, the image size it was captured at and, for every quantized module the saved model
+holds, its qualified name, class and constructor arguments (read from the module, not re-derived
+from the config). Loading rebuilds the float model (its family's class), captures it at that size,
+puts an empty module of each recorded kind where the record says, and loads the state dict
+strictly: a record and a state dict that disagree are refused.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def save(qmodel: torch.fx.GraphModule, path: str | os.PathLike) -> None:
             "model_name": meta.get("model_name"),
             "family": meta["family"],
             "model_config": meta["model_config"],
+            "img_size": list(meta["img_size"]),
             "quant_config": meta["quant_config"],
             "block_stats": meta.get("block_stats", {}),
             "modules": quantized_modules(qmodel),
@@ -82,12 +84,16 @@ def _check_record(path, record) -> None:
             raise malformed(f"{entry['name']}: constructor arguments {args!r}")
 
 
-def _skeleton(path, family: str, model_config: dict, record: list[dict]) -> torch.fx.GraphModule:
-    """The captured float model with an empty recorded module in place of each recorded linear."""
+def _skeleton(path, family: str, model_config: dict, img_size, record: list[dict]) -> torch.fx.GraphModule:
+    """The captured float model (at the recorded image size) with an empty recorded module in place of each
+    recorded linear."""
     if not isinstance(model_config, dict):
         raise InputError(f"{path}: malformed ptq4vm_fx file (model configuration {model_config!r})")
+    if img_size is not None and not (isinstance(img_size, list) and len(img_size) == 2
+                                     and all(type(side) is int and side > 0 for side in img_size)):
+        raise InputError(f"{path}: malformed ptq4vm_fx file (image size {img_size!r})")
     try:
-        gm = capture(family_named(family).build(model_config))
+        gm = capture(family_named(family).build(model_config), img_size)
     except (TypeError, ValueError) as exc:  # an InputError is a ValueError
         raise InputError(f"{path}: malformed ptq4vm_fx file (model configuration: {exc})") from None
     for entry in record:
@@ -133,7 +139,7 @@ def load(path: str | os.PathLike) -> torch.fx.GraphModule:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: malformed ptq4vm_fx file (its state dict is not a dict of tensors)")
     _check_record(path, record)
-    gm = _skeleton(path, obj["family"], model_config, record)
+    gm = _skeleton(path, obj["family"], model_config, obj.get("img_size"), record)
     expected = gm.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and expected[k].shape != state[k].shape]

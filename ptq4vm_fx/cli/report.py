@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..capture import blocks
 from ..data.bundled import MODEL_NAME
 from ..data.imagefolder import load_subset
 from ..errors import InputError
@@ -19,7 +20,7 @@ def run(args) -> int:
             f"report compares {args.quantized} with its float model: give the float checkpoint "
             f"of {name} with --checkpoint"
         )
-    depth = qmodel.meta["model_config"]["depth"]
+    depth = len(blocks(qmodel))
     if args.block is not None and not 0 <= args.block < depth:
         raise InputError(f"--block {args.block} does not exist: the model has blocks 0..{depth - 1}")
     reference = float_model(name, args.checkpoint, qmodel.meta["model_config"])

@@ -7,8 +7,9 @@ name a family's classes (docs/design.md section 11). Adding a family is one file
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import torch.fx
 from torch import nn
@@ -26,11 +27,15 @@ class ModelFamily:
     hold; block_classes: the residual blocks, each
     captured as its own GraphModule (the JLSS unit); leaf_classes: modules kept whole inside a block
     graph (norms, ...); fold_norms: norms whose per-channel weight (and bias) absorbs the smoothing
-    1/m of the one linear they feed; linears: the quantized linears by last name component;
-    alpha: the default SmoothQuant migration strength; scan_orders: the scan's direction orders, in
-    words (report, docs); image_size(model) -> (H, W) the model is built for; canonicalize(block):
-    a family's rewrite of a captured block graph into the form the passes read (call_module
-    ``nn.Linear`` on (..., tokens, channels)), or None.
+    1/m of the one linear they feed; linears: the quantized linears by last name component, each a
+    name or an fnmatch pattern (``"x_proj_[0-9]*"``: one linear per scan direction); alpha: the default
+    SmoothQuant migration strength; scan_orders: the scan's direction orders, in words (report,
+    docs); image_size(model) -> (H, W) the model is built for, or None when it takes any size (the
+    calibration size is then fixed at capture); model_checks_size: the model refuses other sizes
+    itself (Vim: its position embedding), else capture guards the captured graph at its size;
+    channel_dim: the channel dim of a block's output (JLSS's cosine is taken over it);
+    canonicalize(block): a family's rewrite of a captured block graph into the form the passes read
+    (call_module ``nn.Linear`` on (..., tokens, channels)), or None.
     """
 
     name: str
@@ -44,12 +49,19 @@ class ModelFamily:
     linears: tuple[str, ...]
     alpha: float
     scan_orders: tuple[str, ...]
-    image_size: Callable[[nn.Module], tuple[int, int]]
+    image_size: Callable[[nn.Module], tuple[int, int] | None]
+    model_checks_size: bool = False
+    channel_dim: int = -1
     canonicalize: Callable[[torch.fx.GraphModule], None] | None = None
 
     def build(self, config: dict) -> nn.Module:
         """The float model of a recorded configuration (``model.config``)."""
         return self.model_class(**config)
+
+
+def selects(patterns: Iterable[str], name: str) -> bool:
+    """Whether the linear ``name`` (last name component) is one of ``patterns`` (names or fnmatch patterns)."""
+    return any(name == p or fnmatchcase(name, p) for p in patterns)
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -62,10 +74,13 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 
 def family_of(model: nn.Module) -> ModelFamily:
-    """The family of a float model; an InputError naming the supported classes otherwise."""
-    for family in FAMILIES.values():
-        if isinstance(model, family.model_class):
-            return family
+    """The family of a float model (the most derived registered class in its MRO, so a subclass registered
+    as a family of its own is never taken for its base's); an InputError naming the supported classes
+    otherwise."""
+    for cls in type(model).__mro__:
+        for family in FAMILIES.values():
+            if family.model_class is cls:
+                return family
     supported = ", ".join(f"{f.model_class.__name__} ({f.name})" for f in FAMILIES.values())
     raise InputError(
         f"unsupported model {type(model).__name__}: ptq4vm_fx quantizes {supported} "

@@ -21,10 +21,15 @@ so no flip appears in the graph. ``x_proj_weight[k]`` and ``dt_projs_weight[k]``
 
 Importing this module registers the variants PTQ4VM quantizes with timm under their official
 names (``timm.create_model("vmamba_tiny_s1l8")``); keyword arguments override the configuration.
+It also registers the ``vmamba`` model family (:data:`FAMILY`): VSSBlock is the JLSS unit, PTQ4VM's
+VMamba alpha 0.65, and :func:`canonicalize` puts each captured block in the passes' form (grouped
+x_proj / dt_proj weights as per-direction ``nn.Linear`` modules ``op.x_proj_<k>`` / ``op.dt_proj_<k>``,
+the Linear2d projections as token-major ``nn.Linear``). A quantized VSSM runs at its ``imgsize``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -39,6 +44,8 @@ from timm.models import register_model
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from ..errors import InputError
+from .canonical import plain_layer_norm, split_grouped_linears, token_major_linears
+from .family import ModelFamily, register_family
 
 __all__ = ["VSSM", "VMAMBA_CONFIGS", "create_vmamba", "check_state_dict"]
 
@@ -509,3 +516,52 @@ vmamba_small_s1l20 = _registered("vmamba_small_s1l20")
 vmamba_base_s1l20 = _registered("vmamba_base_s1l20")
 vmamba_small_s2l15 = _registered("vmamba_small_s2l15")
 vmamba_base_s2l15 = _registered("vmamba_base_s2l15")
+
+
+# -------------------------------------------------------------------------------------------------
+# the model family (models/family.py)
+# -------------------------------------------------------------------------------------------------
+
+
+def model_names() -> list[str]:
+    return sorted(VMAMBA_CONFIGS)
+
+
+def config_keys() -> list[str]:
+    """The keyword arguments a VSSM accepts as overrides."""
+    return sorted(k for k, p in inspect.signature(VSSM).parameters.items() if p.kind is not p.VAR_KEYWORD)
+
+
+def canonicalize(block: torch.fx.GraphModule) -> None:
+    """A captured VSSBlock graph in the passes' form (docs/design.md section 11), in place: each direction's
+    ``F.linear(·, x_proj_weight[k])`` / ``F.linear(·, dt_projs_weight[k])`` becomes a call of the bias-free
+    ``nn.Linear`` ``op.x_proj_<k>`` / ``op.dt_proj_<k>`` (dt_proj's input stays the column slice
+    ``x_dbl[..., :R]`` of x_proj's output, so its 1/m folds into x_proj's rows), and each Linear2d
+    (in_proj, out_proj, fc1, fc2) an ``nn.Linear`` on (batch, H W, C) tokens, with the LayerNorm2d
+    before it (norm, norm2, out_norm through its cast) run on tokens as an ``nn.LayerNorm`` that can
+    absorb its 1/m; fc1 -> act -> fc2 stays on tokens."""
+    split_grouped_linears(block, "x_proj_weight", "x_proj")
+    split_grouped_linears(block, "dt_projs_weight", "dt_proj")
+    targets = [n.target for n in block.graph.nodes
+               if n.op == "call_module" and isinstance(block.get_submodule(n.target), Linear2d)]  # fmt: skip
+    token_major_linears(block, targets, channel_first=True,
+                        token_norm=lambda m: plain_layer_norm(m) if isinstance(m, LayerNorm2d) else None)
+
+
+FAMILY = register_family(ModelFamily(
+    name="vmamba",
+    model_class=VSSM,
+    model_names=model_names,
+    create=create_vmamba,
+    config_keys=config_keys,
+    block_classes=(VSSBlock,),
+    leaf_classes=(Linear2d, LayerNorm2d),
+    fold_norms=(nn.LayerNorm,),
+    linears=("in_proj", "out_proj", "fc1", "fc2", "x_proj_[0-9]*", "dt_proj_[0-9]*"),  # per direction
+    alpha=0.65,  # PTQ4VM's VMamba code
+    scan_orders=("row-major tokens (direction 0)", "column-major tokens (1)",
+                 "row-major reversed (2: reverse=True)", "column-major reversed (3: reverse=True)"),
+    image_size=lambda model: (model.config["imgsize"], model.config["imgsize"]),
+    channel_dim=1,  # blocks map (batch, C, H, W) -> (batch, C, H, W)
+    canonicalize=canonicalize,
+))  # fmt: skip

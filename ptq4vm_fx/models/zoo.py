@@ -120,4 +120,5 @@ FAMILY = register_family(ModelFamily(
     alpha=0.5,
     scan_orders=("tokens 0..L-1 (forward branch)", "tokens L-1..0 (backward branch, reverse=True)"),
     image_size=lambda model: tuple(model.patch_embed.img_size),
+    model_checks_size=True,
 ))

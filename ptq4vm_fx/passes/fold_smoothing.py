@@ -1,7 +1,9 @@
 """Pass: fold a quantized linear's 1/m into its producer where that is exact (docs/design.md section 4).
 
-* producer is one of the family's ``fold_norms`` (Vim's RMSNorm) used only by this linear: divide
-  the norm's weight (and bias, if it has one) by m (in_proj);
+* producer is one of the family's ``fold_norms`` (Vim's RMSNorm, LayerNorm) used only by this linear,
+  possibly through a ``.to(...)`` cast and a gate product ``norm(s) * z`` (``(LN(s) z) / m =
+  (LN(s) / m) z``; each node on the way used only on it): divide the norm's weight (and bias, if it
+  has one) by m (in_proj; VMamba's and LocalVSSM's out_proj after out_norm);
 * producer is a column slice ``y[..., a:b]`` of another linear used only by this linear: divide
   rows a:b of that linear (weight, bias and, if quantized, weight step size; recorded in its
   ``row_fold``) by m (dt_proj).
@@ -39,6 +41,27 @@ def column_slice(node: torch.fx.Node) -> tuple[torch.fx.Node, slice] | None:
     return None
 
 
+def feeding_norm(block: torch.fx.GraphModule, node: torch.fx.Node, norms: tuple[type[nn.Module], ...],
+                 gated: bool = True) -> torch.fx.Node | None:
+    """The ``norms`` call whose output reaches a linear as ``node``: ``node`` itself, a ``.to(...)`` cast of
+    one, or (``gated``) the product of one of those with another tensor; None otherwise. The caller
+    checks ``node``'s own users; every node behind it on the way must have one user."""
+    if node.op == "call_module" and isinstance(block.get_submodule(node.target), norms):
+        return node
+    inner = None
+    if node.op == "call_method" and node.target == "to":
+        inner = [node.args[0]]
+    elif gated and node.op == "call_function" and node.target in (operator.mul, torch.mul) and len(node.args) == 2:
+        a, b = node.args
+        inner = [f for f in (a, b) if isinstance(f, torch.fx.Node)] if a is not b else []
+    for factor in inner or []:
+        if isinstance(factor, torch.fx.Node) and len(factor.users) == 1:
+            found = feeding_norm(block, factor, norms, gated=gated and node.target == "to")
+            if found is not None:
+                return found
+    return None
+
+
 @torch.no_grad()
 def _fold_into_rows(producer: nn.Module, rows: slice, m: torch.Tensor) -> None:
     if isinstance(producer, FakeQuantLinear):
@@ -67,8 +90,8 @@ def fold_smoothing(gm: torch.fx.GraphModule) -> int:
             m = linear.smooth.detach()
             if len(source.users) != 1:
                 continue
-            if source.op == "call_module" and isinstance(block.get_submodule(source.target), norms):
-                norm = block.get_submodule(source.target)
+            if (norm_node := feeding_norm(block, source, norms)) is not None:
+                norm = block.get_submodule(norm_node.target)
                 norm.weight /= m.to(norm.weight.dtype)
                 if getattr(norm, "bias", None) is not None:
                     norm.bias /= m.to(norm.bias.dtype)

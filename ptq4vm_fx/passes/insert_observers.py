@@ -6,17 +6,19 @@ import torch.fx
 from torch import nn
 
 from ..capture import blocks
+from ..models.family import selects
 from ..quant.observer import TokenChannelObserver
 
 
 def quantizable_linears(gm: torch.fx.GraphModule, names: tuple[str, ...]) -> list[torch.fx.Node]:
-    """call_module nodes of ``gm`` whose module is an nn.Linear named one of ``names`` (last component)."""
+    """call_module nodes of ``gm`` whose module is an nn.Linear named one of ``names`` (last component;
+    names or fnmatch patterns)."""
     return [
         n
         for n in gm.graph.nodes
         if n.op == "call_module"
         and isinstance(gm.get_submodule(n.target), nn.Linear)
-        and n.target.rpartition(".")[2] in names
+        and selects(names, n.target.rpartition(".")[2])
     ]
 
 

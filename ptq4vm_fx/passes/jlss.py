@@ -1,10 +1,14 @@
 """Pass: PTQ4VM stages 2 and 3, block by block (docs/design.md section 5).
 
-For block i, the target is the float block's output on float inputs; the quantized block is fed
-the outputs of the already-quantized blocks before it. Stage 2 grid-searches every weight row's
-and every token's clipping range (in graph order, so each linear sees the quantized producers
+For block i, the target is the float block's output on its inputs in the float model; the quantized
+block is fed its inputs in the model whose earlier blocks are already quantized (each found by running
+the captured model up to the block: the stem, and VMamba's downsampling between stages, run as
+captured). A block takes any positional tensors ((hidden, residual) in Vim, a feature map in VMamba)
+and its first output (its only one, or Vim's hidden) is compared. Stage 2 grid-searches every weight
+row's and every token's clipping range (in graph order, so each linear sees the quantized producers
 before it). Stage 3 trains log step sizes and log smoothing scales with AdamW, weights frozen and
-zero points fixed, on ``1 - cos(y_fp, y_q)`` over channels, per token, averaged.
+zero points fixed, on ``1 - cos(y_fp, y_q)`` over channels (the family's ``channel_dim``), per
+token, averaged.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 
 from ..capture import blocks
 from ..config import QuantConfig
+from ..models.family import family_named
 from ..progress import log, progress
 from ..quant.grid_search import search_token_qparams, search_weight_scale
 from ..quant.linear import FakeQuantLinear
@@ -46,24 +51,32 @@ def _inputs_of(module: torch.nn.Module, calls) -> list[tuple[torch.Tensor, ...]]
     return seen
 
 
-def first_block_inputs(gm: torch.fx.GraphModule, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
-    """Run the stem of ``gm`` on ``images`` (N, C, H, W; moved batch by batch to the model's device);
-    returns the first block's (hidden, residual), each (N, L, D)."""
-    _, first = blocks(gm)[0]
+def block_inputs(gm: torch.fx.GraphModule, name: str, images: torch.Tensor,
+                 batch_size: int) -> tuple[torch.Tensor, ...]:
+    """The positional inputs (each (N, ...)) of the block ``name`` when ``gm`` runs on ``images``
+    (N, C, H, W; moved batch by batch to the model's device), each run cut short at the block."""
     device = next(gm.parameters()).device
-    seen = _inputs_of(first, [lambda b=b: gm(b.to(device)) for b in images.split(batch_size)])
-    return torch.cat([args[0] for args in seen]), torch.cat([args[1] for args in seen])
+    seen = _inputs_of(gm.get_submodule(name), [lambda b=b: gm(b.to(device)) for b in images.split(batch_size)])
+    return tuple(torch.cat(parts) for parts in zip(*seen))
+
+
+def _batches(inputs: tuple[torch.Tensor, ...], batch_size: int):
+    return zip(*(t.split(batch_size) for t in inputs))
+
+
+def main_output(out) -> torch.Tensor:
+    """A block's output that JLSS compares: its only output, or the first of several (Vim's hidden)."""
+    return out[0] if isinstance(out, tuple) else out
 
 
 @torch.no_grad()
-def _run_block(block, hidden, residual, batch_size):
-    outs = [block(h, r) for h, r in zip(hidden.split(batch_size), residual.split(batch_size))]
-    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+def _run_block(block, inputs: tuple[torch.Tensor, ...], batch_size: int) -> torch.Tensor:
+    return torch.cat([main_output(block(*batch)) for batch in _batches(inputs, batch_size)])
 
 
-def _linear_input(block, target: str, hidden, residual, batch_size: int) -> torch.Tensor:
-    """The input (N, L, C) that the module ``target`` sees when ``block`` runs on (hidden, residual)."""
-    calls = [lambda h=h, r=r: block(h, r) for h, r in zip(hidden.split(batch_size), residual.split(batch_size))]
+def _linear_input(block, target: str, inputs: tuple[torch.Tensor, ...], batch_size: int) -> torch.Tensor:
+    """The input (N, L, C) that the module ``target`` sees when ``block`` runs on ``inputs``."""
+    calls = [lambda b=b: block(*b) for b in _batches(inputs, batch_size)]
     return torch.cat([args[0] for args in _inputs_of(block.get_submodule(target), calls)])
 
 
@@ -75,16 +88,17 @@ def fake_quant_nodes(block: torch.fx.GraphModule) -> list[str]:
 
 
 @torch.no_grad()
-def grid_search_block(block: torch.fx.GraphModule, hidden, residual, config: QuantConfig, batch_size: int) -> None:
+def grid_search_block(block: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], config: QuantConfig,
+                      batch_size: int) -> None:
     """Stage 2 on one block, in graph order, from ``config.grid_samples`` calibration samples."""
-    hidden, residual = hidden[: config.grid_samples], residual[: config.grid_samples]
+    inputs = tuple(t[: config.grid_samples] for t in inputs)
     for target in fake_quant_nodes(block):
         fq: FakeQuantLinear = block.get_submodule(target)
         fq.log_w_scale.copy_(torch.log(search_weight_scale(
             fq.effective_weight(), config.weight_bits, config.grid_candidates, config.grid_norm)))
         if fq.dynamic:
             continue
-        x = _linear_input(block, target, hidden, residual, batch_size)
+        x = _linear_input(block, target, inputs, batch_size)
         scale, zero_point = search_token_qparams(
             x.reshape(-1, *x.shape[-2:]), fq.inv_smooth, config.act_bits, config.grid_candidates,
             config.grid_norm, per_token=config.granularity == "per_token")
@@ -92,12 +106,14 @@ def grid_search_block(block: torch.fx.GraphModule, hidden, residual, config: Qua
         fq.act_zero_point.copy_(zero_point)
 
 
-def cosine_loss(y_q: torch.Tensor, y_fp: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of 1 - cos(y_fp, y_q) taken over channels; (…, L, C) inputs."""
-    return (1 - F.cosine_similarity(y_q.float(), y_fp.float(), dim=-1, eps=1e-8)).mean()
+def cosine_loss(y_q: torch.Tensor, y_fp: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mean over tokens of 1 - cos(y_fp, y_q) taken over the channel dim ``dim``: (…, L, C) inputs, or
+    (B, C, H, W) with dim 1."""
+    return (1 - F.cosine_similarity(y_q.float(), y_fp.float(), dim=dim, eps=1e-8)).mean()
 
 
-def train_block(block: torch.fx.GraphModule, hidden, residual, target, config: QuantConfig, desc: str) -> list[float]:
+def train_block(block: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], target, config: QuantConfig,
+                desc: str, dim: int = -1) -> list[float]:
     """Stage 3 on one block; returns the mean loss of each epoch."""
     fqs = [block.get_submodule(t) for t in fake_quant_nodes(block)]
     frozen = [p for p in block.parameters() if p.requires_grad]
@@ -114,8 +130,8 @@ def train_block(block: torch.fx.GraphModule, hidden, residual, target, config: Q
     bar = progress(range(config.jlss_epochs), desc=desc)
     for _ in bar:
         total, batches = 0.0, 0
-        for idx in torch.randperm(hidden.shape[0], generator=gen).split(config.jlss_batch_size):
-            loss = cosine_loss(block(hidden[idx], residual[idx])[0], target[idx])
+        for idx in torch.randperm(target.shape[0], generator=gen).split(config.jlss_batch_size):
+            loss = cosine_loss(main_output(block(*(t[idx] for t in inputs))), target[idx], dim)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -133,22 +149,19 @@ def run_jlss(qgm: torch.fx.GraphModule, fgm: torch.fx.GraphModule, images: torch
              config: QuantConfig, batch_size: int = 64) -> dict[str, dict]:
     """In place on ``qgm`` (FakeQuantLinear blocks); ``fgm`` is the float model. Returns per-block
     stats: cosine loss of the quantized block output before and after JLSS, and epoch losses."""
-    hidden_fp, residual_fp = first_block_inputs(fgm, images, batch_size)
-    hidden_q, residual_q = hidden_fp, residual_fp
+    dim = family_named(qgm.meta["family"]).channel_dim
     stats = {}
     for name, qblock in progress(blocks(qgm), desc="JLSS blocks"):
-        fblock = fgm.get_submodule(name)
-        target, target_res = _run_block(fblock, hidden_fp, residual_fp, batch_size)
+        target = _run_block(fgm.get_submodule(name), block_inputs(fgm, name, images, batch_size), batch_size)
+        inputs = block_inputs(qgm, name, images, batch_size)
         if config.grid_search:
-            grid_search_block(qblock, hidden_q, residual_q, config, batch_size)
+            grid_search_block(qblock, inputs, config, batch_size)
         with torch.no_grad():
-            before = cosine_loss(_run_block(qblock, hidden_q, residual_q, batch_size)[0], target).item()
+            before = cosine_loss(_run_block(qblock, inputs, batch_size), target, dim).item()
         history = []
         if config.jlss:
-            history = train_block(qblock, hidden_q, residual_q, target, config, desc=f"JLSS {name}")
-        hidden_q, residual_q = _run_block(qblock, hidden_q, residual_q, batch_size)
-        after = cosine_loss(hidden_q, target).item()
+            history = train_block(qblock, inputs, target, config, desc=f"JLSS {name}", dim=dim)
+        after = cosine_loss(_run_block(qblock, inputs, batch_size), target, dim).item()
         stats[name] = {"loss_before": before, "loss_after": after, "epoch_losses": history}
         log.info("%s: 1-cos %.3e -> %.3e", name, before, after)
-        hidden_fp, residual_fp = target, target_res
     return stats

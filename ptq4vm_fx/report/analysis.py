@@ -12,7 +12,8 @@ in the quantized model and x̃ = x · inv_smooth the quantizer's input (x / m, m
 ``W_eff`` is the float model's weight in the layer's coordinates, from what the layer records
 (its smoothing scale m and ``row_fold``, the consumer's 1/m folded into x_proj's dt rows); both
 forms of quantized linear expose the same attributes, so nothing here asks which one it holds.
-The float model's own linears give the activations before smoothing.
+The float model's own linears give the activations before smoothing; it is captured first, so its
+linears have the quantized model's names (a family's canonical form: VMamba's ``op.x_proj_0``, ...).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..capture import blocks
+from ..capture import blocks, capture
 from ..config import QuantConfig
 from ..errors import InputError
 from ..evaluate import power_ratio_db, sqnr_db, topk_accuracy
@@ -202,6 +203,7 @@ def analyse(
     if not layers:
         raise InputError("the model has no quantized linears: give the result of ptq4vm_fx.convert or load")
     focus = detail_block(qmodel, block)
+    float_model = capture(float_model, qmodel.meta["img_size"])
     w_eff = smoothed_float_weights(qmodel, float_model)
     tallies = {
         name: _LayerTally(module, w_eff[name], detail=name.startswith(focus + ".")) for name, module in layers
