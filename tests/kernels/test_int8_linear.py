@@ -295,3 +295,18 @@ def test_quantized_columns_bad_inputs():
     with pytest.raises(InputError, match="output quantizer"):
         int8_linear_quantize(xq, x_scale.expand(2, 5), x_zp.expand(2, 5), *rest, f32, 0, 3, inv_smooth, scale, zp,
                              bits)
+
+
+def test_quantized_columns_round_ties_to_even(device):
+    """Outputs landing exactly on .5 steps of the output quantizer: the epilogue rounds them half to
+    even, as the reference (quant/integer.py) does, and the codes are the hand-computed ones."""
+    xq = torch.tensor([[[1, 0], [3, 0], [5, 0], [-1, 0], [-3, 0], [7, 0]]], dtype=torch.int8)  # (1, 6, 2)
+    wq = torch.tensor([[1, 0], [0, 1]], dtype=torch.int8)
+    zp = torch.zeros(6, dtype=torch.int32)
+    args = (xq, torch.full((6,), 0.5), zp, wq, torch.ones(2), wq.sum(1, dtype=torch.int32), None, torch.float32, 0, 1,
+            None, torch.ones(6), zp, 8)
+    y, yq = int8_linear_quantize(*_to(args, device))
+    y_ref, yq_ref = int8_linear_quantize_ref(*args)
+    assert y_ref[0, :, 0].tolist() == [0.5, 1.5, 2.5, -0.5, -1.5, 3.5]
+    assert yq_ref[0, :, 0].tolist() == [0, 2, 2, 0, -2, 4]
+    assert torch.equal(yq.cpu(), yq_ref) and torch.equal(y.cpu(), y_ref)

@@ -335,3 +335,19 @@ def test_bidirectional_bad_inputs():
         bidirectional_scan_quantize(*branches, z, True, qp[0], qp[1][:4], qp[2][:4], 8)
     with pytest.raises(InputError, match="the input has 5 tokens"):
         bidirectional_scan_quantize_ref(*branches, z, True, qp[0], qp[1][:4], qp[2][:4], 8)
+
+
+def test_bidirectional_quantized_epilogue_rounds_ties_to_even(device):
+    """delta = 0 freezes the state at 0, so each direction's output is D * u: u on .5 steps of the
+    output quantizer puts every value on a tie; the epilogue rounds them half to even, as the
+    reference (quant/integer.py) does."""
+    u = torch.tensor([[[0.5, 1.5, 2.5, -0.5, -1.5, -2.5]]])  # (batch 1, D 1, L 6)
+    zeros, A = torch.zeros(1, 1, 6), -torch.ones(1, 1)
+    B = C = torch.zeros(1, 1, 6)
+    branch = (u, zeros, A, B, C, torch.ones(1), None)
+    args = (*branch, *branch, None, False, None, torch.ones(6), torch.zeros(6, dtype=torch.int32), 8)
+    out, xq = bidirectional_scan_quantize(*_to(args, device))
+    out_ref, xq_ref = bidirectional_scan_quantize_ref(*args)
+    assert out_ref.flatten().tolist() == u.flatten().tolist()
+    assert xq_ref.flatten().tolist() == [0, 2, 2, 0, -2, -2]
+    assert torch.equal(xq.cpu(), xq_ref) and torch.equal(out.cpu(), out_ref)
