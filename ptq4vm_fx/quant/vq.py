@@ -16,11 +16,13 @@ Calibration (:func:`calibrate_block`), block by block against the float block's 
   codewords nearest to its current soft reconstruction; a candidate that stays keeps its weight, the
   weight of those dropped goes to the newcomers in inverse proportion to their distance (and their
   Adam moments restart from zero).
-* Incremental VQ: every ``confirm_every`` steps sub-vectors whose largest softmax weight reaches
-  ``confirm_threshold`` are confirmed (frozen to that codeword), and the most confident of the rest
-  too until the confirmed share reaches the schedule's (linear from 0 to 1 over ``steps``). The
-  still-soft ones keep learning and absorb the error. Then all codes are hard and
-  ``codebook_steps`` train the codebook and bias alone.
+* Incremental VQ (``incremental``): every ``confirm_every`` steps sub-vectors whose largest softmax
+  weight reaches ``confirm_threshold`` are confirmed (frozen to that codeword), and the most
+  confident of the rest too until the confirmed share reaches the schedule's (linear from 0 to 1
+  over ``steps``). The still-soft ones keep learning and absorb the error. Without it (the
+  ablation's convex-combination step) every sub-vector stays soft for all ``steps`` and is hardened
+  to its most weighted candidate at the end. Then all codes are hard and ``codebook_steps`` train
+  the codebook and bias alone.
 
 The codebook is used rounded to fp16 throughout (straight-through gradient), so the final
 reconstruction is exactly the packed module's decoded weight. Loss: ``"mse"``, the mean squared
@@ -67,6 +69,7 @@ class VQConfig:
     hull_every: int = 50
     confirm_every: int = 10
     confirm_threshold: float = 0.99
+    incremental: bool = True
     batch_size: int = 32
     loss: str = "mse"
     kmeans_iters: int = 50
@@ -75,8 +78,8 @@ class VQConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "str": str}[f.type]
-            if isinstance(value, bool) or not isinstance(value, expected):
+            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[f.type]
+            if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, expected):
                 raise InputError(f"VQConfig.{f.name} must be {f.type}, got {value!r}")
         if self.k < 2 or self.k & (self.k - 1):
             raise InputError(f"VQConfig.k must be a power of two >= 2 (a code is log2 k bits), got {self.k}")
@@ -470,14 +473,14 @@ def calibrate_block(block: nn.Module, float_block: nn.Module, inputs: Tensor | S
         optimizer.step()
         step_losses.append(float(loss.detach()))
 
-    for step in range(1, config.steps + 1):  # soft codes, confirmed incrementally
+    for step in range(1, config.steps + 1):  # soft codes (confirmed incrementally with ``incremental``)
         train_step()
         if step % config.hull_every == 0:
             for name, layer in layers.items():
                 state = optimizer.state[layer.logits]
                 moments = [state[key] for key in ("exp_avg", "exp_avg_sq") if key in state]
                 reports[name].hull_changes += layer.update_hull(moments)
-        if step % config.confirm_every == 0:
+        if config.incremental and step % config.confirm_every == 0:
             for name, layer in layers.items():
                 by_threshold, forced = layer.confirm(config.confirm_threshold, step / config.steps)
                 reports[name].confirmed_by_threshold += by_threshold

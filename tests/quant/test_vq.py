@@ -314,3 +314,14 @@ def test_plain_vq_is_the_nearest_codeword():
     decoded = packed.weight().reshape(-1, 2)
     assert torch.equal(decoded, codebook[nearest_codewords(sub, codebook)[1][:, 0]])
     assert torch.equal(packed.bias, lin.bias.detach())
+
+
+def test_without_incremental_confirmation_every_code_stays_soft_until_the_end():
+    block, inputs = _block_and_inputs(64)
+    report = calibrate_block(block, copy.deepcopy(block), inputs,
+                             _fast(steps=40, codebook_steps=0, confirm_every=5, incremental=False), pack=False)
+    assert all(r.confirmed_by_threshold == r.confirmed_forced == 0 for r in report.layers)
+    assert all(layer.hard.all() for layer in (block.fc1, block.fc2))  # hardened at the end
+    assert report.layers[0].hull_changes > 0
+    with pytest.raises(InputError, match="incremental must be bool"):
+        VQConfig(k=16, d=2, incremental=1)
