@@ -34,10 +34,18 @@ Forward has no data-dependent control flow: ``torch.fx.symbolic_trace`` captures
 node per direction per block. Importing this module registers the released variants with timm
 under their official names (``timm.create_model("local_vssm_tiny")``); keyword arguments override
 the configuration.
+
+It also registers two model families (models/family.py): ``local_vssm`` (:data:`VSSM_FAMILY`; any
+image size in float, the calibration size fixed at capture; :func:`canonicalize_vssm_block` gives the
+grouped x_proj / dt_proj weights per-direction ``nn.Linear`` modules and runs in_proj / out_proj on
+tokens) and ``local_vim`` (:data:`VIM_FAMILY`; blocks already in the passes' form). The quantized
+linears are in_proj, out_proj and per direction x_proj_<i> / dt_proj_<i>; BiAttn's linears, the
+patch merging and the head stay float.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections import OrderedDict
@@ -55,6 +63,8 @@ from timm.models import register_model
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from ..errors import InputError
 from ..scan import channel_major
+from .canonical import split_grouped_linears, token_major_linears
+from .family import ModelFamily, register_family
 from .vim import Block as VimBlock
 from .vim import RMSNorm
 from .vmamba import check_image_batch, check_state_dict
@@ -862,3 +872,65 @@ local_vssm_small = _registered("local_vssm_small")
 local_vim_tiny = _registered("local_vim_tiny")
 local_vim_tiny_middle_cls_token = _registered("local_vim_tiny_middle_cls_token")
 local_vim_small = _registered("local_vim_small")
+
+
+# -------------------------------------------------------------------------------------------------
+# the model families (models/family.py)
+# -------------------------------------------------------------------------------------------------
+
+_SCAN_ORDERS = ("per block its own list: h (row-major), v (column-major), w<k> (k x k windows, the map "
+                "zero-padded to window multiples, padded tokens scanned)", "each optionally _flip (reverse=True)")
+
+
+def _names(prefix: str):
+    return lambda: sorted(name for name in LOCALMAMBA_CONFIGS if name.startswith(prefix))
+
+
+def _config_keys(cls: type[nn.Module]):
+    return lambda: sorted(k for k, p in inspect.signature(cls).parameters.items() if p.kind is not p.VAR_KEYWORD)
+
+
+def canonicalize_vssm_block(block: torch.fx.GraphModule) -> None:
+    """A captured LocalVSSM VSSBlock graph in the passes' form (docs/design.md section 11), in place: each
+    direction's ``F.linear(·, x_proj_weight[k])`` / ``F.linear(·, dt_projs_weight[k])`` becomes a call of the
+    bias-free ``nn.Linear`` ``op.x_proj_<k>`` / ``op.dt_proj_<k>``, and in_proj / out_proj run on
+    (batch, H W, C) tokens: norm -> in_proj, and out_norm (on tokens already) -> cast -> times z ->
+    out_proj, so both fold their 1/m into the norm."""
+    split_grouped_linears(block, "x_proj_weight", "x_proj")
+    split_grouped_linears(block, "dt_projs_weight", "dt_proj")
+    token_major_linears(block, ("op.in_proj", "op.out_proj"), channel_first=False,
+                        token_norm=lambda m: m if type(m) is nn.LayerNorm else None)
+
+
+_LINEARS = ("in_proj", "out_proj", "x_proj_[0-9]*", "dt_proj_[0-9]*")  # x_proj_<i>, dt_proj_<i>: per direction
+
+VSSM_FAMILY = register_family(ModelFamily(
+    name="local_vssm",
+    model_class=LocalVSSM,
+    model_names=_names("local_vssm"),
+    create=create_localmamba,
+    config_keys=_config_keys(LocalVSSM),
+    block_classes=(VSSBlock,),
+    leaf_classes=(),
+    fold_norms=(nn.LayerNorm,),
+    linears=_LINEARS,
+    alpha=0.65,  # VMamba's (the same block structure)
+    scan_orders=_SCAN_ORDERS,
+    image_size=lambda model: None,  # any size: the calibration size is fixed at capture
+    canonicalize=canonicalize_vssm_block,
+))  # fmt: skip
+
+VIM_FAMILY = register_family(ModelFamily(
+    name="local_vim",
+    model_class=LocalVim,
+    model_names=_names("local_vim"),
+    create=create_localmamba,
+    config_keys=_config_keys(LocalVim),
+    block_classes=(LocalVimBlock,),
+    leaf_classes=(RMSNorm,),
+    fold_norms=(RMSNorm, nn.LayerNorm),
+    linears=_LINEARS,
+    alpha=0.5,  # Vim's (the same block structure)
+    scan_orders=_SCAN_ORDERS,
+    image_size=lambda model: tuple(model.patch_embed.img_size),
+))  # fmt: skip
