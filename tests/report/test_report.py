@@ -91,6 +91,10 @@ def test_plot_data_has_one_point_per_token_and_channel(tiny_report, tiny_quantiz
         ranges = report["token_ranges"][name]
         assert all(len(ranges[k]) == TINY_TOKENS for k in ("x_min", "x_max", "quant_min", "quant_max"))
         assert all(lo <= hi for lo, hi in zip(ranges["x_min"], ranges["x_max"]))
+        # what the quantizer represents per token: codes -128..127 (8 bits, signed) minus the zero point
+        scale, zero_point = modules[name].static_act_qparams()
+        torch.testing.assert_close(torch.tensor(ranges["quant_min"]), (-128 - zero_point) * scale)
+        torch.testing.assert_close(torch.tensor(ranges["quant_max"]), (127 - zero_point) * scale)
         absmax = report["channel_absmax"][name]
         assert len(absmax["float"]) == len(absmax["smoothed"]) == modules[name].in_features
         hist = report["histograms"][name]
