@@ -1,4 +1,4 @@
-"""The speedup suite runs on a CUDA GPU only (DESIGN.md section 8: CPU timings are not speed
+"""The speedup suite runs on a CUDA GPU only (docs/design.md section 8: CPU timings are not speed
 results). Without one every benchmark is collected and skipped, so `pytest benchmarks` exits 0.
 
 Each benchmark adds a record (timings and speedups) through the ``record`` fixture, which also
@@ -12,7 +12,7 @@ import torch
 
 from .results import environment, load_thresholds, threshold, write_results
 
-NO_GPU = "the benchmarks need a CUDA GPU (CPU timings are not speed results, DESIGN.md section 8)"
+NO_GPU = "the benchmarks need a CUDA GPU (CPU timings are not speed results, docs/design.md section 8)"
 _records: list[dict] = []
 
 

@@ -1,6 +1,6 @@
 """End-to-end speedup: Vim-T/S/B at 224x224, batch 1 / 32 / 128, the INT8 model compiled with the
 ptq4vm backend against the FP16 model eager and compiled by Inductor (the speedup is also quoted
-against the faster of the two, "fp16_best", DESIGN.md section 8).
+against the faster of the two, "fp16_best", docs/design.md section 8).
 
 Each side is also timed with CUDA graphs (Inductor's cudagraph trees: ``mode="reduce-overhead"``
 for FP16, the backend's default for INT8; "int8_*_ptq4vm" without them, ``cudagraphs=False``),

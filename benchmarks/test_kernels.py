@@ -78,7 +78,7 @@ def int8_fused(p: dict, autotune: bool = True) -> torch.Tensor:
 
 
 def int_mm_unfused(p: dict) -> torch.Tensor:
-    """torch ops: quantize the fp16 input (the rounding contract of DESIGN.md section 3, so the codes
+    """torch ops: quantize the fp16 input (the rounding contract of docs/design.md section 3, so the codes
     equal the fused path's), torch._int_mm (int8 x int8 -> int32), dequantize, bias."""
     x, scale, zp = p["x16"], p["x_scale"], p["zp"]
     xq = (torch.round(x.float() * torch.reciprocal(scale)[:, None]) + zp[:, None]).clamp(-128, 127).to(torch.int8)

@@ -1,4 +1,4 @@
-"""GPU timing: CUDA events around each run, warm-up first, median of the runs (DESIGN.md section 8)."""
+"""GPU timing: CUDA events around each run, warm-up first, median of the runs (docs/design.md section 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where the time of one forward goes (GPU only; DESIGN.md section 8): the CUDA kernels of the INT8
+"""Where the time of one forward goes (GPU only; docs/design.md section 8): the CUDA kernels of the INT8
 model compiled with the ptq4vm backend (float parts in fp32, and in fp16) and of the FP16 model
 compiled by Inductor, per kernel and grouped by what they compute, next to each forward's wall time
 (their difference is the host's launch overhead, which CUDA graphs remove). On the host side: the
