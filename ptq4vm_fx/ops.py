@@ -9,6 +9,8 @@ same signature) and its fake (shapes only, for tracing). Importing this module r
   (its backward recomputes through :func:`ptq4vm_fx.scan.selective_scan_ref`).
 * ``quantize_per_token(x, inv_smooth, scale, zero_point, bits)`` -> int8 codes.
 * ``int8_linear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True)``.
+* ``vq_linear(x, codes, codebook, bias)``: float x, the weight decoded from packed codes and an fp16
+  codebook (:mod:`.kernels.vq_linear`).
 
 The lowering's fusions (``torch.ops.ptq4vm_fused.*``) are defined the same way in
 :mod:`ptq4vm_fx.lowering.fused_ops`.
@@ -26,9 +28,10 @@ from .errors import InputError
 from .kernels import int8_linear as _gemm
 from .kernels import quantize as _quantize
 from .kernels import selective_scan as _scan_kernels
+from .kernels import vq_linear as _vq
 from .scan import selective_scan_ref
 
-__all__ = ["define_op", "selective_scan", "quantize_per_token", "int8_linear"]
+__all__ = ["define_op", "selective_scan", "quantize_per_token", "int8_linear", "vq_linear"]
 
 
 # The CUDA implementation (a Triton launch) of every op defined here and in lowering/fused_ops.py, by
@@ -118,9 +121,10 @@ selective_scan.register_autograd(_scan_backward, setup_context=_scan_setup_conte
 
 
 # --------------------------------------------------------------------------------------------
-# ptq4vm::quantize_per_token, ptq4vm::int8_linear
+# ptq4vm::quantize_per_token, ptq4vm::int8_linear, ptq4vm::vq_linear
 # --------------------------------------------------------------------------------------------
 
 quantize_per_token = define_op("ptq4vm::quantize_per_token", _quantize.quantize_per_token_ref,
                                _quantize.quantize_per_token, _quantize.quantize_per_token_fake)
 int8_linear = define_op("ptq4vm::int8_linear", _gemm.int8_linear_ref, _gemm.int8_linear, _gemm.int8_linear_fake)
+vq_linear = define_op("ptq4vm::vq_linear", _vq.vq_linear_ref, _vq.vq_linear, _vq.vq_linear_fake)

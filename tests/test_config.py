@@ -1,13 +1,13 @@
 import pytest
 
-from ptq4vm_fx.config import METHODS, PRESETS, QuantConfig, resolve_config
+from ptq4vm_fx.config import METHODS, PRESETS, QuantConfig, compatible, resolve_config
 from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.models.zoo import FAMILY as VIM
 
 
 def test_presets_and_round_trip():
     for preset, (w, a) in PRESETS.items():
-        for method in METHODS:
+        for method in filter(lambda m: compatible(preset, m), METHODS):
             config = QuantConfig.preset_config(preset, method)
             assert (config.weight_bits, config.act_bits, config.method) == (w, a, method)
             assert QuantConfig.from_dict(config.to_dict()) == config
@@ -90,3 +90,47 @@ def test_each_method_accepts_its_own_options(method, options):
     config = QuantConfig.preset_config("w4a4", method, **options)
     assert all(getattr(config, k) == (tuple(v) if k == "linears" else v) for k, v in options.items())
     assert QuantConfig.from_dict(config.to_dict()) == config
+
+
+# ---- weight methods (rtn, VQ) -----------------------------------------------------------------
+
+
+def test_weight_presets_nest_the_vq_config():
+    config = QuantConfig.preset_config("w2a16", "vimvq", vq={"steps": 7})
+    assert (config.weight_bits, config.act_bits, config.weight_only, config.smooth) == (2, 16, True, False)
+    assert (config.vq.k, config.vq.d, config.vq.steps, config.vq.incremental) == (256, 4, 7, True)
+    data = config.to_dict()
+    assert data["vq"]["steps"] == 7 and QuantConfig.from_dict(data) == config
+    assert QuantConfig.preset_config("w3a16", "vq_convex").vq.incremental is False  # set by the method
+    assert QuantConfig.preset_config("w3a16", "vimvq", vq={"d": 1}).vq.k == 8  # k = 2^(bits * d)
+    combined = QuantConfig.preset_config("w2a8", "vimvq")
+    assert (combined.granularity, combined.smooth, combined.vq.k) == ("per_token", True, 256)
+    assert QuantConfig.preset_config("w1a16", "rtn").vq is None
+    assert compatible("w2a8", "vimvq") and not compatible("w2a8", "rtn") and not compatible("w3a16", "ptq4vm")
+
+
+@pytest.mark.parametrize("preset, method, options, match", [
+    ("w3a16", "ptq4vm", {}, "preset w3a16 is not for method 'ptq4vm': it is for rtn, vq_kmeans"),
+    ("w2a8", "rtn", {}, "preset w2a8 is not for method 'rtn'"),
+    ("w3a16", "vimvq", dict(vq={"d": 4}), "needs 12-bit codes"),
+    ("w2a16", "vimvq", dict(vq={"k": 64}), r"k=64 codewords of length d=4 is log2\(k\)/d = 1.5 bits"),
+    ("w2a16", "vq_kmeans", dict(vq={"steps": 3}), "option vq.steps does nothing for method 'vq_kmeans'"),
+    ("w2a16", "vq_convex", dict(vq={"confirm_threshold": 0.9}), "vq.confirm_threshold does nothing"),
+    ("w2a16", "rtn", dict(vq={}), "option vq does nothing for method 'rtn'"),
+    ("w2a16", "vimvq", dict(alpha=0.5), "alpha does nothing for method 'vimvq' at act_bits=16"),
+])
+def test_weight_configs_that_make_no_sense_are_refused(preset, method, options, match):
+    with pytest.raises(InputError, match=match):
+        QuantConfig.preset_config(preset, method, **options)
+
+
+def test_weight_bits_and_codebooks_are_checked_in_the_constructor():
+    with pytest.raises(InputError, match="act_bits must be 16 \\(weights only\\) for rtn"):
+        QuantConfig(method="rtn", weight_bits=2, act_bits=8)
+    with pytest.raises(InputError, match="no default codebook for 4-bit weights"):
+        QuantConfig(method="vimvq", weight_bits=4, act_bits=16)
+    with pytest.raises(InputError, match="act_bits must be an int in \\[2, 8\\], got 16 \\(weight-only configs"):
+        QuantConfig(method="pts", weight_bits=4, act_bits=16)
+    with pytest.raises(InputError, match="incremental=False is method vq_convex"):
+        QuantConfig(method="vimvq", weight_bits=2, act_bits=16, vq=QuantConfig.preset_config(
+            "w2a16", "vq_convex").vq)

@@ -20,10 +20,12 @@ and as IEEE fp32 for fp32 activations; under the interpreter always as fp32.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ._common import FLOAT_DTYPES, _round_to, check_devices, check_tensor, interpret_mode
 
@@ -108,7 +110,7 @@ def _dot_mode(dtype: torch.dtype) -> int:
 
 
 def _check_args(x, codes, codebook, bias):
-    """Shapes and dtypes; returns (M, N, K, d, code bits)."""
+    """Shapes and dtypes of the 2-D problem; returns (M, N, K, d, code bits)."""
     check_tensor("x", x, ndim=2, dtypes=FLOAT_DTYPES)
     check_tensor("codes", codes, ndim=2, dtypes=(torch.uint8,))
     check_tensor("codebook", codebook, ndim=2, dtypes=(torch.float16,))
@@ -125,19 +127,26 @@ def _check_args(x, codes, codebook, bias):
     return M, N, K, d, bits
 
 
-def vq_linear(x, codes, codebook, bias=None):
-    """``y = x @ decode(codes, codebook).T + bias`` with the weight decoded tile by tile in the GEMM.
+def vq_linear(x: Tensor, codes: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``y = x @ decode(codes, codebook).T + bias`` with the weight decoded tile by tile in the GEMM
+    (the CUDA implementation of ``ptq4vm::vq_linear``).
 
     Args:
-        x: (M, K) fp32 / fp16 / bf16 activations (any strides).
+        x: (..., K) fp32 / fp16 / bf16 activations.
         codes: (N, ceil(K/d * b / 8)) uint8, each row's K/d codes bit-packed as the module docstring
             says, b = ceil(log2 k); every code must be < k (not checked here: VQLinear checks on load).
         codebook: (k, d) fp16, 2 <= k <= 256, d divides K; contiguous.
         bias: (N,) fp32 or None.
 
     Returns:
-        y: (M, N) in x's dtype.
+        y: (..., N) in x's dtype.
     """
+    y = _launch_vq_linear(x.reshape(-1, x.shape[-1]), codes, codebook, bias)
+    return y.reshape(*x.shape[:-1], codes.shape[0])
+
+
+def _launch_vq_linear(x, codes, codebook, bias):
+    """The kernel on a 2-D problem: x (M, K) (any strides) -> y (M, N)."""
     M, N, K, d, bits = _check_args(x, codes, codebook, bias)
     check_devices(x=x, codes=codes, codebook=codebook, bias=bias)
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -157,15 +166,19 @@ def vq_linear(x, codes, codebook, bias=None):
 # --------------------------------------------------------------------------------------------
 
 
-def vq_linear_ref(x, codes, codebook, bias=None):
+def vq_linear_ref(x: Tensor, codes: Tensor, codebook: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Pure-PyTorch specification of :func:`vq_linear` (same arguments, same result up to the order
     of the fp32 summation): decode the whole weight, one fp32 matmul, bias, one rounding to x's dtype."""
-    M, N, K, d, bits = _check_args(x, codes, codebook, bias)
-    w = decode_weight(codes, codebook, K)
-    y = x.float() @ w.t()
+    x2 = x.reshape(-1, x.shape[-1])
+    M, N, K, d, bits = _check_args(x2, codes, codebook, bias)
+    y = x2.float() @ decode_weight(codes, codebook, K).t()
     if bias is not None:
         y = y + bias
-    return y.to(x.dtype)
+    return y.to(x.dtype).reshape(*x.shape[:-1], N)
+
+
+def vq_linear_fake(x, codes, codebook, bias=None):
+    return x.new_empty((*x.shape[:-1], codes.shape[0]))
 
 
 # --------------------------------------------------------------------------------------------

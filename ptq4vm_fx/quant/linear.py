@@ -22,6 +22,22 @@ from . import integer
 from .fake_quant import dynamic_act_qparams, fake_quant_act, fake_quant_weight, weight_codes
 
 
+class KeepsBufferDtypes(nn.Module):
+    """A module whose buffers keep their dtypes under a model's dtype cast (``.half()``,
+    ``.to(torch.bfloat16)``, ``.float()``) while device moves apply to all of them: rounding fp32
+    scales to half precision would change the quantization (a weight scale of 1e-5 is subnormal in
+    fp16), and an fp16 codebook is exact as it is. The output takes the input's dtype."""
+
+    def _apply(self, fn, recurse=True):
+        kept = {name: b for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+
 class FakeQuantLinear(nn.Module):
     """Simulated W{w_bits}A{a_bits} linear with learnable smoothing and step sizes (log-parametrised).
 
@@ -126,7 +142,7 @@ class FakeQuantLinear(nn.Module):
         return f"{self.in_features}->{self.out_features}, W{self.w_bits}A{self.a_bits}, {mode}"
 
 
-class QuantizedLinear(nn.Module):
+class QuantizedLinear(KeepsBufferDtypes):
     """Integer linear: ``ptq4vm::quantize_per_token`` then ``ptq4vm::int8_linear`` (docs/design.md section 3).
 
     Buffers: wq int8 (O, C); w_scale fp32 (O,); w_colsum int32 (O,); bias fp32 (O,) or None;
@@ -179,18 +195,6 @@ class QuantizedLinear(nn.Module):
         xq = torch.ops.ptq4vm.quantize_per_token(x, self.inv_smooth, scale, zero_point, self.a_bits)
         return torch.ops.ptq4vm.int8_linear(xq, scale, zero_point, self.wq, self.w_scale, self.w_colsum, self.bias,
                                             x.dtype)
-
-    def _apply(self, fn, recurse=True):
-        """Device moves apply to every buffer; a dtype cast of the model (``.half()``, ``.to(torch.bfloat16)``)
-        leaves the fp32 buffers as they are: rounding the scales to half precision would change the
-        quantization (and a weight scale of 1e-5 is subnormal in fp16)."""
-        kept = {name: b for name, b in self._buffers.items() if b is not None and b.dtype == torch.float32}
-        super()._apply(fn, recurse)
-        for name, old in kept.items():
-            new = self._buffers[name]
-            if new.dtype != torch.float32:
-                self._buffers[name] = old.to(new.device)
-        return self
 
     def extra_repr(self) -> str:
         mode = "dynamic" if self.dynamic else f"tokens={self.tokens}"

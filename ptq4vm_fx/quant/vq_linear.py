@@ -1,57 +1,42 @@
-"""The runtime vector-quantized linear: packed codes + an fp16 codebook, run by ``ptq4vm::vq_linear``.
+"""The runtime vector-quantized linears: packed codes + an fp16 codebook, run by ``ptq4vm::vq_linear``.
 
-``ptq4vm::vq_linear(x, codes, codebook, bias)``: x (…, C) float, codes (O, R) uint8 (each row's C/d
-codes bit-packed, ``kernels/vq_linear.py`` gives the layout), codebook (k, d) fp16, bias (O,) fp32 or
-None -> (…, O) in x's dtype. On CUDA it runs the Triton VQ GEMM, elsewhere its reference (decode,
-one fp32 matmul, one rounding): the two agree up to the order of the fp32 summation.
+``ptq4vm::vq_linear(x, codes, codebook, bias)`` (defined in :mod:`ptq4vm_fx.ops`): x (…, C) float,
+codes (O, R) uint8 (each row's C/d codes bit-packed, ``kernels/vq_linear.py`` gives the layout),
+codebook (k, d) fp16, bias (O,) fp32 or None -> (…, O) in x's dtype. On CUDA it runs the Triton VQ
+GEMM, elsewhere its reference (decode, one fp32 matmul, one rounding): the two agree up to the order
+of the fp32 summation.
+
+Both forms expose the facts the report and serialization read from QuantizedLinear
+(``quant/linear.py``): :meth:`init_args` / ``empty``, ``in_features``, ``out_features``, ``a_bits``
+(None: float activations), ``dynamic``, ``smooth``, ``inv_smooth``, ``row_fold``,
+:meth:`dequantized_weight`, and for :class:`VQActLinear` ``tokens`` and :meth:`static_act_qparams`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from ..errors import InputError
-from ..kernels.vq_linear import (
-    code_bits,
-    decode_weight,
-    pack_codes,
-    packed_row_bytes,
-    unpack_codes,
-    vq_linear,
-    vq_linear_ref,
-)
+from ..kernels.vq_linear import code_bits, decode_weight, pack_codes, packed_row_bytes, unpack_codes
+from .linear import KeepsBufferDtypes
 
 
-@torch.library.custom_op("ptq4vm::vq_linear", mutates_args=())
-def vq_linear_op(x: Tensor, codes: Tensor, codebook: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """See the module docstring; the reference implementation (every device but CUDA)."""
-    y = vq_linear_ref(x.reshape(-1, x.shape[-1]), codes, codebook, bias)
-    return y.reshape(*x.shape[:-1], codes.shape[0])
-
-
-@vq_linear_op.register_kernel("cuda")
-def _(x, codes, codebook, bias):
-    y = vq_linear(x.reshape(-1, x.shape[-1]), codes, codebook, bias)
-    return y.reshape(*x.shape[:-1], codes.shape[0])
-
-
-@vq_linear_op.register_fake
-def _(x, codes, codebook, bias):
-    return x.new_empty((*x.shape[:-1], codes.shape[0]))
-
-
-class VQLinear(nn.Module):
+class VQLinear(KeepsBufferDtypes):
     """x (…, in_features) float -> (…, out_features) in x's dtype, the weight vector-quantized.
 
     One codebook per layer. Buffers: ``codes`` (out_features, ceil(in_features/d * b / 8)) uint8,
     the bit-packed code rows (b = ceil(log2 k)); ``codebook`` (k, d) fp16; ``bias`` (out_features,)
-    fp32 or None. A model's dtype cast (``.half()``, ``.float()``) leaves them as they are; device
+    fp32 or None; ``smooth``, ``inv_smooth`` (in_features,) and ``row_fold`` (out_features,) ones, not
+    saved (no smoothing, no fold). A model's dtype cast (``.half()``, ``.float()``) leaves them as they are; device
     moves apply. Loading a state dict checks the codes' dtype and shape and that every code is < k.
     """
+
+    a_bits = None  # activations stay floating point
+    dynamic = False
 
     def __init__(self, in_features: int, out_features: int, k: int, d: int, has_bias: bool):
         super().__init__()
@@ -65,6 +50,10 @@ class VQLinear(nn.Module):
                                                   dtype=torch.uint8))
         self.register_buffer("codebook", torch.zeros(k, d, dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features) if has_bias else None)
+        # the facts QuantizedLinear records, constant here (not saved): no smoothing, no row fold
+        self.register_buffer("smooth", torch.ones(in_features), persistent=False)
+        self.register_buffer("inv_smooth", torch.ones(in_features), persistent=False)
+        self.register_buffer("row_fold", torch.ones(out_features), persistent=False)
 
     def init_args(self) -> dict:
         """The constructor arguments, as plain values (for a file's module record)."""
@@ -97,6 +86,14 @@ class VQLinear(nn.Module):
         """(out_features, in_features) fp32, the decoded weight."""
         return decode_weight(self.codes, self.codebook, self.in_features)
 
+    def dequantized_weight(self) -> Tensor:
+        """(out_features, in_features) fp32: the weight the layer multiplies by (the decoded one)."""
+        return self.weight()
+
+    def code_counts(self) -> Tensor:
+        """(k,) int64: how many sub-vectors use each codeword."""
+        return torch.bincount(self.code_indices().reshape(-1), minlength=self.k)
+
     @property
     def nominal_bits(self) -> float:
         """log2(k) / d bits per weight."""
@@ -109,16 +106,6 @@ class VQLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.ptq4vm.vq_linear(x, self.codes, self.codebook, self.bias)
-
-    def _apply(self, fn, recurse=True):
-        """Device moves apply to every buffer; dtype casts leave the fp16 codebook and fp32 bias as they are."""
-        kept = {name: b for name, b in self._buffers.items() if b is not None}
-        super()._apply(fn, recurse)
-        for name, old in kept.items():
-            new = self._buffers[name]
-            if new.dtype != old.dtype:
-                self._buffers[name] = old.to(new.device)
-        return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -137,3 +124,63 @@ class VQLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_features}->{self.out_features}, k={self.k}, d={self.d}, "
                 f"{self.nominal_bits:.3g} bits/weight ({self.storage_bits:.3g} stored), bias={self.bias is not None}")
+
+
+class VQActLinear(VQLinear):
+    """A VQ weight behind per-token static activation quantization (the ``vimvq`` ``w2a8`` preset):
+    x (…, L, in_features) -> (…, L, out_features) in x's dtype.
+
+    ``ptq4vm::quantize_per_token`` gives the codes of ``x * inv_smooth`` (section 3.1's formula), they
+    are dequantized in fp32 (``(q - z) * s``) and ``ptq4vm::vq_linear`` multiplies them by the decoded
+    weight, whose codebook is fitted to the smoothed weight ``W * m``: a VQ GEMM on fake-quantized
+    activations (no integer GEMM). Extra buffers: ``inv_smooth`` and ``smooth`` (in_features,) fp32,
+    ``act_scale`` (L,) fp32, ``act_zero_point`` (L,) int32, signed.
+    """
+
+    dynamic = False
+
+    def __init__(self, in_features: int, out_features: int, k: int, d: int, has_bias: bool, tokens: int,
+                 a_bits: int):
+        super().__init__(in_features, out_features, k, d, has_bias)
+        if not 2 <= a_bits <= 8:
+            raise InputError(f"VQActLinear: a_bits must be in [2, 8], got {a_bits}")
+        self.a_bits = a_bits
+        self.register_buffer("inv_smooth", torch.ones(in_features))  # saved here
+        self.register_buffer("smooth", torch.ones(in_features))
+        self.register_buffer("act_scale", torch.ones(tokens))
+        self.register_buffer("act_zero_point", torch.zeros(tokens, dtype=torch.int32))
+
+    @property
+    def tokens(self) -> int:
+        return self.act_scale.shape[0]
+
+    def init_args(self) -> dict:
+        return {**super().init_args(), "tokens": self.tokens, "a_bits": self.a_bits}
+
+    @classmethod
+    def from_parts(cls, weight: VQLinear, smooth: Tensor, act_scale: Tensor, act_zero_point: Tensor,
+                   a_bits: int) -> VQActLinear:
+        """``weight`` (its codebook fitted to W * smooth) with the activation quantizer: smooth (C,),
+        act_scale (L,) and signed act_zero_point (L,) of x / smooth."""
+        module = cls(weight.in_features, weight.out_features, weight.k, weight.d, weight.bias is not None,
+                     act_scale.shape[0], a_bits).to(weight.codes.device)
+        module.load_state_dict({**weight.state_dict(), "smooth": smooth.float(),
+                                "inv_smooth": torch.reciprocal(smooth.float()), "act_scale": act_scale.float(),
+                                "act_zero_point": act_zero_point.to(torch.int32)})
+        return module
+
+    def static_act_qparams(self) -> tuple[Tensor, Tensor]:
+        """(scale, signed zero point), (L,) fp32 each."""
+        return self.act_scale, self.act_zero_point.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2] != self.tokens:
+            raise InputError(f"input has {x.shape[-2]} tokens but the per-token scales were calibrated for "
+                             f"{self.tokens}: use the image size the model was calibrated at")
+        q = torch.ops.ptq4vm.quantize_per_token(x, self.inv_smooth, self.act_scale, self.act_zero_point, self.a_bits)
+        xd = (q.float() - self.act_zero_point[:, None]) * self.act_scale[:, None]
+        return torch.ops.ptq4vm.vq_linear(xd, self.codes, self.codebook, self.bias).to(x.dtype)
+
+
+# both forms, for code that finds the vector-quantized linears of a model
+VQ_LINEARS = (VQLinear, VQActLinear)
