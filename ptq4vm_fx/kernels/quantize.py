@@ -16,6 +16,7 @@ and its ``*_fake`` (the shapes, for tracing):
     * ``add_rmsnorm_quantize`` - residual add + RMSNorm + quantization (Vim's fused_add_norm).
     * ``conv1d_silu_quantize`` - Vim's depthwise causal (or anticausal) conv1d + SiLU, writing the
       result and its token-major quantization.
+    * ``conv1d_silu`` - the same kernel without the quantization (a float model's conv).
 """
 
 from __future__ import annotations
@@ -316,8 +317,8 @@ def _conv1d_silu_quantize_kernel(
     stride_ub, stride_ud, stride_ul,
     stride_qb, stride_ql, stride_qd,
     qmin, qmax,
-    WIDTH: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    WIDTH: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, QUANT: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -352,14 +353,15 @@ def _conv1d_silu_quantize_kernel(
     tl.store(u_ptr + b * stride_ub + offs_d[:, None] * stride_ud + offs_l[None, :] * stride_ul,
              u.to(u_ptr.dtype.element_ty), mask=mask)
 
-    inv_scale = tl.load(inv_scale_ptr + offs_l, mask=mask_l, other=0.0)
-    zp = tl.load(zp_ptr + offs_l, mask=mask_l, other=0)
-    if HAS_SMOOTH:
-        inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
-    else:
-        inv_smooth = tl.full((BLOCK_D,), 1.0, tl.float32)
-    q = _quantize_values(u, inv_smooth[:, None], inv_scale[None, :], zp[None, :], qmin, qmax)
-    tl.store(q_ptr + b * stride_qb + offs_l[None, :] * stride_ql + offs_d[:, None] * stride_qd, q, mask=mask)
+    if QUANT:
+        inv_scale = tl.load(inv_scale_ptr + offs_l, mask=mask_l, other=0.0)
+        zp = tl.load(zp_ptr + offs_l, mask=mask_l, other=0)
+        if HAS_SMOOTH:
+            inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
+        else:
+            inv_smooth = tl.full((BLOCK_D,), 1.0, tl.float32)
+        q = _quantize_values(u, inv_smooth[:, None], inv_scale[None, :], zp[None, :], qmin, qmax)
+        tl.store(q_ptr + b * stride_qb + offs_l[None, :] * stride_ql + offs_d[:, None] * stride_qd, q, mask=mask)
 
 
 def _conv1d_config(D, L):
@@ -369,6 +371,7 @@ def _conv1d_config(D, L):
 
 
 def _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse):
+    """(batch, D, L, weight as (D, W)); the quantization parameters are checked unless inv_scale is None."""
     check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES)
     Bsz, D, L = x.shape
     check_tensor("weight", weight, dtypes=FLOAT_DTYPES)
@@ -377,14 +380,16 @@ def _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, r
     if weight.dim() != 2 or weight.shape[0] != D or weight.shape[1] < 1:
         raise ValueError(f"weight must have shape (D={D}, W) or (D, 1, W), got {tuple(weight.shape)}")
     check_tensor("bias", bias, shape=(D,), dtypes=FLOAT_DTYPES, allow_none=True)
-    check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, D)
+    if inv_scale is not None:
+        check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, D)
     if not isinstance(reverse, bool):
         raise ValueError(f"reverse must be a bool, got {type(reverse).__name__}")  # noqa: TRY004 (API: ValueError)
     return Bsz, D, L, weight
 
 
 def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse):
-    """Depthwise conv1d (kernel width W, zero padded) + SiLU + token-major quantization.
+    """Depthwise conv1d (kernel width W, zero padded) + SiLU + token-major quantization (none when
+    ``inv_scale`` is None: a float model's conv).
 
         forward (reverse=False), causal:   v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t-(W-1)+j]
         reverse=True, anticausal:          v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t+(W-1)-j]
@@ -400,34 +405,38 @@ def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_po
         x: (B, D, L) fp32 / fp16 / bf16.
         weight: (D, W) or (D, 1, W) depthwise kernel (any float dtype, used in fp32).
         bias: (D,) or None.
-        inv_smooth: (D,) fp32 or None; inv_scale: (L,) fp32; zero_point: (L,) int32; bits in [2, 8].
+        inv_smooth: (D,) fp32 or None; inv_scale: (L,) fp32, or None (no quantization); zero_point: (L,)
+            int32; bits in [2, 8].
         reverse: bool.
 
     Returns:
-        (u (B, D, L) in x's dtype stored token-major (stride 1 along D), xq (B, L, D) int8).
+        (u (B, D, L) in x's dtype stored token-major (stride 1 along D), xq (B, L, D) int8 or None).
     """
     Bsz, D, L, weight = _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse)
     check_devices(x=x, weight=weight, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
                   zero_point=zero_point)
+    quant = inv_scale is not None
     u = token_major_empty(Bsz, D, L, x.dtype, x.device)
-    q = torch.empty((Bsz, L, D), dtype=torch.int8, device=x.device)
+    q = torch.empty((Bsz, L, D), dtype=torch.int8, device=x.device) if quant else None
     if u.numel() == 0:
         return u, q
     bias = vec(bias)
     qmin, qmax = qrange(bits)
+    dummy = u  # the pointers a launch without quantization (or bias, or smoothing) never reads
     cfg, num_warps = _conv1d_config(D, L)
     grid = (triton.cdiv(L, cfg["BLOCK_L"]), triton.cdiv(D, cfg["BLOCK_D"]), Bsz)
     _conv1d_silu_quantize_kernel[grid](
-        x, weight, bias if bias is not None else inv_scale, u, q,
-        inv_smooth if inv_smooth is not None else inv_scale, inv_scale, zero_point,
+        x, weight, bias if bias is not None else dummy, u, q if quant else dummy,
+        inv_smooth if inv_smooth is not None else dummy, inv_scale if quant else dummy,
+        zero_point if quant else dummy,
         D, L,
         x.stride(0), x.stride(1), x.stride(2),
         weight.stride(0), weight.stride(1),
         u.stride(0), u.stride(1), u.stride(2),
-        q.stride(0), q.stride(1), q.stride(2),
+        *(q.stride() if quant else (0, 0, 0)),
         qmin, qmax,
-        WIDTH=weight.shape[1], REVERSE=reverse, HAS_BIAS=bias is not None, HAS_SMOOTH=inv_smooth is not None,
-        **cfg, num_warps=num_warps, enable_fp_fusion=False,
+        WIDTH=weight.shape[1], REVERSE=reverse, HAS_BIAS=bias is not None, QUANT=quant,
+        HAS_SMOOTH=inv_smooth is not None, **cfg, num_warps=num_warps, enable_fp_fusion=False,
     )
     return u, q
 
@@ -446,7 +455,30 @@ def conv1d_silu_quantize_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], 
                              scale: Tensor, zero_point: Tensor, bits: int, reverse: bool) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch specification of :func:`conv1d_silu_quantize` (F.conv1d based)."""
     inv_scale, zp, _ = inverse_token_params(scale, zero_point, x.shape[-1:], "conv1d_silu_quantize")
-    Bsz, D, L, weight = _check_conv_args(x, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse)
+    _check_conv_args(x, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse)
+    u = conv1d_silu_ref(x, weight, bias, reverse)
+    return u, quantize_per_token_ref(u.transpose(1, 2), inv_smooth, scale, zero_point, bits).contiguous()
+
+
+def conv1d_silu_quantize_fake(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
+    batch, d, length = x.shape
+    return token_major_empty(batch, d, length, x.dtype, x.device), x.new_empty((batch, length, d), dtype=torch.int8)
+
+
+# ============================================================================================
+# conv1d_silu (the float model's conv: the kernel above without its quantization)
+# ============================================================================================
+
+
+def conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: bool) -> Tensor:
+    """x (batch, D, L) float; weight (D, 1, W) or (D, W); bias (D,) or None -> u (batch, D, L) in x's dtype,
+    token-major: :func:`conv1d_silu_quantize`'s u (causal, or anticausal when ``reverse``), no codes."""
+    return _launch_conv1d_silu_quantize(x, weight, bias, None, None, None, 8, reverse)[0]
+
+
+def conv1d_silu_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: bool) -> Tensor:
+    """Pure-PyTorch specification of :func:`conv1d_silu` (F.conv1d in fp32, v and u rounded to x's dtype)."""
+    _, D, _, weight = _check_conv_args(x, weight, bias, None, None, None, 8, reverse)
     W = weight.shape[1]
     w = weight.float()[:, None, :]
     b = bias.float() if bias is not None else None
@@ -457,10 +489,8 @@ def conv1d_silu_quantize_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], 
     else:
         v = F.conv1d(F.pad(xf, (W - 1, 0)), w, b, groups=D)
     v = v.to(x.dtype).float()
-    u = token_major((v / (1.0 + torch.exp(-v))).to(x.dtype))
-    return u, quantize_per_token_ref(u.transpose(1, 2), inv_smooth, scale, zero_point, bits).contiguous()
+    return token_major((v / (1.0 + torch.exp(-v))).to(x.dtype))
 
 
-def conv1d_silu_quantize_fake(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
-    batch, d, length = x.shape
-    return token_major_empty(batch, d, length, x.dtype, x.device), x.new_empty((batch, length, d), dtype=torch.int8)
+def conv1d_silu_fake(x, weight, bias, reverse):
+    return token_major_empty(*x.shape, x.dtype, x.device)

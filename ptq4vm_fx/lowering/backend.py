@@ -9,9 +9,12 @@ never registered on import). On the graph Dynamo hands it, the backend applies t
 rewrites (:data:`REWRITES`, in order): each replaces a ptq4vm op pattern by a ``ptq4vm_fused`` op
 whose CUDA implementation is a Triton kernel and whose implementation elsewhere is the kernel's
 reference. It then compiles the graph with Inductor, which calls the fused ops as extern kernels.
-A graph without ptq4vm quantization ops (a float model) is compiled by Inductor as is, and the
-backend says so once per process. The backend only lowers what ``ptq4vm_fx.convert`` produced:
-it never quantizes anything itself. Inference only (no_grad / inference_mode).
+A float model's graph (ptq4vm ops, none quantized: a float Vim's scans) gets the same rewrites, of
+which the float ones fire (the bidirectional scan, conv1d + SiLU), and the backend says once per
+process that nothing is quantized; under autograd it is compiled by Inductor as is (the fused ops
+have no backward). A graph without any ptq4vm op goes to Inductor as is, said once too. The backend
+only lowers what ``ptq4vm_fx.convert`` produced: it never quantizes anything itself. Quantized
+graphs: inference only (no_grad / inference_mode).
 
 Inductor's on-disk caches key a graph by its ops, not by the fake implementations that gave it
 its strides, so after an upgrade of this package they could hand back code compiled against old
@@ -39,7 +42,7 @@ from ..kernels import selective_scan as _scan_kernels
 from ..progress import hide_cuda_home_notice
 from ..quant import integer
 from . import fused_ops, report
-from .match import is_custom_op
+from .match import is_custom_op, op_namespace
 from .options import FUSIONS, REWRITES, BackendOptions
 
 QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.int8_linear)
@@ -50,6 +53,11 @@ def has_quantized_ops(gm: GraphModule) -> bool:
     """True when ``gm`` calls ``ptq4vm::quantize_per_token`` or ``ptq4vm::int8_linear`` (a float Vim
     calls only ``ptq4vm::selective_scan``)."""
     return any(is_custom_op(n, op) for n in gm.graph.nodes for op in QUANTIZED_OPS)
+
+
+def has_ptq4vm_ops(gm: GraphModule) -> bool:
+    """True when ``gm`` calls any ``ptq4vm::`` op (a float Vim: its selective scans)."""
+    return any(op_namespace(n.target) == "ptq4vm" for n in gm.graph.nodes if n.op == "call_function")
 
 
 @functools.cache
@@ -89,15 +97,22 @@ def ptq4vm_backend(
     """torch.compile backend: lower the ptq4vm ops of ``gm``, then compile it with Inductor."""
     hide_cuda_home_notice()  # Inductor imports torch.utils.cpp_extension, which logs it on a CPU machine
     opts = BackendOptions.from_compile(options)
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                                 for t in example_inputs)
     if has_quantized_ops(gm):
-        if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in example_inputs):
+        if needs_grad:
             raise RuntimeError(
                 "ptq4vm backend: the integer ops of a quantized model have no gradient; call the compiled "
                 "model under torch.no_grad() or torch.inference_mode() (or requires_grad_(False) the model)"
             )
         lower_graph(gm, opts.fusions, tune_gemm=opts.autotune is not False)
-    else:
+    elif not has_ptq4vm_ops(gm):
         report.graph_without_ptq4vm_ops()
+    elif needs_grad:
+        report.graph_kept_for_autograd()
+    else:
+        report.float_graph()
+        lower_graph(gm, opts.fusions)
     tag = "|".join(t for t in (torch.compiler.config.cache_key_tag, ops_fingerprint()) if t)
     patches = opts.inductor_patches(mode)
     with torch.compiler.config.patch(cache_key_tag=tag):

@@ -1,10 +1,6 @@
 """Rewrite: the x_proj / x_proj_b input quantized by the depthwise conv1d + SiLU kernel.
 
-Causal (forward branch), either spelling:
-    v = conv1d(x, w, b, padding=W-1, groups=D)[..., :-(W-1)]     or  conv1d(pad(x, (W-1, 0)), w, b, groups=D)
-Anticausal (backward branch, no flips of the activations):
-    v = conv1d(pad(x, (0, W-1)), w.flip(-1), b, groups=D)
-then
+    v  = a causal or anticausal depthwise conv1d, as :mod:`.fuse_conv1d_silu` matches it
     u  = silu(v)                                                   (batch, D, L), also the scan's input
     xq = ptq4vm::quantize_per_token(u.transpose(1, 2), inv_smooth, scale, zero_point, bits)
  -> u, xq = ptq4vm_fused::conv1d_silu_quantize(x, w, b, inv_smooth, scale, zero_point, bits, reverse)
@@ -16,13 +12,12 @@ conv and the SiLU do. Anchored on the quantize call.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch.fx import GraphModule, Node
 
+from .fuse_conv1d_silu import match_conv
 from .fused_ops import FUSED_OPS
-from .match import bind, flip_dims, norm_dim, strip_casts, tensor
-from .quantize_site import KERNEL_DTYPES, StaticQuantize, quantize_input, quantize_nodes, static_quantize
+from .match import bind, norm_dim, strip_casts
+from .quantize_site import StaticQuantize, quantize_input, quantize_nodes, static_quantize
 from .rewrite import Replacement, apply_rewrite
 
 NAME = "conv1d_silu_quantize"
@@ -39,7 +34,7 @@ def _plan(node: Node) -> None | str | Replacement:
     silu = transposed and bind(transposed["input"], "silu")
     if not silu or silu["inplace"] or {norm_dim(transposed[k], 3) for k in ("dim0", "dim1")} != {1, 2}:
         return None
-    conv = _match_conv(silu["input"])
+    conv = match_conv(silu["input"])
     if conv is None or isinstance(conv, str):
         return conv
     site = static_quantize(node)
@@ -48,69 +43,3 @@ def _plan(node: Node) -> None | str | Replacement:
     x, weight, bias, reverse = conv
     u_node = transposed["input"]  # outputs (u, xq)
     return Replacement(u_node, FUSED.default, (x, weight, bias, *site.qparams, reverse), (u_node, node))
-
-
-def _match_conv(v: Any) -> None | str | tuple[Node, Node, Any, bool]:
-    """For ``v`` a causal / anticausal depthwise conv1d (module docstring): (x, w, b, reverse) with
-    w the unflipped (D, 1, W) weight, a reason the kernel cannot take it, or None."""
-    form = _conv_form(v)
-    if form is None:
-        return None
-    conv, x, weight, reverse = form
-    xt, wt, vt = tensor(x), tensor(weight), tensor(v)
-    if xt is None or wt is None or vt is None or xt.dim() != 3 or wt.dim() != 3:
-        return None
-    d = xt.shape[1]
-    if tuple(wt.shape[:2]) != (d, 1) or conv["groups"] != d or conv["dilation"] not in (1, (1,), [1]):
-        return "not a depthwise conv1d"
-    if conv["stride"] not in (1, (1,), [1]):
-        return "a strided conv1d"
-    if xt.dtype not in KERNEL_DTYPES or vt.dtype != xt.dtype:
-        return f"conv1d of a {xt.dtype} input computed in {vt.dtype}"
-    return x, weight, conv["bias"], reverse
-
-
-def _conv_form(v: Any) -> tuple[dict, Node, Node, bool] | None:
-    """(conv1d arguments, x, unflipped weight, reverse) when ``v`` has one of the three forms."""
-    sliced = bind(v, "getitem")
-    if sliced is not None:  # conv1d(x, w, padding=W-1)[..., :-(W-1)]
-        conv = bind(sliced["input"], "conv1d")
-        width = _width(conv)
-        if width is None or width < 2 or _single(conv["padding"]) != width - 1:
-            return None
-        if not _drops_last(sliced["index"], width - 1):
-            return None
-        return conv, conv["input"], conv["weight"], False
-    conv = bind(v, "conv1d")
-    width = _width(conv)
-    padded = conv and bind(conv["input"], "pad")
-    if width is None or not padded or _single(conv["padding"]) != 0:
-        return None
-    if padded["mode"] != "constant" or padded["value"] not in (None, 0, 0.0):
-        return None
-    pad = tuple(padded["pad"]) if isinstance(padded["pad"], (tuple, list)) else None
-    if pad == (width - 1, 0):  # causal, explicit left padding
-        return conv, padded["input"], conv["weight"], False
-    if pad == (0, width - 1) and flip_dims(conv["weight"]) in ((-1,), (2,)):  # anticausal
-        return conv, padded["input"], conv["weight"].args[0], True
-    return None
-
-
-def _width(conv: dict | None) -> int | None:
-    w = tensor(conv["weight"]) if conv else None
-    return int(w.shape[-1]) if w is not None and w.dim() == 3 else None
-
-
-def _single(v: Any) -> Any:
-    return v[0] if isinstance(v, (tuple, list)) and len(v) == 1 else v
-
-
-def _drops_last(index: Any, n: int) -> bool:
-    """``index`` is ``[..., :-n]`` (or ``[:, :, :-n]``) on a 3-D tensor."""
-    if not isinstance(index, tuple) or not index:
-        return False
-    last, lead = index[-1], index[:-1]
-    full = slice(None, None, None)
-    if lead not in ((Ellipsis,), (full, full)):
-        return False
-    return isinstance(last, slice) and last.start in (None, 0) and last.stop == -n and last.step in (None, 1)

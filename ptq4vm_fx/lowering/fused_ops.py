@@ -10,7 +10,8 @@ Every output is a new tensor with the layout its fake promises: contiguous, exce
 (batch, D, L) outputs of the conv and the scans, stored token-major (:func:`ptq4vm_fx.scan.token_major`).
 
 The ``ptq4vm::`` ops a quantized model calls (``quantize_per_token``, ``int8_linear``) run their
-kernels on CUDA themselves: no rewrite is needed to lower them.
+kernels on CUDA themselves: no rewrite is needed to lower them. ``conv1d_silu`` and
+``bidirectional_scan`` quantize nothing: a float model lowers to them too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ add_rmsnorm_quantize = define_op("ptq4vm_fused::add_rmsnorm_quantize", _quantize
                                  _quantize.add_rmsnorm_quantize, _quantize.add_rmsnorm_quantize_fake)
 conv1d_silu_quantize = define_op("ptq4vm_fused::conv1d_silu_quantize", _quantize.conv1d_silu_quantize_ref,
                                  _quantize.conv1d_silu_quantize, _quantize.conv1d_silu_quantize_fake)
+conv1d_silu = define_op("ptq4vm_fused::conv1d_silu", _quantize.conv1d_silu_ref, _quantize.conv1d_silu,
+                        _quantize.conv1d_silu_fake)
 bidirectional_scan = define_op("ptq4vm_fused::bidirectional_scan", _scan.bidirectional_scan_ref,
                                _scan.bidirectional_scan, _scan.bidirectional_scan_fake)
 bidirectional_scan_quantize = define_op("ptq4vm_fused::bidirectional_scan_quantize",

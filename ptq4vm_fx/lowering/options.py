@@ -33,18 +33,20 @@ from torch.fx import GraphModule
 from . import (
     fuse_add_rmsnorm_quantize,
     fuse_bidirectional_scan,
+    fuse_conv1d_silu,
     fuse_conv1d_silu_quantize,
     fuse_linear_quantize,
     fuse_scan_quantize,
 )
 
 # Every rewrite, by its name, in the order they run (the scan's quantize fusion consumes the scan
-# fusion's output): the one list of fusions. ptq4vm::quantize_per_token and ptq4vm::int8_linear
-# need none: they run their kernels on CUDA themselves.
+# fusion's output; the float conv fusion takes the convs its quantized form left): the one list of
+# fusions. ptq4vm::quantize_per_token and ptq4vm::int8_linear need none: they run their kernels on
+# CUDA themselves. bidirectional_scan and conv1d_silu quantize nothing: they lower a float model too.
 REWRITES: dict[str, Callable[[GraphModule], int]] = {
     module.NAME: module.rewrite
     for module in (fuse_bidirectional_scan, fuse_scan_quantize, fuse_add_rmsnorm_quantize,
-                   fuse_conv1d_silu_quantize, fuse_linear_quantize)
+                   fuse_conv1d_silu_quantize, fuse_conv1d_silu, fuse_linear_quantize)
 }
 FUSIONS = tuple(REWRITES)
 _KEYS = ("fusions", "autotune", "cudagraphs", "inductor")

@@ -1,6 +1,6 @@
 """Editing the graph: the loop every rewrite runs (:func:`apply_rewrite`), inserting a fused-op call
-(with its fake-tensor metadata) where all of its inputs are available, and unpacking a
-tuple-returning call."""
+(with its fake-tensor metadata) where all of its inputs are available, unpacking a tuple-returning
+call, and erasing what a replacement left unused."""
 
 from __future__ import annotations
 
@@ -49,10 +49,28 @@ def apply_rewrite(gm: GraphModule, name: str, candidates: Iterable[Node],
         for old, new in zip(found.replaces, outputs):
             if old is not None:
                 old.replace_all_uses_with(new)
+        erase_dead([old for old in found.replaces if old is not None])
         report.applied(name)
         count += 1
-    gm.graph.eliminate_dead_code()
     return count
+
+
+def erase_dead(nodes: Iterable[Node]) -> None:
+    """Erase ``nodes`` and, upwards, the inputs this leaves unused: only nodes without users, side
+    effects or in-place methods (``x.add_(y)``, which FX's purity check takes for pure). The rest of
+    the graph is left as Dynamo traced it (a float model's graph may hold anything)."""
+    pending, erased = list(nodes), set()
+    while pending:
+        node = pending.pop()
+        if node in erased or node.users or node.op not in ("call_function", "call_method", "get_attr"):
+            continue
+        in_place = node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__")
+        if in_place or node.is_impure():
+            continue
+        inputs = node.all_input_nodes
+        node.graph.erase_node(node)
+        erased.add(node)
+        pending.extend(inputs)
 
 
 def placement_problem(args: Sequence[Any], before: Node) -> str | None:

@@ -5,8 +5,10 @@ from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.kernels.quantize import (
     add_rmsnorm_quantize,
     add_rmsnorm_quantize_ref,
+    conv1d_silu,
     conv1d_silu_quantize,
     conv1d_silu_quantize_ref,
+    conv1d_silu_ref,
     quantize_per_token,
     quantize_per_token_ref,
 )
@@ -260,6 +262,27 @@ def test_conv1d_silu_quantize(device, Bsz, D, L, reverse, W, bias, smooth, dtype
     assert torch.equal(q[same_float], q_ref[same_float])
 
 
+@pytest.mark.parametrize("Bsz,D,L", [(1, 5, 1), (2, 20, 19)])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype,bias", [(torch.float32, True), (torch.float16, False), (torch.bfloat16, True)])
+def test_conv1d_silu_is_the_quantizing_kernel_without_codes(device, Bsz, D, L, reverse, dtype, bias):
+    """The float op (a float model's conv): the same kernel with QUANT off, so u is bit for bit the
+    quantizing launch's u; against its reference to the last ulp (F.conv1d sums in another order)."""
+    g = torch.Generator().manual_seed(D + L)
+    x = torch.randn(Bsz, D, L, generator=g).to(dtype)
+    weight = (torch.randn(D, 1, 4, generator=g) * 0.5).to(dtype)
+    b = torch.randn(D, generator=g).to(dtype) if bias else None
+    u = conv1d_silu(*_to((x, weight, b), device), reverse)
+    u_quant, _ = conv1d_silu_quantize(*_to((x, weight, b, *_qparams(D, L, 8, 0)), device), 8, reverse)
+    u_ref = conv1d_silu_ref(x, weight, b, reverse)
+    assert u.dtype == dtype and u.shape == (Bsz, D, L) and u.stride()[1] == 1  # token-major
+    assert torch.equal(u, u_quant)
+    ulp = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    torch.testing.assert_close(u.cpu().float(), u_ref.float(), rtol=ulp, atol=1e-6)
+    expect, _ = conv1d_silu_quantize_ref(x, weight, b, *_qparams(D, L, 8, 0), 8, reverse)
+    assert torch.equal(u_ref, expect)
+
+
 def test_conv1d_reverse_is_flipped_forward():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 6, 9, generator=g)
@@ -300,3 +323,7 @@ def test_conv1d_bad_inputs():
         conv1d_silu_quantize(x, torch.randn(6, 4), None, *params, 8, 1)
     with pytest.raises(ValueError, match="reverse"):
         conv1d_silu_quantize_ref(x, torch.randn(6, 4), None, *params, 8, 1)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        conv1d_silu(x, torch.randn(5, 4), None, False)
+    with pytest.raises(ValueError, match="reverse"):
+        conv1d_silu_ref(x, torch.randn(6, 4), None, 1)

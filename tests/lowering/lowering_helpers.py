@@ -10,14 +10,17 @@ from ptq4vm_fx.models import create_vim
 TINY = {"depth": 2, "img_size": 32, "embed_dim": 32, "num_classes": 10}
 # the rewrites on a TINY model: per block 6 quantized linears, 1 norm, 2 convs, 1 scan pair,
 # 1 scan epilogue and the 2 dt_proj inputs quantized by x_proj's epilogue; none is left for the
-# standalone quantizer
+# standalone quantizer, and no conv for the float conv fusion
 EXPECTED = {
     "bidirectional_scan": 2,
     "scan_quantize": 2,
     "add_rmsnorm_quantize": 2,
     "conv1d_silu_quantize": 4,
+    "conv1d_silu": 0,
     "linear_quantize": 4,
 }
+# the float TINY model: of the rewrites only those that quantize nothing fire
+FLOAT_EXPECTED = {"bidirectional_scan": 2, "conv1d_silu": 4}
 GEMMS_LEFT = 8  # the ptq4vm::int8_linear calls no fusion takes (in_proj, dt_proj(_b), out_proj): their own kernel
 
 

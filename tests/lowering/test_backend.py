@@ -13,7 +13,15 @@ from ptq4vm_fx.lowering import backend, fused_ops, report
 from ptq4vm_fx.lowering.match import is_custom_op
 from ptq4vm_fx.lowering.options import FUSIONS, REWRITES, BackendOptions
 
-from .lowering_helpers import EMULATES_CASTS_ON_CPU, EXPECTED, assert_agrees, images, quantize, tiny_vim
+from .lowering_helpers import (
+    EMULATES_CASTS_ON_CPU,
+    EXPECTED,
+    FLOAT_EXPECTED,
+    assert_agrees,
+    images,
+    quantize,
+    tiny_vim,
+)
 from .test_fused_ops import sample_args
 
 BATCHES = (8, 3, 5)  # the second size makes the batch dimension dynamic; the third reuses that graph
@@ -122,6 +130,51 @@ def test_compiled_half_precision_vim_matches_eager(qvim):
 
 
 # --------------------------------------------------------------------------------------------
+# a float model: lowered to the fused float ops
+# --------------------------------------------------------------------------------------------
+
+
+def test_compiled_float_vim_runs_the_fused_float_ops_and_matches_eager():
+    """torch.compile(float_vim, backend="ptq4vm"): fullgraph, a dynamic batch, each graph's scan pairs
+    and convs on the fused ops (the bidirectional scan runs), == eager to fp32 rounding."""
+    outputs, expected, stats = _compile_and_run(tiny_vim(), "cpu")
+    for out, ref in zip(outputs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    graphs = stats["unique_graphs"]
+    assert stats["graph_breaks"] == 0 and graphs == 2
+    assert stats["applied"] == dict({k: v * graphs for k, v in FLOAT_EXPECTED.items()}, graphs_lowered=graphs,
+                                    float_graphs=graphs)
+    assert stats["skipped"] == {}
+    assert len(stats["scan_A"]) == 2 * FLOAT_EXPECTED["bidirectional_scan"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_half_float_vim_rounds_like_eager(dtype):
+    """A float Vim in fp16 / bf16: the fused conv and scan round where the model's ops round."""
+    model, x = tiny_vim().to(dtype), images(4).to(dtype)
+    torch._dynamo.reset()
+    counters.clear()
+    with torch.no_grad():
+        got, expect = torch.compile(model, backend="ptq4vm", fullgraph=True)(x), model(x)
+    assert report.lowering_counters() == dict(FLOAT_EXPECTED, graphs_lowered=1, float_graphs=1)
+    assert got.dtype == dtype
+    assert_agrees(got, expect, min_sqnr_db=80.0 if EMULATES_CASTS_ON_CPU else 40.0)
+
+
+def test_float_vim_under_autograd_is_compiled_as_it_is():
+    """Grad mode on and parameters that require grad: the fused ops have no backward, so the graph
+    is not rewritten (Inductor as is, the scan's own autograd), and the counters say so."""
+    model, x = tiny_vim(), images(2)
+    torch._dynamo.reset()
+    counters.clear()
+    got = torch.compile(model, backend="ptq4vm", fullgraph=True)(x)
+    assert report.lowering_counters() == {"graphs_kept_for_autograd": 1}
+    assert got.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
 # options
 # --------------------------------------------------------------------------------------------
 
@@ -225,6 +278,7 @@ KERNELS = {  # op -> the Triton kernel its CUDA implementation launches
     ops.quantize_per_token: "_quantize_per_token_kernel",
     fused_ops.add_rmsnorm_quantize: "_add_rmsnorm_quantize_kernel",
     fused_ops.conv1d_silu_quantize: "_conv1d_silu_quantize_kernel",
+    fused_ops.conv1d_silu: "_conv1d_silu_quantize_kernel",  # the same kernel, QUANT off
     fused_ops.bidirectional_scan: "_bidirectional_scan_kernel",
     fused_ops.bidirectional_scan_quantize: "_bidirectional_scan_kernel",
 }

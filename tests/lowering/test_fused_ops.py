@@ -60,10 +60,12 @@ def sample_args(op, batch, seed=0):
         x, residual = torch.randn(batch, L, C, generator=g), torch.randn(batch, L, C, generator=g)
         return (x, residual, torch.rand(C, generator=g) + 0.5, 1e-5, torch.ones(C), *_qparams(C, seed)[1:], 8,
                 torch.float32)
-    if op is fused_ops.conv1d_silu_quantize:
+    if op in (fused_ops.conv1d_silu_quantize, fused_ops.conv1d_silu):
         xz = torch.randn(batch, L, 2 * D, generator=g)  # in_proj's output, x half transposed
-        return (xz[..., :D].transpose(1, 2), torch.randn(D, 1, W, generator=g) * 0.5, torch.randn(D, generator=g),
-                *_qparams(D, seed, amax=1.5), 8, bool(seed % 2))
+        conv = (xz[..., :D].transpose(1, 2), torch.randn(D, 1, W, generator=g) * 0.5, torch.randn(D, generator=g))
+        if op is fused_ops.conv1d_silu:
+            return (*conv, bool(seed % 2))
+        return (*conv, *_qparams(D, seed, amax=1.5), 8, bool(seed % 2))
     z = torch.randn(batch, L, 2 * D, generator=g)[..., D:].transpose(1, 2)
     args = (*_scan_branch(batch, g), *_scan_branch(batch, g), z, True)
     if op is fused_ops.bidirectional_scan:
@@ -72,7 +74,8 @@ def sample_args(op, batch, seed=0):
 
 
 ALL_OPS = [ops.quantize_per_token, ops.int8_linear, fused_ops.int8_linear_quantize, fused_ops.add_rmsnorm_quantize,
-           fused_ops.conv1d_silu_quantize, fused_ops.bidirectional_scan, fused_ops.bidirectional_scan_quantize]
+           fused_ops.conv1d_silu_quantize, fused_ops.conv1d_silu, fused_ops.bidirectional_scan,
+           fused_ops.bidirectional_scan_quantize]
 
 
 def test_every_op_has_its_kernel_registered():
@@ -139,6 +142,22 @@ def test_conv1d_silu_quantize_equals_vim_branch(reverse, dtype):
     torch.testing.assert_close(u, u_expect, rtol=ulp, atol=1e-6)
     codes = torch.ops.ptq4vm.quantize_per_token(u.transpose(1, 2), inv_smooth, scale, zp, bits)
     assert torch.equal(xq, codes)  # the codes of the fused op's own u, bit for bit
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv1d_silu_equals_vim_branch(reverse, dtype):
+    """A float Vim's conv + SiLU (either branch's spelling) against the float fused op: the u of
+    conv1d_silu_quantize, to the last ulp of the half conv in bf16."""
+    x, weight, bias, _ = sample_args(fused_ops.conv1d_silu, 3)
+    x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+    if reverse:
+        v = F.conv1d(F.pad(x, (0, W - 1)), weight.flip(-1), bias, groups=D)
+    else:
+        v = F.conv1d(x, weight, bias, padding=W - 1, groups=D)[..., : -(W - 1)]
+    u = fused_ops.conv1d_silu(x, weight, bias, reverse)
+    assert u.dtype == dtype
+    torch.testing.assert_close(u, F.silu(v), rtol=1e-6 if dtype == torch.float32 else 2**-7, atol=1e-6)
 
 
 def test_bidirectional_scan_equals_two_scans():

@@ -15,7 +15,16 @@ from ptq4vm_fx.lowering.fuse_scan_quantize import FUSED as SCAN_QUANTIZE
 from ptq4vm_fx.lowering.match import bind_custom, is_custom_op, is_op, op_namespace
 from ptq4vm_fx.lowering.options import FUSIONS
 
-from .lowering_helpers import EXPECTED, GEMMS_LEFT, assert_agrees, dynamo_graph, images, quantize, tiny_vim
+from .lowering_helpers import (
+    EXPECTED,
+    FLOAT_EXPECTED,
+    GEMMS_LEFT,
+    assert_agrees,
+    dynamo_graph,
+    images,
+    quantize,
+    tiny_vim,
+)
 
 NONE = dict.fromkeys(FUSIONS, 0)
 DT_COLUMNS = 2 + 2 * 16  # x_proj's output in the TINY model: dt_rank + 2 * d_state
@@ -63,23 +72,61 @@ def test_a_float_linear_is_not_fused(dropped, rewrite, fresh_counters):
     assert counts[rewrite] == 0
     assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") + counts["linear_quantize"] == 2 * len(linears)
     assert counts["bidirectional_scan"] == 2
+    # the float conv fusion takes only the convs its quantizing form left: those feeding a float x_proj
+    assert counts["conv1d_silu"] == (4 if rewrite == "conv1d_silu_quantize" else 0)
     assert_agrees(got, expect)
     assert fresh_counters.skipped_counters() == {}
 
 
-def test_float_vim_has_no_quantized_ops():
-    """The backend leaves a float Vim to Inductor; of the rewrites only the scan pairing (which
-    needs no quantization) would find anything in it."""
-    gm, _ = dynamo_graph(tiny_vim(), images(2))
+def test_float_vim_lowers_to_the_float_fusions(fresh_counters):
+    """A float Vim has no quantized op; of the rewrites those that quantize nothing fire (the scan
+    pairs, the convs), leaving no ptq4vm op; the lowered graph computes the model's logits."""
+    model = tiny_vim()
+    gm, _ = dynamo_graph(model, images(2))
     assert not has_quantized_ops(gm)
-    assert lower_graph(gm) == dict(NONE, bidirectional_scan=2)
+    counts, expect, got, gm = _lowered(model, images(2))
+    assert counts == dict(NONE, **FLOAT_EXPECTED)
+    assert _ops_left(gm, "ptq4vm") == []
+    assert _ops_left(gm, "ptq4vm_fused") == sorted(["ptq4vm_fused.bidirectional_scan"] * 2
+                                                   + ["ptq4vm_fused.conv1d_silu"] * 4)
+    assert not any(is_op(n, "silu") or is_op(n, "conv1d") for n in gm.graph.nodes)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+    assert fresh_counters.skipped_counters() == {}
+
+
+class _ConvSilu(torch.nn.Module):
+    """conv1d + SiLU on (batch, channels, L) in Vim's causal spelling, with the conv's groups and stride."""
+
+    def __init__(self, channels=8, groups=8, stride=1):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(channels, channels, 4, stride=stride, groups=groups, padding=3)
+
+    def forward(self, x):
+        return torch.nn.functional.silu(self.conv(x)[..., :-3]), torch.nn.functional.silu(x)
+
+
+@pytest.mark.parametrize("groups, stride, reason", [
+    (8, 1, None), (1, 1, "not a depthwise conv1d"), (8, 2, "a strided conv1d")])
+def test_float_conv1d_silu_only_where_the_kernel_applies(groups, stride, reason, fresh_counters):
+    """The depthwise, unit-stride conv is fused; a dense or a strided one stays, with its reason; the
+    SiLU of anything else is no candidate."""
+    torch.manual_seed(0)
+    model = _ConvSilu(groups=groups, stride=stride).eval()
+    x = torch.randn(2, 8, 12)
+    gm, example_inputs = dynamo_graph(model, x)
+    assert lower_graph(gm, ["conv1d_silu"]) == {"conv1d_silu": int(reason is None)}
+    assert fresh_counters.skipped_counters() == ({} if reason is None else {f"conv1d_silu: {reason}": 1})
+    assert sum(is_op(n, "silu") for n in gm.graph.nodes) == (1 if reason is None else 2)
+    with torch.no_grad():
+        for got, expect in zip(gm(*example_inputs), model(x)):
+            torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
 
 
 def test_dynamic_scales_are_not_fused_with_a_reason(fresh_counters):
     """Per-row dynamic quantization: no fused kernel takes its scales (the counters say why); the
-    ptq4vm ops stay, and run their own kernels, which take per-row scales."""
+    ptq4vm ops stay, and run their own kernels, which take per-row scales (the float fusions fire)."""
     counts, expect, got, gm = _lowered(quantize(tiny_vim(), method="dynamic"), images(2))
-    assert counts == dict(NONE, bidirectional_scan=2)
+    assert counts == dict(NONE, **FLOAT_EXPECTED)
     reason = "dynamic (per-row) activation scales"
     assert fresh_counters.skipped_counters() == {
         f"add_rmsnorm_quantize: {reason}": 2,
