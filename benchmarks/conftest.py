@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from .results import environment, load_thresholds, threshold, write_results
+from .floors import Gpu
+from .results import environment, load_thresholds, max_sm_clock_ghz, threshold, write_results
+from .timing import median_ms
 
 NO_GPU = "the benchmarks need a CUDA GPU (CPU timings are not speed results, docs/design.md section 8)"
 _records: list[dict] = []
@@ -29,6 +31,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def thresholds():
     return load_thresholds()
+
+
+@pytest.fixture(scope="session")
+def copy_gbs() -> float:
+    """Measured device-to-device copy bandwidth (GB/s, bytes read + written) of a 1 GiB buffer."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), flush_l2=False)
+    return 2 * src.numel() / (ms * 1e-3) / 1e9
+
+
+@pytest.fixture(scope="session")
+def gpu(copy_gbs) -> Gpu:
+    """The GPU the floors are computed for (benchmarks/floors.py): its SMs, maximum SM clock, copy bandwidth."""
+    props = torch.cuda.get_device_properties(0)
+    return Gpu.named(torch.cuda.get_device_name(0), props.multi_processor_count, copy_gbs, max_sm_clock_ghz())
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ def environment() -> dict:
         "gpu": torch.cuda.get_device_name(0),
         "gpu_memory_gib": round(props.total_memory / 2**30, 1),
         "sm_count": props.multi_processor_count,
+        "max_sm_clock_ghz": max_sm_clock_ghz(),
         "compute_capability": f"{props.major}.{props.minor}",
         "torch": torch.__version__,
         "triton": triton.__version__,
@@ -37,6 +38,16 @@ def environment() -> dict:
         "git_commit": _git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def max_sm_clock_ghz() -> float | None:
+    """GPU 0's maximum SM clock (GHz) as nvidia-smi reports it; None where nvidia-smi cannot say."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        return float(out.strip()) / 1e3
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def _git_commit() -> str:

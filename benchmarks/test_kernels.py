@@ -10,7 +10,10 @@
 * Bidirectional scan: the lowered op (both directions, the average and the int8 epilogue for
   out_proj in one kernel) against the reference scan (ptq4vm_fx.ops, twice, as the eager model runs
   it) and against an FP16 scan (the Triton single-direction kernel on fp16 inputs, twice, plus the
-  average: what the FP16 end-to-end baselines run).
+  average: what the FP16 official-style baseline runs).
+
+Every record carries its floor (benchmarks/floors.py: MUFU, FP32 pipe, tensor cores, HBM bytes at the
+measured copy bandwidth) and the fraction of it the kernel reached.
 """
 
 import pytest
@@ -20,13 +23,11 @@ from ptq4vm_fx import scan
 from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
 from ptq4vm_fx.lowering import fused_ops
 
+from .floors import linear_work, scan_work, with_floor
 from .shapes import MODELS, vim_shape
 from .timing import median_ms
 
 pytestmark = pytest.mark.requires_cuda
-
-# dense INT8 tensor-core peak (TOPS) by GPU name fragment, for the roofline column
-INT8_PEAK_TOPS = {"H100": 1979.0, "H200": 1979.0, "A100": 624.0, "L40S": 733.0, "L4": 242.0}
 
 
 def synced(fn):
@@ -36,15 +37,6 @@ def synced(fn):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
     return run
-
-
-@pytest.fixture(scope="session")
-def copy_gbs() -> float:
-    """Measured device-to-device copy bandwidth (GB/s, bytes read + written) of a 1 GiB buffer."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), flush_l2=False)
-    return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,14 +93,6 @@ def graphed_ms(fn) -> float:
     return median_ms(fn, graph=True)
 
 
-def linear_roofline_ms(p: dict, peak_tops: float, copy_gbs: float) -> tuple[float, float]:
-    """(compute ms at the dense INT8 peak, memory ms at the measured copy bandwidth) of the fused
-    linear as benchmarked: int8 activations and weights read once, the fp16 output written once."""
-    compute = 2 * p["m"] * p["n"] * p["k"] / (peak_tops * 1e12) * 1e3
-    nbytes = p["m"] * p["k"] + p["n"] * p["k"] + 2 * p["m"] * p["n"]
-    return compute, nbytes / (copy_gbs * 1e9) * 1e3
-
-
 def time_int8_linear(p: dict, timer=graphed_ms) -> dict:
     """{variant: ms}; the torch._int_mm baseline only where its shape rule allows it."""
     times = {"int8_linear": timer(lambda: int8_fused(p)), "fp16_matmul": timer(lambda: fp16_linear(p))}
@@ -121,25 +105,19 @@ def time_int8_linear(p: dict, timer=graphed_ms) -> dict:
 @pytest.mark.parametrize("batch", [32, 128])
 @pytest.mark.parametrize("linear", ["in_proj", "x_proj", "dt_proj", "out_proj"])
 @pytest.mark.parametrize("model", MODELS)
-def test_int8_linear(model, linear, batch, record, benchmark, copy_gbs):
+def test_int8_linear(model, linear, batch, record, benchmark, gpu):
     p = linear_problem(model, linear, batch)
     times = time_int8_linear(p)
     tops = 2 * p["m"] * p["n"] * p["k"] / (times["int8_linear"] * 1e-3) / 1e12
-    peak = next((v for k, v in INT8_PEAK_TOPS.items() if k in torch.cuda.get_device_name(0)), None)
-    # roofline: the time the GPU could reach is bounded by compute at peak and by the bytes moved
-    roofline = {}
-    if peak is not None:
-        compute_ms, memory_ms = linear_roofline_ms(p, peak, copy_gbs)
-        bound_ms = max(compute_ms, memory_ms)
-        roofline = {"roofline_ms": bound_ms, "bound": "compute" if compute_ms > memory_ms else "memory",
-                    "roofline_fraction": bound_ms / times["int8_linear"],
-                    "attainable_peak_fraction": compute_ms / bound_ms}
+    peak = gpu.int8_tops
+    # the floor (roofline): compute at the INT8 peak or the bytes at the copy bandwidth, fp16 output
+    floor = with_floor(linear_work(p["m"], p["n"], p["k"], out_bytes=2), gpu, times["int8_linear"])
     benchmark.extra_info.update(times_ms=times, int8_tops=tops)
     benchmark.pedantic(synced(lambda: int8_fused(p)), rounds=50, warmup_rounds=5)
     record("int8_linear", f"{vim_shape(model).short}/{linear}/b{batch}", times, "int8_linear",
            tuple(b for b in ("int_mm_unfused", "fp16_matmul") if b in times),
            mnk=(p["m"], p["n"], p["k"]), int8_tops=tops, int8_peak_fraction=None if peak is None else tops / peak,
-           **roofline, note=None if int_mm_supported(p) else "no torch._int_mm baseline: it needs K, N multiples of 8")
+           **floor, note=None if int_mm_supported(p) else "no torch._int_mm baseline: it needs K, N multiples of 8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,15 +172,6 @@ def time_bidirectional_scan(model: str, batch: int, device="cuda", timer=graphed
     }
 
 
-def scan_bytes(fwd, bwd, z, qparams) -> int:
-    """The fewest bytes the fused bidirectional scan must move as a lowered Vim launches it: every
-    input tensor read once (x_proj's output counted once per branch for B and C), the int8 codes of
-    the output written once (no float output: ``store_out=False``)."""
-    (u, dt, A, B, C, D, db), (u2, dt2, A2, B2, C2, D2, db2) = fwd, bwd
-    reads = sum(t.numel() * t.element_size() for t in (u, dt, A, B, C, D, db, u2, dt2, A2, B2, C2, D2, db2, z))
-    return reads + u.numel()
-
-
 def dt_quantize_args(p: dict, dt_rank: int) -> tuple:
     """(inv_smooth (dt_rank,), scale (L,), zero_point (L,), bits) for dt_proj's input, sized to the data."""
     tokens, device = p["x_scale"].shape[0], p["xq"].device
@@ -236,24 +205,29 @@ def time_linear_quantize(p: dict, dt_rank: int, timer=graphed_ms) -> dict:
 
 @pytest.mark.parametrize("batch", [32, 128])
 @pytest.mark.parametrize("model", MODELS)
-def test_x_proj_quantizes_dt_input(model, batch, record, benchmark):
+def test_x_proj_quantizes_dt_input(model, batch, record, benchmark, gpu):
     p = linear_problem(model, "x_proj", batch)
     dt_rank = vim_shape(model).dt_rank
     times = time_linear_quantize(p, dt_rank)
     benchmark.extra_info.update(times_ms=times)
     benchmark.pedantic(synced(linear_quantize_calls(p, dt_rank)[0]), rounds=50, warmup_rounds=5)
+    work = linear_work(p["m"], p["n"], p["k"], out_bytes=2, codes=dt_rank)
     record("linear_quantize", f"{vim_shape(model).short}/x_proj/b{batch}", times, "linear_quantize",
-           ("int8_linear_then_quantize",))
+           ("int8_linear_then_quantize",), **with_floor(work, gpu, times["linear_quantize"]))
 
 
 @pytest.mark.parametrize("batch", [1, 32, 128])
 @pytest.mark.parametrize("model", MODELS)
-def test_bidirectional_scan(model, batch, record, benchmark, copy_gbs):
+def test_bidirectional_scan(model, batch, record, benchmark, gpu):
     times = time_bidirectional_scan(model, batch)
     fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32)
-    gbs = scan_bytes(fwd, bwd, z, qparams) / (times["bidirectional_scan"] * 1e-3) / 1e9
+    shape = vim_shape(model)
+    # as a lowered Vim launches it: fp32 inputs, the int8 codes of the output only (store_out=False)
+    work = scan_work(batch, shape.d_inner, shape.tokens, shape.d_state, act_bytes=4, out_bytes=1)
+    gbs = work.nbytes / (times["bidirectional_scan"] * 1e-3) / 1e9
     benchmark.extra_info.update(times_ms=times)
     benchmark.pedantic(synced(lambda: fused_ops.bidirectional_scan_quantize(*fwd, *bwd, z, True, *qparams, False)),
                        rounds=50, warmup_rounds=5)
-    record("bidirectional_scan", f"{vim_shape(model).short}/b{batch}", times, "bidirectional_scan",
-           ("reference", "fp16_two_pass"), achieved_gbs=gbs, copy_gbs=copy_gbs, copy_bandwidth_fraction=gbs / copy_gbs)
+    record("bidirectional_scan", f"{shape.short}/b{batch}", times, "bidirectional_scan",
+           ("reference", "fp16_two_pass"), achieved_gbs=gbs, copy_gbs=gpu.copy_gbs,
+           copy_bandwidth_fraction=gbs / gpu.copy_gbs, **with_floor(work, gpu, times["bidirectional_scan"]))
