@@ -22,15 +22,14 @@ from .errors import InputError
 from .models.checkpoint import load_tensors
 from .models.family import family_named
 from .quant.linear import QUANTIZED_LINEARS
+from .quant.vq_linear import VQ_LINEARS
 
 FORMAT_PREFIX = "ptq4vm_fx.quantized/"
 FORMAT = FORMAT_PREFIX + "2"  # 2: the quantized modules are recorded; 1 re-derived them from the config
 _STAGES = ("quantized", "simulated")
 _WHAT = "a ptq4vm_fx quantized model file"
-# the constructor arguments a quantized linear is recorded with, and their types
-_LINEAR_ARGS = {"in_features": int, "out_features": int, "tokens": int, "w_bits": int, "a_bits": int,
-                "dynamic": bool, "has_bias": bool}
-_KINDS = {cls.__name__: cls for cls in QUANTIZED_LINEARS}
+# the recorded kinds; each declares its constructor arguments and their types (INIT_ARGS)
+_KINDS = {cls.__name__: cls for cls in (*QUANTIZED_LINEARS, *VQ_LINEARS)}
 
 
 def quantized_modules(qmodel: nn.Module) -> list[dict]:
@@ -77,9 +76,9 @@ def _check_record(path, record) -> None:
             raise malformed(f"module record entry {entry!r}")
         if entry["kind"] not in _KINDS:
             raise malformed(f"{entry['name']}: unknown module kind {entry['kind']!r}")
-        args = entry["args"]
-        if not isinstance(args, dict) or set(args) != set(_LINEAR_ARGS) or not all(
-            type(args[key]) is kind for key, kind in _LINEAR_ARGS.items()
+        args, schema = entry["args"], _KINDS[entry["kind"]].INIT_ARGS
+        if not isinstance(args, dict) or set(args) != set(schema) or not all(
+            type(args[key]) is kind for key, kind in schema.items()
         ):
             raise malformed(f"{entry['name']}: constructor arguments {args!r}")
 
@@ -148,7 +147,10 @@ def load(path: str | os.PathLike) -> torch.fx.GraphModule:
             f"{path} does not match the model it describes (its module record and state dict disagree): "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
         )
-    gm.load_state_dict(state, strict=True)
+    try:
+        gm.load_state_dict(state, strict=True)
+    except InputError as exc:  # a quantized module's own check of its tensors (VQ codes out of range, ...)
+        raise InputError(f"{path}: {exc}") from None
     gm.meta.update(stage=stage, quant_config=config.to_dict(), model_name=obj.get("model_name"),
                    block_stats=obj.get("block_stats", {}))
     return gm.eval()

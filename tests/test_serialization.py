@@ -1,3 +1,4 @@
+import copy
 import os
 import pickle
 
@@ -179,3 +180,53 @@ def test_fake_quant_modules_round_trip(tiny_pair, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), tiny_pair[1](x))
+
+
+@pytest.fixture(scope="module")
+def tiny_vq():
+    """{method: model} of a random 2-block Vim: k-means VQ weights only (VQLinear), behind A8 (VQActLinear), rtn."""
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return {(preset, method): ptq4vm_fx.convert(calibrated(tiny_vim(), images, ptq4vm_fx.QuantConfig.preset_config(
+        preset, method))) for preset, method in (("w2a16", "vq_kmeans"), ("w2a8", "vq_kmeans"), ("w3a16", "rtn"))}
+
+
+@pytest.mark.parametrize("which, kind", [(("w2a16", "vq_kmeans"), "VQLinear"), (("w2a8", "vq_kmeans"), "VQActLinear"),
+                                         (("w3a16", "rtn"), None)])
+def test_vq_and_rtn_models_round_trip(tiny_vq, tmp_path, which, kind):
+    model = tiny_vq[which]
+    ptq4vm_fx.save(model, tmp_path / "q.pt")
+    record = torch.load(tmp_path / "q.pt", weights_only=True)["modules"]
+    assert {e["kind"] for e in record} == ({kind} if kind else set()) and len(record) == (8 if kind else 0)
+    if kind:
+        args = next(e for e in record if e["name"] == "layers.0.mixer.x_proj")["args"]
+        assert args == {"in_features": 64, "out_features": 34, "k": 256, "d": 4, "has_bias": False,
+                        **({"tokens": 17, "a_bits": 8} if kind == "VQActLinear" else {})}
+    loaded = ptq4vm_fx.load(tmp_path / "q.pt")
+    assert quantized_modules(loaded) == quantized_modules(model)
+    assert loaded.meta["quant_config"] == model.meta["quant_config"]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_a_vq_file_with_a_code_out_of_range_is_refused(tiny_vq, tmp_path):
+    from ptq4vm_fx.kernels.vq_linear import pack_codes
+
+    model = copy.deepcopy(tiny_vq["w2a16", "vq_kmeans"])
+    layer = model.get_submodule("layers.1.mixer.out_proj")
+    codes = layer.code_indices()
+    small = type(layer).from_codes(codes % 200, layer.codebook[:200].float(), None)  # a 200-entry codebook
+    model.set_submodule("layers.1.mixer.out_proj", small)
+    ptq4vm_fx.save(model, tmp_path / "q.pt")
+    obj = torch.load(tmp_path / "q.pt", weights_only=True)
+    bad = small.code_indices()
+    bad[3, 5] = 250  # fits in the 8-bit code, not in the codebook
+    obj["state_dict"]["layers.1.mixer.out_proj.codes"] = pack_codes(bad, 8)
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match=r"bad.pt: VQLinear layers.1.mixer.out_proj: code 250 is out of range for a "
+                                         r"200-entry codebook \(a corrupt file\?\)"):
+        ptq4vm_fx.load(tmp_path / "bad.pt")
+    obj["modules"][0]["args"]["k"] = 256.0
+    torch.save(obj, tmp_path / "bad_args.pt")
+    with pytest.raises(InputError, match="malformed ptq4vm_fx file .*constructor arguments"):
+        ptq4vm_fx.load(tmp_path / "bad_args.pt")

@@ -71,6 +71,9 @@ class FakeQuantLinear(nn.Module):
     def tokens(self) -> int:
         return self.log_act_scale.shape[0]
 
+    INIT_ARGS = {"in_features": int, "out_features": int, "tokens": int, "w_bits": int, "a_bits": int,
+                 "dynamic": bool, "has_bias": bool}  # init_args()'s schema (a file's module record)
+
     def init_args(self) -> dict:
         return init_args(self)
 
@@ -166,6 +169,8 @@ class QuantizedLinear(KeepsBufferDtypes):
         self.register_buffer("act_zero_point", torch.zeros(tokens, dtype=torch.int32))
         self.register_buffer("smooth", torch.ones(in_features))
         self.register_buffer("row_fold", torch.ones(out_features))
+
+    INIT_ARGS = FakeQuantLinear.INIT_ARGS
 
     @property
     def tokens(self) -> int:

@@ -37,6 +37,7 @@ class VQLinear(KeepsBufferDtypes):
 
     a_bits = None  # activations stay floating point
     dynamic = False
+    INIT_ARGS = {"in_features": int, "out_features": int, "k": int, "d": int, "has_bias": bool}  # init_args()'s
 
     def __init__(self, in_features: int, out_features: int, k: int, d: int, has_bias: bool):
         super().__init__()
@@ -137,7 +138,7 @@ class VQActLinear(VQLinear):
     ``act_scale`` (L,) fp32, ``act_zero_point`` (L,) int32, signed.
     """
 
-    dynamic = False
+    INIT_ARGS = {**VQLinear.INIT_ARGS, "tokens": int, "a_bits": int}
 
     def __init__(self, in_features: int, out_features: int, k: int, d: int, has_bias: bool, tokens: int,
                  a_bits: int):
