@@ -4,11 +4,18 @@ their code does per launch: for the scans warp shuffles, shared-memory traffic, 
 instructions of one token step (the loop body); for the GEMM its tensor-core instructions and
 asynchronous copies (a pipelined main loop).
 
+Per (token, state, direction) element of a scan's token step (``elements_per_step`` a thread):
+SASS instructions (``sass_per_element``: the longest path through one step, e.g. the bidirectional
+kernel's second half; ``loop_instructions`` is the loop's static size, both halves), MUFU
+instructions, global loads per step (by width), local-memory (spill) instructions, and the waves a
+launch at Vim-S and Vim-B batch 128 makes on an H100 (programs / (132 SMs x programs an SM holds at
+that register count)). ``--json PATH`` also writes the result to PATH.
+
 A CPU-only check of the register layout the module docstring of
 ptq4vm_fx/kernels/selective_scan.py promises (tests/kernels/test_codegen.py runs it), and a
 quick way to compare kernel variants before a GPU is at hand:
 
-    python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90 [--dtype fp16]
+    python scripts/kernel_codegen.py --block-d 32 --warps 1 --arch 90 [--dtype fp16] [--json codegen.json]
 
 The launch is specialized as Triton specializes the wrappers' launch for Vim-S at batch 128:
 activations stored token-major (unit stride along channels), B and C with unit stride along the
@@ -41,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptq4vm_fx.kernels import int8_linear as gemm  # noqa: E402
 from ptq4vm_fx.kernels import selective_scan as scan  # noqa: E402
+from ptq4vm_fx.models.zoo import VIM_CONFIGS  # noqa: E402
 
 # strides the wrappers pass as 1 (Triton specializes them to the constant 1): activations
 # token-major, B and C column slices of x_proj's output, A channel-major
@@ -58,6 +66,13 @@ NOT_DIVISIBLE = ("L", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb",
                  "s_cbl")
 COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
            "ex2": "ex2.approx", "ex2_subnormal": "ex2.approx.f32", "ld_global": "ld.global", "st_global": "st.global"}
+DIRECTIONS = {"_selective_scan_kernel": 1, "_bidirectional_scan_kernel": 2}
+# An H100 SXM SM (sm_90): 65536 registers, allocated per warp in units of 256; at most 64 warps and 32
+# programs (CTAs) resident
+H100_SMS, REGISTERS_PER_SM, REGISTER_UNIT, MAX_WARPS_PER_SM, MAX_PROGRAMS_PER_SM = 132, 65536, 256, 64, 32
+WAVE_CASES = {"vim_small_patch16_224/b128": ("vim_small_patch16_224", 128),
+              "vim_base_patch16_224/b128": ("vim_base_patch16_224", 128)}
+_SASS_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", re.M)
 
 
 def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
@@ -112,30 +127,103 @@ def resources(cubin: bytes) -> dict:
     return {key: int(match.group(1)) if match else None for key, match in found.items()}
 
 
-def loop_instructions(cubin: bytes) -> int | None:
-    """SASS instructions of the kernel's longest loop, its back edge's target to the back edge (the
-    scan's token step, both branches of its half-way test), or None without cuobjdump."""
+def instructions(sass: str) -> list[tuple[int, bool, str, str]]:
+    """SASS as (address, predicated, opcode with modifiers, operands), in address order."""
+    return [(int(a, 16), bool(pred), op, operands) for a, pred, op, operands in _SASS_LINE.findall(sass)]
+
+
+def longest_loop(code: list[tuple[int, bool, str, str]]) -> list[tuple[int, bool, str, str]]:
+    """The instructions of the kernel's longest loop: its back edge's target to the back edge (the
+    scan's token step, both branches of its half-way test); empty without a loop."""
+    back_edges = [(addr, _target(ops)) for addr, _, op, ops in code if op.startswith("BRA") and _target(ops) < addr]
+    if not back_edges:
+        return []
+    at, to = max(back_edges, key=lambda edge: edge[0] - edge[1])
+    return [ins for ins in code if to <= ins[0] <= at]
+
+
+def _target(operands: str) -> int:
+    return int(re.search(r"0x([0-9a-f]+)", operands).group(1), 16)
+
+
+def step_lengths(loop: list[tuple[int, bool, str, str]]) -> tuple[int, int]:
+    """(fewest, most) instructions one pass through ``loop`` executes: the paths from its first
+    instruction to its back edge (the last), through its forward branches (predicated instructions
+    issue, so they count); a conditional EXIT falls through, a jump out of the loop ends no step."""
+    index = {addr: i for i, (addr, *_) in enumerate(loop)}
+    last = len(loop) - 1
+    spans: list[tuple[int, int] | None] = [None] * len(loop)  # (fewest, most) from i to the back edge
+    spans[last] = (1, 1)
+    for i in range(last - 1, -1, -1):
+        _, predicated, op, operands = loop[i]
+        successors = []
+        if op.startswith("BRA"):
+            successors.append(index.get(_target(operands)))
+            if predicated:
+                successors.append(i + 1)
+        elif not (op.startswith("EXIT") and not predicated):
+            successors.append(i + 1)
+        reachable = [spans[j] for j in successors if j is not None and j > i and spans[j] is not None]
+        if reachable:
+            spans[i] = (1 + min(r[0] for r in reachable), 1 + max(r[1] for r in reachable))
+    return spans[0] if spans[0] is not None else (0, 0)
+
+
+def loop_stats(cubin: bytes, elements: int) -> dict:
+    """Per token step of the kernel's longest loop, ``elements`` (token, state, direction) elements a
+    thread: its static size, the instructions one step executes, MUFU instructions, global loads (and
+    by width), per element; local-memory (spill) instructions of the whole kernel. None where
+    cuobjdump is missing."""
     sass = cuobjdump(cubin, "-sass")
     if sass is None:
-        return None
-    addresses = [int(a, 16) for a in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/\s+\S", sass, re.M)]
-    back_edges = [(int(at, 16), int(to, 16))
-                  for at, to in re.findall(r"^\s+/\*([0-9a-f]{4,})\*/.*?\bBRA\b[^;]*?0x([0-9a-f]+)", sass, re.M)
-                  if int(to, 16) < int(at, 16)]
-    if not back_edges:
-        return 0
-    at, to = max(back_edges, key=lambda edge: edge[0] - edge[1])
-    return sum(to <= a <= at for a in addresses)
+        return dict.fromkeys(("loop_instructions", "step_instructions", "sass_per_element", "mufu_per_step",
+                              "mufu_per_element", "ldg_per_step", "ldg_bits", "local_memory_instructions"))
+    code = instructions(sass)
+    loop = longest_loop(code)
+    fewest, most = step_lengths(loop) if loop else (0, 0)
+    mufu = sum(op.startswith("MUFU") for _, _, op, _ in loop)
+    loads = [op for _, _, op, _ in loop if op.startswith("LDG")]
+    widths: dict[str, int] = {}
+    for op in loads:
+        width = next((w for w in ("128", "64", "U8", "S8", "U16", "S16") if f".{w}" in op), "32")
+        widths[width] = widths.get(width, 0) + 1
+    return {"loop_instructions": len(loop), "elements_per_step": elements, "step_instructions": [fewest, most],
+            "sass_per_element": most / elements, "mufu_per_step": mufu, "mufu_per_element": mufu / elements,
+            "ldg_per_step": len(loads), "ldg_bits": widths,
+            "local_memory_instructions": sum(op.startswith(("LDL", "STL")) for _, _, op, _ in code)}
+
+
+def programs_per_sm(registers: int, num_warps: int) -> int:
+    """Programs of ``num_warps`` warps at ``registers`` per thread an H100 SM holds at once (no shared
+    memory used): the register file, the warp and the program limits."""
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    return min(REGISTERS_PER_SM // (per_warp * num_warps), MAX_WARPS_PER_SM // num_warps, MAX_PROGRAMS_PER_SM)
+
+
+def waves(registers: int, block_d: int, num_warps: int) -> dict:
+    """{case: {"programs", "programs_per_sm", "waves", "launch_block_d"}} for WAVE_CASES: a scan launch's
+    (batch, D / block_d) programs over 132 SMs; ``launch_block_d`` is what the wrapper picks there."""
+    per_sm = programs_per_sm(registers, num_warps)
+    out = {}
+    for case, (model, batch) in WAVE_CASES.items():
+        d_inner = 2 * VIM_CONFIGS[model]["embed_dim"]
+        programs = batch * -(-d_inner // block_d)
+        out[case] = {"programs": programs, "programs_per_sm": per_sm, "waves": programs / (H100_SMS * per_sm),
+                     "launch_block_d": scan._scan_config(batch, d_inner, VIM_CONFIGS[model]["d_state"])[0]}
+    return out
 
 
 def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
           maxnreg: int | None = -1) -> dict:
-    """{counted op: occurrences in the PTX} plus "registers", "stack_bytes" and "loop_instructions"
-    for one kernel and launch shape."""
+    """{counted op: occurrences in the PTX}, "registers", "stack_bytes" (spilled registers' bytes per
+    thread), :func:`loop_stats` and :func:`waves` for one kernel and launch shape."""
     compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype, maxnreg)
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     out = {key: ptx.count(op) for key, op in COUNTED.items()}
-    out.update(resources(cubin), loop_instructions=loop_instructions(cubin))
+    out.update(resources(cubin))
+    out.update(loop_stats(cubin, block_n * block_d * DIRECTIONS[name] // (32 * num_warps)))
+    if out["registers"] is not None:
+        out["waves"] = waves(out["registers"], block_d, num_warps)
     return out
 
 
@@ -190,12 +278,19 @@ def main():
                         help="the activations' dtype (a model run in half precision: fp16 / bf16)")
     parser.add_argument("--maxnreg", type=int, default=-1,
                         help="the scans' register cap per thread (0: none; default: each launch's own)")
+    parser.add_argument("--json", type=Path, help="also write the result to this file")
     args = parser.parse_args()
-    result = {name: stats(name, args.block_d, args.block_n, args.warps, args.arch, args.dtype, args.maxnreg or None)
-              for name in UNIT_STRIDES}
+    result = {"meta": {"arch": args.arch, "triton": triton.__version__, "dtype": args.dtype, "block_d": args.block_d,
+                       "block_n": args.block_n, "warps": args.warps,
+                       "maxnreg": "launch" if args.maxnreg == -1 else args.maxnreg or None, "sms": H100_SMS}}
+    result.update({name: stats(name, args.block_d, args.block_n, args.warps, args.arch, args.dtype,
+                               args.maxnreg or None) for name in UNIT_STRIDES})
     result["_int8_linear_kernel"] = gemm_stats(args.arch, args.dtype)
     result["_int8_linear_kernel persistent"] = gemm_stats(args.arch, args.dtype, persistent=True)
-    print(json.dumps(result, indent=1))
+    text = json.dumps(result, indent=1)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

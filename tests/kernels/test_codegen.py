@@ -4,11 +4,13 @@ shared memory, no barrier but the bidirectional kernel's one at the half-way tok
 register cap without spilling, and its token step stays short (softplus without an accurate log,
 exp2 without subnormal fix-ups); the INT8 GEMM's main loop runs on tensor cores, pipelined.
 Compiled for an H100 without a GPU by scripts/kernel_codegen.py, specialized as a real launch is,
-in a subprocess (it must not be interpreted)."""
+in a subprocess (it must not be interpreted); its --json file's per-element counts and waves agree
+with its instruction counts, register count and the launch's grid."""
 
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,15 @@ STEP_BUDGET = {"fp32": {"_selective_scan_kernel": 195, "_bidirectional_scan_kern
 
 
 def codegen(block_d: int, warps: int, dtype: str = "fp32") -> dict:
-    run = subprocess.run([sys.executable, str(SCRIPT), "--block-d", str(block_d), "--warps", str(warps),
-                          "--dtype", dtype], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout)
+    """The script's --json file (what it also prints)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "codegen.json"
+        run = subprocess.run([sys.executable, str(SCRIPT), "--block-d", str(block_d), "--warps", str(warps),
+                              "--dtype", dtype, "--json", str(path)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        result = json.loads(path.read_text())
+    assert json.loads(run.stdout) == result
+    return result
 
 
 @pytest.fixture(scope="module", params=["fp32", "fp16"])
@@ -54,6 +61,63 @@ def test_token_step_is_short_and_within_registers(one_channel_per_thread, kernel
     assert counts["stack_bytes"] == 0  # the bidirectional kernel's cap (96) spills nothing
     assert counts["registers"] <= (96 if kernel == "_bidirectional_scan_kernel" else 64)
     assert 0 < counts["loop_instructions"] <= STEP_BUDGET[dtype][kernel]
+
+
+@pytest.mark.parametrize("kernel", list(DIRECTIONS))
+def test_json_counts_per_element_agree_with_the_instruction_counts(one_channel_per_thread, kernel):
+    dtype, result = one_channel_per_thread
+    assert result["meta"]["arch"] == 90 and result["meta"]["dtype"] == dtype and result["meta"]["block_d"] == 32
+    counts = result[kernel]
+    elements = counts["elements_per_step"]
+    assert elements == 16 * DIRECTIONS[kernel]  # a thread's channel: 16 states in each direction
+    fewest, most = counts["step_instructions"]
+    assert 0 < fewest <= most <= counts["loop_instructions"]
+    if kernel == "_bidirectional_scan_kernel":  # the two halves of the walk take different paths
+        assert fewest < most
+    assert counts["sass_per_element"] == most / elements
+    assert counts["mufu_per_element"] == counts["mufu_per_step"] / elements
+    # every PTX exp2 of the kernel runs in the token loop, on the MUFU, at least one (a decay) per element
+    assert counts["mufu_per_step"] >= counts["ex2"] >= elements
+    assert sum(counts["ldg_bits"].values()) == counts["ldg_per_step"] <= counts["ld_global"]
+    assert counts["local_memory_instructions"] == 0 == counts["stack_bytes"]
+
+
+@pytest.mark.parametrize("kernel", list(DIRECTIONS))
+def test_json_waves_follow_the_grid_and_the_register_count(one_channel_per_thread, kernel):
+    """Programs = batch x D / 32 (one warp of 32 channels each, the width the launch picks at batch 128);
+    an SM holds 65536 registers / (registers x 32 rounded up to 256) of them, at most 32."""
+    counts = one_channel_per_thread[1][kernel]
+    per_sm = min(65536 // (-(-counts["registers"] * 32 // 256) * 256), 32)
+    for case, d_inner in (("vim_small_patch16_224/b128", 768), ("vim_base_patch16_224/b128", 1536)):
+        w = counts["waves"][case]
+        assert w["launch_block_d"] == 32 and w["programs"] == 128 * d_inner // 32
+        assert w["programs_per_sm"] == per_sm
+        assert w["waves"] == w["programs"] / (132 * per_sm)
+    if counts["registers"] == 96:  # the bidirectional kernel's cap: 21 programs an SM, Vim-S b128 in 1.11 waves
+        assert counts["waves"]["vim_small_patch16_224/b128"]["waves"] == pytest.approx(3072 / 2772)
+
+
+SASS = """
+        /*0000*/                   FADD R1, R1, R2 ;
+        /*0010*/              @!P0 BRA 0x40 ;
+        /*0020*/                   FMUL R1, R1, R1 ;
+        /*0030*/                   BRA 0x50 ;
+        /*0040*/                   STG.E desc[UR4][R2.64], R1 ;
+        /*0050*/              @!P1 EXIT ;
+        /*0060*/                   BRA 0x0 ;
+        /*0070*/                   BRA 0x70;
+"""
+
+
+def test_step_lengths_walk_the_loop_paths():
+    """A loop with an if / else: 6 instructions through the FMUL side, 5 through the STG side (the
+    conditional EXIT falls through, the back edge ends a step); the trailing self-loop is not it."""
+    code = f"import kernel_codegen as k; loop = k.longest_loop(k.instructions({SASS!r})); " \
+           "print(len(loop), *k.step_lengths(loop))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=SCRIPT.parent)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["7", "5", "6"]
 
 
 def test_int8_gemm_main_loop_is_pipelined_on_tensor_cores(one_channel_per_thread):
