@@ -39,19 +39,20 @@ from ..kernels import _common
 from ..kernels import int8_linear as _gemm
 from ..kernels import quantize as _quantize
 from ..kernels import selective_scan as _scan_kernels
+from ..kernels import vq_linear as _vq
 from ..progress import hide_cuda_home_notice
 from ..quant import integer
 from . import fused_ops, report
 from .match import is_custom_op, op_namespace
 from .options import FUSIONS, REWRITES, BackendOptions
 
-QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.int8_linear)
+QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.int8_linear, torch.ops.ptq4vm.vq_linear)
 GEMMS = (torch.ops.ptq4vm.int8_linear, fused_ops.FUSED_OPS.int8_linear_quantize)
 
 
 def has_quantized_ops(gm: GraphModule) -> bool:
-    """True when ``gm`` calls ``ptq4vm::quantize_per_token`` or ``ptq4vm::int8_linear`` (a float Vim
-    calls only ``ptq4vm::selective_scan``)."""
+    """True when ``gm`` calls ``ptq4vm::quantize_per_token``, ``ptq4vm::int8_linear`` or
+    ``ptq4vm::vq_linear`` (a float Vim calls only ``ptq4vm::selective_scan``)."""
     return any(is_custom_op(n, op) for n in gm.graph.nodes for op in QUANTIZED_OPS)
 
 
@@ -65,7 +66,7 @@ def ops_fingerprint() -> str:
     """"ptq4vm-<16 hex digits>": a hash of the sources of the ptq4vm and ptq4vm_fused ops (their
     definitions, the kernel modules that implement them, the numerics and the scan reference)."""
     digest = hashlib.sha256()
-    for module in (ops, fused_ops, integer, scan, _gemm, _quantize, _scan_kernels, _common):
+    for module in (ops, fused_ops, integer, scan, _gemm, _quantize, _scan_kernels, _vq, _common):
         digest.update(Path(module.__file__).read_bytes())
     return "ptq4vm-" + digest.hexdigest()[:16]
 
@@ -74,9 +75,12 @@ def lower_graph(gm: GraphModule, fusions: Iterable[str] = FUSIONS, tune_gemm: bo
     """Apply the rewrites named in ``fusions`` to ``gm`` in place (in :data:`REWRITES` order); with
     ``tune_gemm`` False, the INT8 GEMMs they produce take fixed tiles instead of tuning them.
 
-    Returns the number of times each was applied; the counters in :mod:`.report` add them up."""
+    Returns the number of times each was applied; the counters in :mod:`.report` add them up, and
+    count the ``ptq4vm::vq_linear`` calls the graph hands to Inductor (no rewrite takes them: the op
+    runs the VQ GEMM kernel on CUDA itself)."""
     enabled = BackendOptions(fusions=tuple(fusions)).fusions
     applied = {name: REWRITES[name](gm) for name in enabled}
+    report.vq_linears(sum(is_custom_op(n, torch.ops.ptq4vm.vq_linear) for n in gm.graph.nodes))
     if not tune_gemm:
         for node in gm.graph.nodes:
             if any(is_custom_op(node, op) for op in GEMMS):

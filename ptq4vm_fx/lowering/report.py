@@ -4,7 +4,8 @@
   compiled since the counters were last cleared), plus ``graphs_lowered`` (every graph the rewrites
   ran on), ``float_graphs`` (those of them without quantized ops: a float model, lowered to the
   float fusions), ``graphs_kept_for_autograd`` (float graphs compiled under autograd: not rewritten,
-  the fused ops have no backward) and ``graphs_without_ptq4vm_ops`` (no ptq4vm op at all: Inductor as is).
+  the fused ops have no backward) and ``graphs_without_ptq4vm_ops`` (no ptq4vm op at all: Inductor as is);
+  ``vq_linear``: the ``ptq4vm::vq_linear`` calls of the lowered graphs (each runs the VQ GEMM).
 * ``counters["ptq4vm_skipped"]["rewrite: reason"]``: candidates a kernel cannot take, left as the
   reference ops. Each distinct reason is also logged once per process as a warning.
 """
@@ -32,6 +33,11 @@ def skipped(rewrite: str, reason: str, node: Node) -> None:
     counters[SKIPPED][key] += 1
     log.debug("ptq4vm lowering: %s not applied at node %s: %s", rewrite, node.name, reason)
     _warn_once(key, "ptq4vm backend: %s not applied (%s); the reference op stays in the graph", rewrite, reason)
+
+
+def vq_linears(calls: int) -> None:
+    if calls:
+        counters[APPLIED]["vq_linear"] += calls
 
 
 def graph_lowered() -> None:

@@ -23,8 +23,12 @@ def _run_triton_kernels(gm: torch.fx.GraphModule) -> int:
     """Point every custom-op call of ``gm`` at its CUDA implementation (the Triton launch); returns how many."""
     swapped = 0
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in CUDA_KERNELS:
-            node.target = CUDA_KERNELS[node.target]
+        if node.op != "call_function":
+            continue
+        # a module's call (torch.ops.ptq4vm.int8_linear) reaches the graph as the op's packet
+        op = node.target.default if isinstance(node.target, torch._ops.OpOverloadPacket) else node.target
+        if op in CUDA_KERNELS:
+            node.target = CUDA_KERNELS[op]
             swapped += 1
     gm.recompile()
     return swapped
@@ -32,7 +36,7 @@ def _run_triton_kernels(gm: torch.fx.GraphModule) -> int:
 
 def _custom_ops_left(gm: torch.fx.GraphModule) -> list[str]:
     return [str(n.target) for n in gm.graph.nodes
-            if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+            if n.op == "call_function" and isinstance(n.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
             and n.target.namespace in ("ptq4vm", "ptq4vm_fused")]
 
 
