@@ -3,9 +3,11 @@
     OMP_NUM_THREADS=1 .venv/bin/ptq4vm sweep --json sweep.json
     .venv/bin/python scripts/readme_tables.py sweep.json --machine "2 CPU cores"
 
-Everything between the README's ``<!-- sweep:begin -->`` and ``<!-- sweep:end -->`` lines is replaced:
-a sentence saying what was measured, how and where, the top-1 / SQNR table (presets x methods) and
-the calibration-plus-conversion seconds of each cell.
+One block per model: the default model's (vim_digits) lies between the README's ``<!-- sweep:begin -->``
+and ``<!-- sweep:end -->`` lines, another model's between ``<!-- sweep:begin NAME -->`` and
+``<!-- sweep:end NAME -->``. The block of the model the sweep JSON holds is replaced: a sentence saying
+what was measured, how and where, the top-1 / SQNR table (presets x methods) and the
+calibration-plus-conversion seconds of each cell.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+DEFAULT_MODEL = "vim_digits"  # the model whose block has the bare markers
 SHARED = ("model", "data", "float_top1", "calib_images", "eval_images")  # the same in every row of one sweep
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMAND = "ptq4vm sweep --json sweep.json"
@@ -65,13 +68,21 @@ def render(rows: list[dict], machine: str, command: str = COMMAND) -> str:
     ])
 
 
-def replace_block(text: str, block: str) -> str:
-    """``text`` with what lies between the BEGIN and END marker lines replaced by ``block``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"expected one {BEGIN} line followed by one {END} line")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+def markers(model: str) -> tuple[str, str]:
+    """The (begin, end) marker lines of ``model``'s block."""
+    if model == DEFAULT_MODEL:
+        return BEGIN, END
+    return BEGIN.replace(" -->", f" {model} -->"), END.replace(" -->", f" {model} -->")
+
+
+def replace_block(text: str, block: str, model: str = DEFAULT_MODEL) -> str:
+    """``text`` with what lies between ``model``'s begin and end marker lines replaced by ``block``."""
+    begin, end = markers(model)
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"expected one {begin} line followed by one {end} line")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{block}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=README)
     args = parser.parse_args(argv)
     rows = json.loads(Path(args.sweep_json).read_text())
-    args.readme.write_text(replace_block(args.readme.read_text(), render(rows, args.machine, args.command)))
-    print(f"wrote the sweep tables of {args.readme}")
+    block = render(rows, args.machine, args.command)  # checks that every row is of one model
+    args.readme.write_text(replace_block(args.readme.read_text(), block, rows[0]["model"]))
+    print(f"wrote the {rows[0]['model']} sweep tables of {args.readme}")
     return 0
 
 

@@ -82,6 +82,30 @@ def test_readme_tables_writes_what_the_sweep_json_says(tmp_path, capsys):
         script.main(argv)
 
 
+def test_readme_tables_replace_the_block_of_the_sweeps_model(tmp_path):
+    """The default model's block has the bare markers, another model's markers name it; only the block of
+    the JSON's model changes."""
+    script = _readme_tables()
+    rows = [dict(_row("minmax", "w8a8", 98.61111, 40.13, 3.9), model="vmamba_digits"),
+            dict(_row("ptq4vm", "w8a8", 98.61111, 40.09, 97.8), model="vmamba_digits")]
+    (tmp_path / "sweep.json").write_text(json.dumps(rows))
+    vim_block = "<!-- sweep:begin -->\nvim tables\n<!-- sweep:end -->\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{vim_block}\n<!-- sweep:begin vmamba_digits -->\nstale\n<!-- sweep:end vmamba_digits -->\n")
+    argv = [str(tmp_path / "sweep.json"), "--readme", str(readme), "--machine", "a test box", "--command",
+            "ptq4vm sweep --model vmamba_digits --json s.json"]
+    assert script.main(argv) == 0
+    text = readme.read_text()
+    assert text.startswith(vim_block) and "stale" not in text
+    block = text.split("<!-- sweep:begin vmamba_digits -->\n")[1].split("\n<!-- sweep:end vmamba_digits -->")[0]
+    assert "| W8A8 | 98.61 / 40.1 | 98.61 / 40.1 |" in block and "| W8A8 | 3.9 | 97.8 |" in block
+    prose = " ".join(block.split())
+    assert "of `vmamba_digits`" in prose and "`ptq4vm sweep --model vmamba_digits --json s.json`" in prose
+    readme.write_text(vim_block)
+    with pytest.raises(ValueError, match="expected one <!-- sweep:begin vmamba_digits --> line"):
+        script.main(argv)
+
+
 def test_the_readme_holds_one_generated_sweep_block():
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- sweep:begin -->\n")[1].split("\n<!-- sweep:end -->")[0]

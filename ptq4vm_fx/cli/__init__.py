@@ -1,6 +1,7 @@
 """ptq4vm: quantize, sweep, eval, report.
 
     ptq4vm quantize                      # the bundled digits Vim, W8A8 PTQ4VM, bundled digits data
+    ptq4vm quantize --model vmamba_digits  # the bundled VMamba (also local_vssm_digits, local_vim_digits)
     ptq4vm quantize --preset w4a4 --method smoothquant --output q.pt --json metrics.json
     ptq4vm sweep                         # every method x every preset on the bundled model
     ptq4vm eval --quantized q.pt         # top-1/top-5 of a saved quantized model
@@ -9,7 +10,7 @@
 Real models and data: --model vim_tiny_patch16_224 --checkpoint vim_t.pth --data /imagenet.
 --data DIR is an image folder in the ImageNet layout: with DIR/train and DIR/val, calibration
 images are drawn from DIR/train and evaluation uses DIR/val; otherwise DIR serves both. Without
---data the bundled digits set is used (it fits only the bundled model). Evaluation runs on
+--data the bundled digits set is used (it fits only the bundled models). Evaluation runs on
 several processes or GPUs with: torchrun --nproc_per_node N -m ptq4vm_fx.cli eval ...
 """
 
@@ -26,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed
 from ..config import METHODS, PRESETS
-from ..data.bundled import MODEL_NAME
+from ..data.bundled import BUNDLED_MODELS, MODEL_NAME
 from ..errors import InputError
 from ..models.family import check_overrides
 from ..progress import log, set_quiet
@@ -61,7 +62,8 @@ def _model_kwarg(text: str) -> tuple[str, object]:
 
 
 def _common(p: argparse.ArgumentParser, model_default: str | None, model_help: str) -> None:
-    p.add_argument("--model", default=model_default, help=f"model name (default: {model_help})")
+    p.add_argument("--model", default=model_default,
+                   help=f"model name (default: {model_help}; bundled: {', '.join(BUNDLED_MODELS)})")
     p.add_argument("--checkpoint", help="float checkpoint ({'model': state_dict}, as hustvl/Vim ships)")
     p.add_argument(
         "--model-kwargs",

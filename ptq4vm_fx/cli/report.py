@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..capture import blocks
-from ..data.bundled import MODEL_NAME
+from ..data.bundled import BUNDLED_MODELS
 from ..data.imagefolder import load_subset
 from ..errors import InputError
 from .outputs import check_output_folder
@@ -15,7 +15,7 @@ def run(args) -> int:
 
     check_output_folder(args.output, "--output")
     qmodel, name = quantized_model(args)
-    if args.checkpoint is None and name != MODEL_NAME:
+    if args.checkpoint is None and name not in BUNDLED_MODELS:
         raise InputError(
             f"report compares {args.quantized} with its float model: give the float checkpoint "
             f"of {name} with --checkpoint"

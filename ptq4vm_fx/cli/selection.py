@@ -1,6 +1,6 @@
 """What the commands run on: the float or quantized model and the calibration and evaluation data,
 picked from --model, --checkpoint, --model-kwargs, --quantized and --data (the bundled digits Vim
-and its data by default)."""
+and its data by default; each bundled model runs on the bundled data without other arguments)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .. import distributed
-from ..data.bundled import MODEL_NAME, bundled_model, load_digits_splits
+from ..data.bundled import BUNDLED_MODELS, bundled_model, load_digits_splits
 from ..data.imagefolder import ImageFolder, check_classes, eval_transform, load_subset, split_dirs
 from ..errors import InputError
 from ..models import load_checkpoint
-from ..models.family import check_overrides, create_model
+from ..models.family import check_overrides, create_model, family_of
 from ..serialization import load
 
 BUNDLED_DATA = "bundled digits"
@@ -26,15 +26,16 @@ BUNDLED_DATA = "bundled digits"
 
 def float_model(name: str, checkpoint: str | None, overrides: dict) -> nn.Module:
     """The float model ``name`` with ``overrides`` and the weights in ``checkpoint`` (the bundled
-    weights for the bundled model when no checkpoint is given)."""
+    weights for a bundled model when no checkpoint is given)."""
     check_overrides(name, overrides)  # an unknown name too
     if checkpoint is not None:
         return load_checkpoint(create_model(name, **overrides), checkpoint).eval()
-    if name != MODEL_NAME:
-        raise InputError(f"--checkpoint is required for {name} (weights are never downloaded)")
-    model = bundled_model()
+    if name not in BUNDLED_MODELS:
+        raise InputError(f"--checkpoint is required for {name} (weights are never downloaded; bundled models: "
+                         f"{', '.join(BUNDLED_MODELS)})")
+    model = bundled_model(name)
     if any(model.config.get(key) != value for key, value in overrides.items()):
-        raise InputError(f"the bundled {MODEL_NAME} weights fit its own configuration only: give --checkpoint")
+        raise InputError(f"the bundled {name} weights fit its own configuration only: give --checkpoint")
     return model
 
 
@@ -61,10 +62,12 @@ def reference_model(name: str, config: dict) -> nn.Module:
 
 
 def _require_bundled(model: nn.Module) -> None:
+    """Refuse the bundled digits (8x8 images) for a model that is no bundled one or not built for 8x8."""
     name = getattr(model, "model_name", type(model).__name__)
-    if name != MODEL_NAME or model.config["img_size"] != 8:
+    if name not in BUNDLED_MODELS or family_of(model).image_size(model) not in (None, (8, 8)):
         raise InputError(
-            f"the bundled digits data fits only the {MODEL_NAME} model; this model is {name}: give --data DIR"
+            f"the bundled digits data fits only the bundled models ({', '.join(BUNDLED_MODELS)}); this model is "
+            f"{name}: give --data DIR"
         )
 
 

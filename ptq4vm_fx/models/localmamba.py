@@ -829,13 +829,29 @@ LOCALMAMBA_CONFIGS = {
                                             if_rope_residual=False, if_cls_token=True, use_middle_cls_token=True),
     "local_vim_small": dict(_VIM, embed_dim=384, directions=[["h", "h_flip", "w2", "w2_flip"]] * 20),
 }  # fmt: skip
+# the small models bundled with the package, trained on scikit-learn's 8x8 digits (scripts/train_digits.py):
+# LocalVSSM with 1-pixel patches (an 8x8 map, then 4x4; 2x2 and 4x4 windows), LocalVim with 2x2 patches
+# (a 4x4 grid and the middle class token, 17 tokens; 2x2 windows)
+BUNDLED_CONFIGS = {
+    "local_vssm_digits": dict(_VSSM, patch_size=1, in_chans=1, num_classes=10, depths=[2, 2], dims=[24, 48],
+                              ssm_d_state=4, drop_path_rate=0.0,
+                              directions=[["h", "v_flip", "w2", "w4_flip"], ["h_flip", "v", "w4", "w2_flip"],
+                                          ["h", "v_flip", "w2", "w2_flip"], ["h_flip", "v", "w2", "v_flip"]]),
+    "local_vim_digits": dict(_VIM, img_size=8, patch_size=2, depth=4, embed_dim=32, channels=1, num_classes=10,
+                             ssm_cfg=dict(d_state=8), if_rope=False, if_rope_residual=False, if_cls_token=True,
+                             use_middle_cls_token=True, drop_path_rate=0.0,
+                             directions=[["h", "h_flip", "w2", "w2_flip"], ["v", "v_flip", "w2", "w2_flip"],
+                                         ["h", "h_flip", "v", "v_flip"], ["h", "v_flip", "w2", "w2_flip"]]),
+}  # fmt: skip
+_VSSM_INPUT_SIZE = {"local_vssm_digits": 8}  # what the data config resizes to (224 for the released models)
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
 
 
 def create_localmamba(name: str, pretrained: bool = False, **overrides) -> LocalVSSM | LocalVim:
     """Build a named LocalMamba model; ``overrides`` are the model's keyword arguments."""
-    if name not in LOCALMAMBA_CONFIGS:
-        raise InputError(f"unknown model {name!r}; known LocalMamba models: {', '.join(sorted(LOCALMAMBA_CONFIGS))}")
+    configs = {**LOCALMAMBA_CONFIGS, **BUNDLED_CONFIGS}
+    if name not in configs:
+        raise InputError(f"unknown model {name!r}; known LocalMamba models: {', '.join(sorted(configs))}")
     if pretrained:
         raise InputError(
             f"{name}: no weights are downloaded; build with pretrained=False and load the official "
@@ -843,10 +859,10 @@ def create_localmamba(name: str, pretrained: bool = False, **overrides) -> Local
         )
     for key in _TIMM_ONLY_KWARGS:
         overrides.pop(key, None)
-    config = dict(LOCALMAMBA_CONFIGS[name], **overrides)
+    config = dict(configs[name], **overrides)
     if name.startswith("local_vssm"):
         model = LocalVSSM(**config)
-        input_size = (config["in_chans"], 224, 224)
+        input_size = (config["in_chans"], *(_VSSM_INPUT_SIZE.get(name, 224),) * 2)
     else:
         model = LocalVim(**config)
         input_size = (config["channels"], *to_2tuple(config["img_size"]))
@@ -872,6 +888,8 @@ local_vssm_small = _registered("local_vssm_small")
 local_vim_tiny = _registered("local_vim_tiny")
 local_vim_tiny_middle_cls_token = _registered("local_vim_tiny_middle_cls_token")
 local_vim_small = _registered("local_vim_small")
+local_vssm_digits = _registered("local_vssm_digits")
+local_vim_digits = _registered("local_vim_digits")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -883,7 +901,7 @@ _SCAN_ORDERS = ("per block its own list: h (row-major), v (column-major), w<k> (
 
 
 def _names(prefix: str):
-    return lambda: sorted(name for name in LOCALMAMBA_CONFIGS if name.startswith(prefix))
+    return lambda: sorted(name for name in {**LOCALMAMBA_CONFIGS, **BUNDLED_CONFIGS} if name.startswith(prefix))
 
 
 def _config_keys(cls: type[nn.Module]):

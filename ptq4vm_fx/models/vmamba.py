@@ -476,14 +476,21 @@ VMAMBA_CONFIGS = {
     "vmamba_small_s2l15": dict(_RELEASED, depths=[2, 2, 15, 2], dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
     "vmamba_base_s2l15": dict(_RELEASED, depths=[2, 2, 15, 2], dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
 }
+# the small model bundled with the package, trained on scikit-learn's 8x8 digits (scripts/train_digits.py):
+# 1-pixel patches, so stage 1 scans an 8x8 map (64 tokens) and stage 2 a 4x4 one
+BUNDLED_CONFIGS = {
+    "vmamba_digits": dict(_RELEASED, patch_size=1, in_chans=1, num_classes=10, depths=[2, 2], dims=[24, 48],
+                          ssm_d_state=4, ssm_ratio=2.0, mlp_ratio=2.0, patchembed_version="v1", imgsize=8,
+                          drop_path_rate=0.0),
+}  # fmt: skip
 _TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
 
 
 def create_vmamba(name: str, pretrained: bool = False, channel_first: bool = True, **overrides) -> VSSM:
     """Build a named VMamba; ``overrides`` are VSSM keyword arguments. ``channel_first`` is the official
     builders' argument (False selects ``norm_layer="ln"``, which is refused)."""
-    if name not in VMAMBA_CONFIGS:
-        raise InputError(f"unknown model {name!r}; known VMamba models: {', '.join(sorted(VMAMBA_CONFIGS))}")
+    if name not in VMAMBA_CONFIGS and name not in BUNDLED_CONFIGS:
+        raise InputError(f"unknown model {name!r}; known VMamba models: {', '.join(model_names())}")
     if pretrained:
         raise InputError(
             f"{name}: no weights are downloaded; build with pretrained=False and load the official "
@@ -491,12 +498,12 @@ def create_vmamba(name: str, pretrained: bool = False, channel_first: bool = Tru
         )
     for key in _TIMM_ONLY_KWARGS:
         overrides.pop(key, None)
-    config = dict(VMAMBA_CONFIGS[name], norm_layer="ln2d" if channel_first else "ln")
+    config = dict({**VMAMBA_CONFIGS, **BUNDLED_CONFIGS}[name], norm_layer="ln2d" if channel_first else "ln")
     config.update(overrides)
     model = VSSM(**config)
     model.model_name = name
     model.pretrained_cfg = dict(
-        input_size=(config["in_chans"], 224, 224), crop_pct=0.875, interpolation="bicubic",
+        input_size=(config["in_chans"], config["imgsize"], config["imgsize"]), crop_pct=0.875, interpolation="bicubic",
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=model.num_classes,
     )  # fmt: skip
     return model
@@ -516,6 +523,7 @@ vmamba_small_s1l20 = _registered("vmamba_small_s1l20")
 vmamba_base_s1l20 = _registered("vmamba_base_s1l20")
 vmamba_small_s2l15 = _registered("vmamba_small_s2l15")
 vmamba_base_s2l15 = _registered("vmamba_base_s2l15")
+vmamba_digits = _registered("vmamba_digits")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -524,7 +532,7 @@ vmamba_base_s2l15 = _registered("vmamba_base_s2l15")
 
 
 def model_names() -> list[str]:
-    return sorted(VMAMBA_CONFIGS)
+    return sorted(VMAMBA_CONFIGS) + sorted(BUNDLED_CONFIGS)
 
 
 def config_keys() -> list[str]:

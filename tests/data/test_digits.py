@@ -33,3 +33,26 @@ def test_the_public_accessors_give_the_bundled_model_and_splits(digits):
     assert model.model_name == MODEL_NAME and not model.training
     with pytest.raises(InputError, match="unknown split 'val' of the bundled digits; choose one of train, calib, test"):
         bundled_digits("val")
+
+
+@pytest.mark.parametrize("name", ["vmamba_digits", "local_vssm_digits", "local_vim_digits"])
+def test_each_family_has_a_bundled_model_reaching_95_percent(name, digits):
+    """One trained model per family (scripts/train_digits.py --model NAME), each under 500 KB."""
+    from ptq4vm_fx.data import bundled_model
+    from ptq4vm_fx.data.bundled import checkpoint_path
+    from ptq4vm_fx.models.family import family_of
+
+    model = bundled_model(name)
+    assert model.model_name == name and not model.training
+    assert family_of(model).name == name.removesuffix("_digits")
+    assert checkpoint_path(name).stat().st_size < 500_000
+    with torch.no_grad():
+        assert topk_accuracy(model(digits["test"].images), digits["test"].labels) >= 95.0
+
+
+def test_an_unknown_bundled_model_is_named():
+    from ptq4vm_fx.data import bundled_model
+    from ptq4vm_fx.errors import InputError
+
+    with pytest.raises(InputError, match="no bundled model 'vim_tiny_patch16_224'; bundled: vim_digits, vmamba_digits"):
+        bundled_model("vim_tiny_patch16_224")

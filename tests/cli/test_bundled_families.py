@@ -1,0 +1,82 @@
+"""The bundled model of each family runs out of the box on the bundled data (quantize, eval, sweep), and
+bad input about families (another family's or size's checkpoint or quantized file, an unsupported
+option, data that fits no bundled model) is one line on stderr and exit code 2."""
+
+import json
+
+import pytest
+import torch
+
+from ptq4vm_fx.cli import main
+from ptq4vm_fx.data.bundled import checkpoint_path
+from ptq4vm_fx.models.family import create_model
+
+FAMILY_MODELS = ["vmamba_digits", "local_vssm_digits", "local_vim_digits"]
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """{name: (quantized file, metrics)} of each new family's bundled model (W8A8 PTS + smoothing, 64
+    calibration images), written by ``ptq4vm quantize`` with no data or checkpoint argument."""
+    files = {}
+    for name in FAMILY_MODELS:
+        folder = tmp_path_factory.mktemp(name)
+        q, metrics = folder / "q.pt", folder / "m.json"
+        argv = ["quantize", "--model", name, "--method", "pts_smooth", "--calib-images", "64", "--output", str(q),
+                "--json", str(metrics), "--quiet"]  # fmt: skip
+        assert main(argv) == 0
+        files[name] = q, json.loads(metrics.read_text())
+    return files
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_a_bundled_model_quantizes_and_evaluates_on_the_bundled_data(name, quantized, capsys):
+    q, metrics = quantized[name]
+    assert metrics["model"] == name and metrics["data"] == "bundled digits" and metrics["eval_images"] == 360
+    assert metrics["float_top1"] >= 95.0 and metrics["quant_top1"] >= metrics["float_top1"] - 1.0
+    assert main(["eval", "--quantized", str(q), "--quiet"]) == 0
+    assert f"{name} on bundled digits: 360 images" in capsys.readouterr().out
+
+
+def test_sweep_runs_on_a_bundled_model(capsys):
+    assert main(["sweep", "--model", "local_vim_digits", "--methods", "minmax", "--presets", "w8a8", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "local_vim_digits: float top-1" in out and out.count("| minmax") == 1
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Float checkpoints the bundled ones are not: local_vim_digits with another width, and
+    vmamba_tiny_s1l8 shrunk to the digits' shape (no bundled model)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    narrow = create_model("local_vim_digits", embed_dim=16)
+    torch.save({"model": narrow.state_dict()}, folder / "narrow.pt")
+    tiny = create_model("vmamba_tiny_s1l8", depths=[1], dims=8, in_chans=1, num_classes=10, imgsize=8)
+    torch.save({"model": tiny.state_dict()}, folder / "tiny.pt")
+    return folder
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["quantize", "--model", "vmamba_digits", "--checkpoint", "{vim}"],
+     "checkpoint {vim} does not fit vmamba_digits: missing keys"),
+    (["quantize", "--model", "local_vim_digits", "--checkpoint", "{ckpt}/narrow.pt"],
+     "checkpoint {ckpt}/narrow.pt does not fit local_vim_digits: wrong shapes"),
+    (["quantize", "--model", "vmamba_digits", "--checkpoint", "{vmamba}", "--model-kwargs", "forward_type='v2'"],
+     "VSSM: forward_type='v2' is not supported; supported: v05_noz, v05, v04_noz"),
+    (["quantize", "--model", "local_vssm_digits", "--model-kwargs", "dims=[16, 32]"],
+     "the bundled local_vssm_digits weights fit its own configuration only: give --checkpoint"),
+    (["quantize", "--model", "vmamba_tiny_s1l8"], "--checkpoint is required for vmamba_tiny_s1l8"),
+    (["eval", "--model", "vmamba_tiny_s1l8", "--checkpoint", "{ckpt}/tiny.pt", "--model-kwargs", "depths=[1]", "dims=8",
+      "in_chans=1", "num_classes=10", "imgsize=8"],
+     "the bundled digits data fits only the bundled models (vim_digits, vmamba_digits, local_vssm_digits, "
+     "local_vim_digits); this model is vmamba_tiny_s1l8: give --data DIR"),
+    (["eval", "--quantized", "{vmamba_q}", "--model", "local_vssm_digits"],
+     "{vmamba_q} holds a quantized vmamba_digits, not local_vssm_digits"),
+])  # fmt: skip
+def test_family_problems_exit_2(argv, message, quantized, checkpoints, capsys):
+    paths = {"vim": checkpoint_path("vim_digits"), "vmamba": checkpoint_path("vmamba_digits"), "ckpt": checkpoints,
+             "vmamba_q": quantized["vmamba_digits"][0]}
+    assert main([*(a.format(**paths) for a in argv), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ptq4vm: error: " + message.format(**paths)) and err.count("\n") == 1, err
