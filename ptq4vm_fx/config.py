@@ -221,6 +221,11 @@ class QuantConfig:
         return cls(weight_bits=w, act_bits=a, method=method, preset=key, **overrides)
 
 
+def default_preset(method: str) -> str:
+    """The preset a command uses for ``method`` when none is given: w8a8, or w2a16 for a weight method."""
+    return "w2a16" if method in WEIGHT_METHODS else "w8a8"
+
+
 def compatible(preset: str, method: str) -> bool:
     """Whether ``preset`` is one of ``method``'s (a sweep runs only these pairs)."""
     return method in PRESET_METHODS.get(preset.lower(), ())

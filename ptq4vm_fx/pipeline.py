@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -13,26 +12,27 @@ from .api import convert, prepare
 from .config import QuantConfig
 from .errors import InputError
 from .evaluate import Evaluation, evaluate, logits_sqnr_db
+from .measure import Measured
 from .progress import log, progress
 
 
 def calibrate_and_convert(
     model: nn.Module, calib_images: Tensor, config: QuantConfig, batch_size: int = 64, simulate: bool = False
-) -> tuple[torch.fx.GraphModule, float]:
+) -> tuple[torch.fx.GraphModule, Measured]:
     """prepare -> calibration batches of images (N, C, H, W) -> convert, on the model's device;
-    returns the quantized model and the seconds it took."""
+    returns the quantized model and the time and peak memory it took (:class:`Measured`)."""
     if len(calib_images) == 0:
         raise InputError("no calibration images")
     device = next(model.parameters()).device
-    start = time.perf_counter()
-    prepared = prepare(model, calib_images[:1].to(device), config)
-    with torch.no_grad():
-        for batch in progress(calib_images.split(batch_size), desc="calibration", unit="batch"):
-            prepared(batch.to(device))
-    qmodel = convert(prepared, simulate=simulate)
-    seconds = time.perf_counter() - start
-    log.info("%s: calibrated on %d images and converted in %.1f s", config.name, len(calib_images), seconds)
-    return qmodel, seconds
+    with Measured(device) as measured:
+        prepared = prepare(model, calib_images[:1].to(device), config)
+        with torch.no_grad():
+            for batch in progress(calib_images.split(batch_size), desc="calibration", unit="batch"):
+                prepared(batch.to(device))
+        qmodel = convert(prepared, simulate=simulate)
+    log.info("%s: calibrated on %d images and converted in %.1f s, peak RSS %.0f MiB", config.name,
+             len(calib_images), measured.seconds, measured.peak_rss_mib)
+    return qmodel, measured
 
 
 @dataclass
@@ -44,9 +44,17 @@ class Result:
     quant_top1: float
     quant_top5: float
     sqnr_db: float  # of the quantized logits against the float logits
-    calibration_seconds: float
+    calibration_seconds: float  # prepare, calibration and convert
     calib_images: int
     eval_images: int
+    peak_rss_mib: float | None = None  # the process's peak resident set during those (measure.py)
+    peak_cuda_mib: float | None = None  # the CUDA allocator's peak during those, on a GPU
+
+    @property
+    def memory(self) -> str:
+        """"peak RSS 1234 MiB" (", CUDA 56 MiB" on a GPU)."""
+        cuda = "" if self.peak_cuda_mib is None else f", CUDA {self.peak_cuda_mib:.0f} MiB"
+        return f"peak RSS {self.peak_rss_mib:.0f} MiB{cuda}"
 
     @property
     def drop(self) -> float:
@@ -73,7 +81,7 @@ def quantize_and_evaluate(
     device = next(model.parameters()).device
     if float_eval is None:
         float_eval = evaluate(model, eval_batches, desc="float eval", device=device, total=eval_images)
-    qmodel, seconds = calibrate_and_convert(model, calib_images, config, batch_size)
+    qmodel, measured = calibrate_and_convert(model, calib_images, config, batch_size)
     quant_eval = evaluate(qmodel, eval_batches, desc=f"{config.name} eval", device=device, total=eval_images)
     result = Result(
         method=config.method,
@@ -83,8 +91,10 @@ def quantize_and_evaluate(
         quant_top1=quant_eval.top1,
         quant_top5=quant_eval.top5,
         sqnr_db=logits_sqnr_db(float_eval, quant_eval),
-        calibration_seconds=seconds,
+        calibration_seconds=measured.seconds,
         calib_images=len(calib_images),
         eval_images=quant_eval.images,
+        peak_rss_mib=measured.peak_rss_mib,
+        peak_cuda_mib=measured.peak_cuda_mib,
     )
     return qmodel, result

@@ -3,7 +3,9 @@
     ptq4vm quantize                      # the bundled digits Vim, W8A8 PTQ4VM, bundled digits data
     ptq4vm quantize --model vmamba_digits  # the bundled VMamba (also local_vssm_digits, local_vim_digits)
     ptq4vm quantize --preset w4a4 --method smoothquant --output q.pt --json metrics.json
-    ptq4vm sweep                         # every method x every preset on the bundled model
+    ptq4vm quantize --method vimvq --preset w2a16   # 2-bit vector-quantized weights (ViM-VQ)
+    ptq4vm sweep                         # every integer method x every preset on the bundled model
+    ptq4vm sweep --methods rtn vq_kmeans vq_convex vimvq --presets w3a16 w2a16 w1a16
     ptq4vm eval --quantized q.pt         # top-1/top-5 of a saved quantized model
     ptq4vm report q.pt --output report/  # per-layer table, plots, HTML page
 
@@ -26,7 +28,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed
-from ..config import METHODS, PRESETS
+from ..config import METHODS, PRESETS, PTQ_METHODS, WEIGHT_METHODS
 from ..data.bundled import BUNDLED_MODELS, MODEL_NAME
 from ..errors import InputError
 from ..models.family import check_overrides
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="calibrate, convert, evaluate and save one quantized model")
     _common(q, MODEL_NAME, f"the bundled {MODEL_NAME}")
     _calibration(q)
-    q.add_argument("--preset", default="w8a8", choices=sorted(PRESETS))
+    q.add_argument("--preset", choices=sorted(PRESETS), help="default: w8a8, w2a16 for a weight method")
     q.add_argument("--method", default="ptq4vm", choices=list(METHODS))
     q.add_argument("--output", help="save the quantized model here (ptq4vm_fx.load reads it)")
     q.set_defaults(func=quantize.run)
@@ -115,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="every method x every preset, one table")
     _common(s, MODEL_NAME, f"the bundled {MODEL_NAME}")
     _calibration(s)
-    s.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    s.add_argument("--presets", nargs="+", default=list(PRESETS), choices=sorted(PRESETS))
+    s.add_argument("--methods", nargs="+", default=list(PTQ_METHODS), choices=list(METHODS),
+                   help=f"default: the integer methods; the weight methods are {' '.join(WEIGHT_METHODS)}")
+    s.add_argument("--presets", nargs="+", choices=sorted(PRESETS),
+                   help="default: every preset of the methods (each method runs only its own presets)")
     s.set_defaults(func=sweep.run)
 
     e = sub.add_parser("eval", help="top-1/top-5 of a float and/or a quantized model (torchrun for several processes)")

@@ -1,10 +1,11 @@
-"""``ptq4vm sweep``: every method x every preset on one model, one table (``make demo``)."""
+"""``ptq4vm sweep``: every method x every preset of it on one model, one table (``make demo``)."""
 
 from __future__ import annotations
 
 from tabulate import tabulate
 
-from ..config import QuantConfig
+from ..config import PRESETS, QuantConfig, compatible
+from ..errors import InputError
 from ..evaluate import evaluate
 from ..pipeline import Result, quantize_and_evaluate
 from ..progress import log
@@ -13,20 +14,23 @@ from .selection import quantize_setup
 
 
 def table(results: list[Result]) -> str:
-    """One row per result: method, bits, top-1, top-5, drop, SQNR, calibration seconds."""
+    """One row per result: method, bits, top-1, top-5, drop, SQNR, calibration seconds, peak memory."""
     rows = [
         [r.method, r.preset.upper(), f"{r.quant_top1:.2f}", f"{r.quant_top5:.2f}", f"{r.drop:+.2f}",
-         f"{r.sqnr_db:.1f}", f"{r.calibration_seconds:.1f}"]
+         f"{r.sqnr_db:.1f}", f"{r.calibration_seconds:.1f}", f"{r.peak_rss_mib:.0f}"]
         for r in results
     ]
-    return tabulate(
-        rows, headers=["method", "bits", "top-1 %", "top-5 %", "drop", "SQNR dB", "calib s"], tablefmt="github"
-    )
+    return tabulate(rows, headers=["method", "bits", "top-1 %", "top-5 %", "drop", "SQNR dB", "calib s",
+                                   "peak RSS MiB"], tablefmt="github")
 
 
 def run(args) -> int:
     check_output_file(args.json, "--json")
-    configs = [QuantConfig.preset_config(preset, method) for preset in args.presets for method in args.methods]
+    presets = args.presets or list(dict.fromkeys(p for m in args.methods for p in PRESETS if compatible(p, m)))
+    configs = [QuantConfig.preset_config(preset, method) for preset in presets for method in args.methods
+               if compatible(preset, method)]
+    if not configs:
+        raise InputError(f"no method of {', '.join(args.methods)} takes preset {', '.join(presets)}")
     setup = quantize_setup(args)
     float_eval = evaluate(setup.model, setup.loader, desc="float eval", device=setup.device, total=setup.eval_images)
     results = []

@@ -6,7 +6,8 @@ report.json          every number and every plotted series
 token_ranges.png     per-token activation ranges (token-wise variance, PTS)
 channel_absmax.png   per-channel max |x| before and after smoothing (channel outliers)
 histograms.png       activation histograms, log counts (long tails)
-block_cosine.png     per-block output cosine before/after JLSS (only with block statistics)
+block_cosine.png     per-block output cosine before/after JLSS or VQ calibration (only with block statistics)
+codebook_usage.png   sub-vectors per codeword of the detail block's VQ layers (only with VQ layers)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def write_report(
     }
     if analysis.blocks:
         figures["block_cosine"] = plots.block_cosine(analysis)
+    if any("codebook_usage" in r and r["layer"].startswith(analysis.detail_block + ".") for r in analysis.rows):
+        figures["codebook_usage"] = plots.codebook_usage(analysis)
     pngs = {name: plots.png(fig) for name, fig in figures.items()}
     written = {}
     for name, data in pngs.items():

@@ -9,6 +9,12 @@ in the quantized model and x̃ = x · inv_smooth the quantizer's input (x / m, m
 * output cosine: cos over output channels of the layer's output and of the float layer on the same
   input, ``F.linear(x̃, W_eff, bias)``, averaged over tokens and images.
 
+Vector-quantized layers (``VQLinear``, ``VQActLinear``) expose the same facts; a weight-only one has
+no activation quantizer (x̃ = x, nothing clipped, no activation SQNR). Their rows add the nominal
+bits per weight (log2 k / d), the stored bits (packed codes and the fp16 codebook over the weights)
+and the codebook usage: codewords used, the entropy of the code distribution (bits per code) and the
+count of each codeword (``codebook_usage``, largest first).
+
 ``W_eff`` is the float model's weight in the layer's coordinates, from what the layer records
 (its smoothing scale m and ``row_fold``, the consumer's 1/m folded into x_proj's dt rows); both
 forms of quantized linear expose the same attributes, so nothing here asks which one it holds.
@@ -18,6 +24,7 @@ linears have the quantized model's names (a family's canonical form: VMamba's ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +40,9 @@ from ..progress import progress
 from ..quant import integer
 from ..quant.fake_quant import dynamic_act_qparams
 from ..quant.linear import QUANTIZED_LINEARS
+from ..quant.vq_linear import VQ_LINEARS
+
+REPORTED = (*QUANTIZED_LINEARS, *VQ_LINEARS)
 
 HISTOGRAM_BINS = 101
 SAMPLES_PER_BATCH = 1 << 16  # values kept per layer and batch for the detail block's histograms
@@ -43,7 +53,7 @@ def quantized_layers(qmodel: torch.fx.GraphModule) -> list[tuple[str, nn.Module]
     found = []
     for prefix, block in blocks(qmodel):
         for node in block.graph.nodes:
-            if node.op == "call_module" and isinstance(block.get_submodule(node.target), QUANTIZED_LINEARS):
+            if node.op == "call_module" and isinstance(block.get_submodule(node.target), REPORTED):
                 found.append((f"{prefix}.{node.target}", block.get_submodule(node.target)))
     return found
 
@@ -80,6 +90,15 @@ def _act_qparams(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return module.static_act_qparams()
 
 
+def codebook_usage(module: nn.Module) -> dict:
+    """Nominal and stored bits per weight and codebook usage of a VQ layer (module docstring)."""
+    counts = module.code_counts()
+    p = counts[counts > 0].double() / counts.sum()
+    return {"nominal_bits": module.nominal_bits, "stored_bits": module.storage_bits, "k": module.k, "d": module.d,
+            "codewords_used": int((counts > 0).sum()), "code_entropy_bits": float(-(p * p.log2()).sum()),
+            "codebook_usage": sorted(counts.tolist(), reverse=True)}
+
+
 def _samples(x: Tensor) -> Tensor:
     flat = x.flatten()
     return flat[:: max(1, flat.numel() // SAMPLES_PER_BATCH)].clone()
@@ -107,10 +126,13 @@ class _LayerTally:
     def add_quantized(self, x: Tensor, y: Tensor) -> None:
         """x (B, L, C) the layer's input, y (B, L, O) its output, in the quantized model."""
         xs = x.float() * self.module.inv_smooth
-        scale, zero_point = _act_qparams(self.module, x)
-        lo, hi = integer.act_range(self.module.a_bits)
-        raw = integer.unclamped_codes(xs, None, integer.reciprocal_scale(scale), zero_point)
-        x_dq = (raw.clamp(lo, hi) - zero_point[..., None]) * scale[..., None]
+        if self.module.a_bits is None:  # float activations: nothing quantized, nothing clipped
+            raw, lo, hi, x_dq = xs, -math.inf, math.inf, xs
+        else:
+            scale, zero_point = _act_qparams(self.module, x)
+            lo, hi = integer.act_range(self.module.a_bits)
+            raw = integer.unclamped_codes(xs, None, integer.reciprocal_scale(scale), zero_point)
+            x_dq = (raw.clamp(lo, hi) - zero_point[..., None]) * scale[..., None]
         y_ref = F.linear(xs, self.w_eff, self.module.bias)
         cos = F.cosine_similarity(y.float(), y_ref, dim=-1)
         self.sums += torch.tensor(
@@ -143,20 +165,23 @@ class _LayerTally:
     def row(self, name: str) -> dict:
         signal, noise, cos, tokens, clipped = self.sums.tolist()
         w_dq = self.module.dequantized_weight()
-        return {
+        vq = isinstance(self.module, VQ_LINEARS)
+        a_bits = self.module.a_bits or 16
+        row = {
             "layer": name,
-            "bits": f"W{self.module.w_bits}A{self.module.a_bits}",
+            "bits": f"VQ{self.module.nominal_bits:g}A{a_bits}" if vq else f"W{self.module.w_bits}A{a_bits}",
             "act_min": self.x_min,
             "act_max": self.x_max,
-            "clipped_pct": 100.0 * clipped / self.values,
+            "clipped_pct": None if self.module.a_bits is None else 100.0 * clipped / self.values,
             "weight_sqnr_db": sqnr_db(self.w_eff, w_dq),
-            "act_sqnr_db": power_ratio_db(signal, noise),
+            "act_sqnr_db": None if self.module.a_bits is None else power_ratio_db(signal, noise),
             "output_cosine": cos / tokens,
         }
+        return {**row, **codebook_usage(self.module)} if vq else row
 
     def static_range(self) -> tuple[list[float], list[float]] | None:
-        """Per-token (min, max) of the values the quantizer represents; None when dynamic."""
-        if self.module.dynamic:
+        """Per-token (min, max) of the values the quantizer represents; None when dynamic or float."""
+        if self.module.dynamic or self.module.a_bits is None:
             return None
         scale, zero_point = self.module.static_act_qparams()
         lo, hi = integer.act_range(self.module.a_bits)
@@ -183,7 +208,7 @@ class Analysis:
     token_ranges: dict[str, dict[str, list[float] | None]]  # layer -> x_min, x_max, quant_min, quant_max (L,)
     channel_absmax: dict[str, dict[str, list[float]]]  # layer -> float, smoothed (C,)
     histograms: dict[str, dict[str, list[float]]]  # layer -> edges (bins + 1), float, smoothed (bins)
-    blocks: dict[str, dict]  # block -> cos_before, cos_after, epoch_losses
+    blocks: dict[str, dict]  # block -> cos_before, cos_after, epoch_losses, vq_step_losses
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -233,6 +258,7 @@ def analyse(
     summary = {
         "model": qmodel.meta.get("model_name"),
         "config": config.name,
+        "method": config.method,
         "stage": qmodel.meta.get("stage"),
         "images": len(images),
         "float_top1": topk_accuracy(float_logits, labels),
@@ -240,6 +266,11 @@ def analyse(
         "logits_sqnr_db": sqnr_db(float_logits, quant_logits),
         "quantized_linears": len(layers),
     }
+    vq = [m for _, m in layers if isinstance(m, VQ_LINEARS)]
+    if vq:  # bits per weight over every VQ layer (codebooks included)
+        weights = sum(m.in_features * m.out_features for m in vq)
+        summary["vq_nominal_bits"] = sum(m.nominal_bits * m.in_features * m.out_features for m in vq) / weights
+        summary["vq_stored_bits"] = sum(m.storage_bits * m.in_features * m.out_features for m in vq) / weights
     detail = {name: t for name, t in tallies.items() if t.detail}
     token_ranges = {}
     for name, t in detail.items():
@@ -269,6 +300,7 @@ def analyse(
                 "cos_before": 1.0 - s["loss_before"],
                 "cos_after": 1.0 - s["loss_after"],
                 "epoch_losses": list(s["epoch_losses"]),
+                "vq_step_losses": list(s.get("vq", {}).get("step_losses", [])),
             }
             for name, s in stats.items()
         },

@@ -10,8 +10,9 @@ from tabulate import tabulate
 
 from .analysis import Analysis
 
-ALIGN = ("left", "left", "left", "right", "right", "right", "right")
-HEADERS = ["layer", "bits", "act range (x/m)", "clipped %", "weight SQNR dB", "act SQNR dB", "output cos"]
+ALIGN = ("left", "left", "left", "right", "right", "right", "right", "right", "right")
+HEADERS = ["layer", "bits", "act range (x/m)", "clipped %", "weight SQNR dB", "act SQNR dB", "output cos",
+           "bits/weight stored", "codewords used (entropy)"]
 CAPTIONS = {
     "token_ranges": "Per-token activation ranges of the quantizer input across token positions: the range "
     "varies from token to token, which per-token static (PTS) scales follow.",
@@ -20,8 +21,14 @@ CAPTIONS = {
     "histograms": "Activation histograms relative to the largest magnitude (log counts): most values sit "
     "near zero and a long tail sets the range.",
     "block_cosine": "Per-block output cosine of the quantized block with the float block (calibration "
-    "data), before and after JLSS, and the JLSS loss per epoch.",
+    "data), before and after JLSS (VQ: the k-means start and the calibrated codes), and the training loss.",
+    "codebook_usage": "Codebook usage of each vector-quantized layer: how many sub-vectors use each "
+    "codeword, most used first. A flat histogram spends the code bits well; unused codewords waste them.",
 }
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def table_rows(analysis: Analysis) -> list[list[str]]:
@@ -30,10 +37,12 @@ def table_rows(analysis: Analysis) -> list[list[str]]:
             r["layer"],
             r["bits"],
             f"[{r['act_min']:.3g}, {r['act_max']:.3g}]",
-            f"{r['clipped_pct']:.3f}",
+            _number(r["clipped_pct"], ".3f"),
             f"{r['weight_sqnr_db']:.1f}",
-            f"{r['act_sqnr_db']:.1f}",
+            _number(r["act_sqnr_db"], ".1f"),
             f"{r['output_cosine']:.6f}",
+            _number(r.get("stored_bits"), ".3f"),
+            f"{r['codewords_used']}/{r['k']} ({r['code_entropy_bits']:.2f} b)" if "k" in r else "-",
         ]
         for r in analysis.rows
     ]
@@ -47,6 +56,8 @@ def summary_lines(analysis: Analysis) -> list[str]:
             f"on {s['images']} images: float top-1 {s['float_top1']:.2f}%, quantized top-1 "
             f"{s['quant_top1']:.2f}%, logits SQNR {s['logits_sqnr_db']:.1f} dB"
         ),
+        *([f"VQ weights: {s['vq_nominal_bits']:.3g} bits per weight nominal, {s['vq_stored_bits']:.3f} stored "
+             "(codebooks included)"] if "vq_nominal_bits" in s else []),
         f"plots: {analysis.detail_block}",
     ]
 

@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..config import WEIGHT_METHODS
 from .analysis import Analysis
 
 PANEL_INCHES = (4.6, 3.2)
@@ -88,10 +89,33 @@ def histograms(analysis: Analysis) -> Figure:
     return fig
 
 
+def codebook_usage(analysis: Analysis) -> Figure:
+    """Per VQ layer of the detail block: sub-vectors per codeword, most used first."""
+    rows = {r["layer"]: r for r in analysis.rows if "codebook_usage" in r and
+            r["layer"].startswith(analysis.detail_block + ".")}
+    fig, axes = _grid(list(rows), f"{analysis.detail_block}: codebook usage")
+    for ax, (layer, r) in zip(axes, rows.items()):
+        counts = r["codebook_usage"]
+        ax.bar(range(len(counts)), counts, width=1.0, color="tab:blue")
+        ax.set_title(f"{_short(layer, analysis.detail_block)}: {r['codewords_used']}/{r['k']} used, "
+                     f"{r['code_entropy_bits']:.2f} of {math.log2(r['k']):g} bits", fontsize="small")
+        ax.set_xlabel("codeword (by use)")
+        ax.set_ylabel("sub-vectors")
+    return fig
+
+
 def block_cosine(analysis: Analysis) -> Figure:
-    """Per block: cosine of the quantized block's output with the float one before and after JLSS,
-    and the JLSS loss per epoch."""
+    """Per block: cosine of the quantized block's output with the float one before and after JLSS
+    (or VQ calibration), and the training loss (JLSS per epoch, VQ per step)."""
     names = list(analysis.blocks)
+    vq = any(analysis.blocks[n].get("vq_step_losses") for n in names)
+    method = analysis.summary.get("method")
+    if method in ("vq_convex", "vimvq"):
+        before, after = "k-means VQ (init)", f"after {method}"
+    elif method in WEIGHT_METHODS:  # rtn, vq_kmeans: nothing calibrated, the two coincide
+        before, after = "quantized", f"{method} (no calibration)"
+    else:
+        before, after = "before JLSS (init)", "after JLSS"
     fig = Figure(figsize=(11, 3.8), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
@@ -101,28 +125,27 @@ def block_cosine(analysis: Analysis) -> Figure:
         [analysis.blocks[n]["cos_before"] for n in names],
         "o-",
         color="tab:orange",
-        label="before JLSS (init)",
+        label=before,
     )
-    left.plot(
-        index, [analysis.blocks[n]["cos_after"] for n in names], "o-", color="tab:blue", label="after JLSS"
-    )
+    left.plot(index, [analysis.blocks[n]["cos_after"] for n in names], "o-", color="tab:blue", label=after)
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("block")
     left.set_ylabel("output cosine with float")
     left.set_title("per-block output cosine")
     left.legend(fontsize="small")
-    trained = {n: analysis.blocks[n]["epoch_losses"] for n in names if analysis.blocks[n]["epoch_losses"]}
+    key = "vq_step_losses" if vq else "epoch_losses"
+    trained = {n: analysis.blocks[n][key] for n in names if analysis.blocks[n].get(key)}
     for n, losses in trained.items():
         right.plot(range(1, len(losses) + 1), losses, lw=1, label=n)
-    right.set_title("JLSS loss per epoch")
+    right.set_title("VQ calibration loss per step" if vq else "JLSS loss per epoch")
     if trained:
         right.set_yscale("log")
-        right.set_xlabel("epoch")
-        right.set_ylabel("1 - cos (training loss)")
+        right.set_xlabel("step" if vq else "epoch")
+        right.set_ylabel("block output MSE / mean square" if vq else "1 - cos (training loss)")
         if len(trained) <= 12:
             right.legend(fontsize="x-small", ncols=2)
     else:
-        right.text(0.5, 0.5, "no JLSS epochs were run", ha="center", va="center", transform=right.transAxes)
+        right.text(0.5, 0.5, "no training steps were run", ha="center", va="center", transform=right.transAxes)
     return fig
 
 

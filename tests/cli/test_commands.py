@@ -308,3 +308,28 @@ def test_only_the_cuda_home_notice_is_hidden():
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == ["Error building extension 'ptq4vm'"]
+
+
+def test_vq_quantize_eval_report_and_sweep(tmp_path, capsys):
+    """The weight methods through every command: 2-bit k-means VQ on the bundled model, saved, evaluated
+    (eager and compiled), reported; a sweep runs only the presets each method takes."""
+    out = tmp_path / "vq.pt"
+    assert main(["quantize", "--method", "vq_kmeans", "--output", str(out), "--json", str(tmp_path / "m.json"),
+                 "--quiet"]) == 0  # the weight methods' default preset: w2a16
+    printed = capsys.readouterr().out
+    assert "vq_kmeans-w2a16: float top-1 98.33%" in printed and "peak RSS" in printed
+    assert "kept float: 8 linear(s)" in printed and "layers.0.mixer.dt_proj: in_features=3 is not divisible" in printed
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["method"] == "vq_kmeans" and metrics["quant_top1"] > 90 and metrics["peak_rss_mib"] > 100
+    assert main(["eval", "--quantized", str(out), "--compile", "--batch-size", "90", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| compiled  |" in printed
+    assert float(printed.split("vs eager quantized: logits SQNR ")[1].split(" dB")[0]) > 80
+    assert main(["report", str(out), "--output", str(tmp_path / "report"), "--images", "16", "--quiet"]) == 0
+    assert "VQ weights: 2 bits per weight nominal" in capsys.readouterr().out
+    assert (tmp_path / "report" / "codebook_usage.png").exists()
+    assert main(["sweep", "--methods", "rtn", "vq_kmeans", "pts", "--presets", "w1a16", "w8a8", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("| rtn ") == printed.count("| vq_kmeans ") == printed.count("| pts ") == 1
+    assert main(["sweep", "--methods", "vimvq", "--presets", "w4a4", "--quiet"]) == 2
+    assert "no method of vimvq takes preset w4a4" in capsys.readouterr().err

@@ -182,3 +182,26 @@ def test_detail_block_choice(tiny_quantized, bundled_pts_smooth):
     assert detail_block(bundled_pts_smooth[0]) == "layers.2"  # no block stats: the middle of 4
     with pytest.raises(ValueError, match=r"block 5 does not exist: the model has blocks 0\.\.1"):
         detail_block(qmodel, 5)
+
+
+@pytest.mark.parametrize("preset", ["w2a16", "w2a8"])
+def test_vq_rows_give_bits_and_codebook_usage(float_model, digits, preset):
+    from ptq4vm_fx.report.analysis import analyse
+    from ptq4vm_fx.report.page import markdown
+
+    qmodel = ptq4vm_fx.convert(calibrated(float_model, digits["calib"].images[:64],
+                                          ptq4vm_fx.QuantConfig.preset_config(preset, "vq_kmeans")))
+    analysis = analyse(qmodel, float_model, digits["test"].images[:16], digits["test"].labels[:16])
+    assert len(analysis.rows) == 16  # dt_proj(_b) stay float: in_features 3, d = 4
+    for row in analysis.rows:
+        module = qmodel.get_submodule(row["layer"])
+        assert row["bits"] == f"VQ2A{preset.split('a')[1]}" and row["nominal_bits"] == 2.0
+        assert row["stored_bits"] == module.storage_bits > 2.0 and row["k"] == 256 and row["d"] == 4
+        usage = row["codebook_usage"]
+        assert sum(usage) == module.out_features * module.in_features // 4 and usage == sorted(usage, reverse=True)
+        assert row["codewords_used"] == sum(c > 0 for c in usage) and 0 < row["code_entropy_bits"] <= 8
+        w_eff = float_model.get_submodule(row["layer"]).weight * module.smooth  # the weight the codebook fits
+        assert row["weight_sqnr_db"] == pytest.approx(sqnr_db(w_eff, module.weight()), abs=1e-3)
+        assert (row["act_sqnr_db"] is None) == (preset == "w2a16") and 0.9 < row["output_cosine"] <= 1 + 1e-6
+    assert analysis.summary["vq_nominal_bits"] == 2.0 and analysis.summary["vq_stored_bits"] > 2.0
+    assert "| layers.0.mixer.in_proj " in markdown(analysis) and "/256 (" in markdown(analysis)
