@@ -20,11 +20,13 @@ quick way to compare kernel variants before a GPU is at hand:
 The launch is specialized as Triton specializes the wrappers' launch for Vim-S at batch 128:
 activations stored token-major (unit stride along channels), B and C with unit stride along the
 state axis, A channel-major, D and N that fill their blocks, the bidirectional scan storing only
-the codes (STORE_OUT off: Vim reads its float output only through out_proj's quantizer); 32-bit
-sizes and strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16
-marked so (all but L and B / C's strides along tokens and batch: x_proj's output has 56 columns),
-and the bidirectional scan's register cap (selective_scan.bidirectional_maxnreg; --maxnreg
-overrides the launches' caps, 0 lifts them).
+the codes (STORE_OUT off: Vim reads its float output only through out_proj's quantizer), D, z,
+softplus and the smoothed quantize on, no delta_bias (dt_proj keeps its bias); 32-bit sizes and
+strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16 marked so (all
+but L and B / C's strides along tokens and batch: x_proj's output has 56 columns), B / C row offsets
+as the launch proves them aligned (selective_scan.bc_row_align), and the bidirectional scan's
+register cap (selective_scan.bidirectional_maxnreg; --maxnreg overrides the launches' caps, 0 lifts
+them).
 Must run without TRITON_INTERPRET (the script clears it).
 """
 
@@ -77,7 +79,7 @@ _SASS_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A
 
 def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
                    maxnreg: int | None = -1):
-    """Compile ``scan.<name>`` with every feature flag on, for sm_<arch>, activations (u, delta, B, C,
+    """Compile ``scan.<name>`` with the Vim-S launch's feature flags, for sm_<arch>, activations (u, delta, B, C,
     z, the output and the scratch) in ``dtype``, at most ``maxnreg`` registers per thread (-1: the
     launch's cap, None: no cap); returns Triton's compiled kernel."""
     if maxnreg == -1:
@@ -96,7 +98,8 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
         elif arg in ("qmin", "qmax"):
             signature[arg] = "fp32"
         else:  # constexpr flags and block sizes
-            constants[arg] = {"BLOCK_D": block_d, "BLOCK_N": block_n}.get(arg, arg not in ("REVERSE", "STORE_OUT"))
+            values = {"BLOCK_D": block_d, "BLOCK_N": block_n, "BC_ALIGN": vim_s_bc_align(dtype)}
+            constants[arg] = values.get(arg, arg not in ("REVERSE", "STORE_OUT", "HAS_DBIAS", "HAS_DBF", "HAS_DBB"))
             signature[arg] = "constexpr"
     for arg in UNIT_STRIDES[name]:
         constants[arg], signature[arg] = 1, "constexpr"
@@ -104,6 +107,15 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
     return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": num_warps, "num_stages": 2,
                                    **({"maxnreg": maxnreg} if maxnreg else {})})
+
+
+def vim_s_bc_align(dtype: str) -> int:
+    """The B / C row alignment the Vim-S launch proves (selective_scan.bc_row_align): B and C are column
+    slices of x_proj's (batch, L, dt_rank + 2 d_state) output in ``dtype``."""
+    cfg = VIM_CONFIGS["vim_small_patch16_224"]
+    row = -(-cfg["embed_dim"] // 16) + 2 * cfg["d_state"]
+    tokens = (cfg["img_size"] // cfg["patch_size"]) ** 2 + 1
+    return scan.bc_row_align(4 if dtype == "fp32" else 2, tokens * row, row)
 
 
 def cuobjdump(cubin: bytes, flag: str) -> str | None:

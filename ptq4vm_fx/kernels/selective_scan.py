@@ -28,6 +28,14 @@ conversions, no barriers inside the token loop. Three things keep it so:
     in every token step. A is read once per program, so its scalar load costs nothing.
   - Masks are compile-time true when D and N fill their blocks (EVEN_D / EVEN_N), which removes
     the per-load predicates.
+
+B and C rows (a token's N states, every thread reads the whole row) load as 16-byte vectors where
+the launch proves every row offset a multiple of 16 bytes (:func:`bc_row_align`; Vim's x_proj
+output, 56 columns at Vim-S, is so in fp32 and fp16): the single-direction kernel's step goes from
+35 to 11 global loads and 186 to 160 SASS instructions (sm_90). The bidirectional kernel keeps
+scalar rows: vectorized (45 fewer instructions, 48 fewer loads a step) it spills 16 bytes under its
+96-register cap and needs 128 registers not to (16 programs an SM instead of 21): a trade-off to
+time on a GPU.
 """
 
 from __future__ import annotations
@@ -129,14 +137,17 @@ def _scan_step(
     C_ptr, s_cb, s_cn, s_cl,
     z_ptr, s_zb, s_zd, s_zl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BC_ALIGN: tl.constexpr,
 ):
     """One token ``t`` of the recurrence for channels ``offs_d`` of batch ``b``, given the token's u
     and delta (:func:`_channel_inputs`; the kernels load them one token ahead, so that their
     latency overlaps a token step: the recurrence starts from them, while B, C and z are needed
     later in the step): returns the new state h (BLOCK_N, BLOCK_D) fp32 and the gated output y_t
-    (BLOCK_D,) fp32."""
-    Bt = tl.load(B_ptr + b * s_bb + offs_n * s_bn + t * s_bl, mask=mask_n, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + b * s_cb + offs_n * s_cn + t * s_cl, mask=mask_n, other=0.0).to(tl.float32)
+    (BLOCK_D,) fp32. ``BC_ALIGN``: B and C row offsets are multiples of it (:func:`bc_row_align`)."""
+    row_b = tl.multiple_of(b * s_bb + t * s_bl, BC_ALIGN)
+    row_c = tl.multiple_of(b * s_cb + t * s_cl, BC_ALIGN)
+    Bt = tl.load(B_ptr + row_b + offs_n * s_bn, mask=mask_n, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + row_c + offs_n * s_cn, mask=mask_n, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         dt = dt + dbias
     if SOFTPLUS:
@@ -179,7 +190,7 @@ def _selective_scan_kernel(
     s_zb, s_zd, s_zl,
     s_ob, s_od, s_ol,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr,
+    REVERSE: tl.constexpr, BC_ALIGN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
@@ -204,7 +215,7 @@ def _selective_scan_kernel(
         u_next, dt_next = _channel_inputs(t_next, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
         h, y = _scan_step(h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias, u, dt,
                           B_ptr, s_bb, s_bn, s_bl, C_ptr, s_cb, s_cn, s_cl, z_ptr, s_zb, s_zd, s_zl,
-                          HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS)
+                          HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, BC_ALIGN)
         u, dt = u_next, dt_next
         _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
               out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False, True)  # no quantization
@@ -263,10 +274,10 @@ def _bidirectional_scan_kernel(
                                             ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl)
         hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf, uf, dtf,
                             Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl, z_ptr, s_zb, s_zd, s_zl,
-                            HAS_DF, HAS_Z, HAS_DBF, SOFTPLUS)
+                            HAS_DF, HAS_Z, HAS_DBF, SOFTPLUS, 1)  # scalar B / C rows (module docstring)
         hb, yb = _scan_step(hb, tb, b, offs_d, mask_d, offs_n, mask_n, A2b, Dvb, dbiasb, ub, dtb,
                             Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl, z_ptr, s_zb, s_zd, s_zl,
-                            HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS)
+                            HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS, 1)
         uf, dtf = uf_next, dtf_next
         ub, dtb = ub_next, dtb_next
         yf = _round_to(yf, dtype)
@@ -296,8 +307,17 @@ def bidirectional_maxnreg(block_d, num_warps):
     thread (2 x 16 states and 2 x 16 A values held) ptxas gives it 128 registers (16 one-warp
     programs per SM) for a token step no shorter than at 96 (21 per SM), where it spills nothing
     (scripts/kernel_codegen.py); with a channel split over threads it needs at most 80 uncapped,
-    and a cap only makes ptxas spend up to it. The single-direction kernel needs 64 uncapped."""
+    and a cap only makes ptxas spend up to it. The single-direction kernel needs 70 uncapped (64 with
+    scalar B / C rows)."""
     return 96 if block_d == 32 * num_warps else None
+
+
+def bc_row_align(element_size: int, *row_strides: int) -> int:
+    """Elements per 16 bytes when every stride (B's and C's along batch and tokens, in elements of
+    ``element_size`` bytes) is a multiple of it, else 1: a multiple every (batch, token) row offset is,
+    the kernels' ``BC_ALIGN`` (with a 16-byte aligned pointer, Triton then loads rows as 16-byte vectors)."""
+    vec = 16 // element_size
+    return vec if all(stride % vec == 0 for stride in row_strides) else 1
 
 
 def _scan_config(batch, Dm, N):
@@ -393,7 +413,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         Dm, N, L,
         *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z), *_s3(out),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        REVERSE=reverse, BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+        REVERSE=reverse, BC_ALIGN=bc_row_align(B.element_size(), B.stride(0), B.stride(2), C.stride(0), C.stride(2)),
+        BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
         num_warps=num_warps, num_stages=2,
     )
     return out

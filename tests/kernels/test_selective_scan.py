@@ -6,10 +6,12 @@ import triton
 import triton.language as tl
 
 from ptq4vm_fx.errors import InputError
+from ptq4vm_fx.kernels import selective_scan as scan_kernels
 from ptq4vm_fx.kernels.quantize import quantize_per_token_ref
 from ptq4vm_fx.kernels.selective_scan import (
     _silu,
     _softplus,
+    bc_row_align,
     bidirectional_scan,
     bidirectional_scan_quantize,
     bidirectional_scan_quantize_ref,
@@ -157,6 +159,36 @@ def test_selective_scan_strided_bc(device):
     args = (u, delta, A, B, C, D, z, db)
     out = selective_scan(*_to(args, device), delta_softplus=True, reverse=True)
     ref = selective_scan_ref(*[a.contiguous() for a in args], delta_softplus=True, reverse=True)
+    torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
+
+
+def test_bc_rows_align_only_where_every_stride_allows():
+    """Elements per 16 bytes when B / C's batch and token strides are multiples of it (a promise on
+    every row offset the kernel then vectorizes on), else 1: x_proj's output rows of Vim-S (56 columns)
+    and Vim-B (80) in fp32 and fp16; Vim-T's 44 columns in fp16 (88 bytes) and an odd width are not."""
+    tokens = 197
+    assert bc_row_align(4, tokens * 56, 56) == 4 and bc_row_align(2, tokens * 56, 56) == 8
+    assert bc_row_align(4, tokens * 80, 80, tokens * 80, 80) == 4
+    assert bc_row_align(4, tokens * 44, 44) == 4 and bc_row_align(2, tokens * 44, 44) == 1
+    assert bc_row_align(4, tokens * 57, 57) == 1
+    assert bc_row_align(4, 56 * 6, 56, 57 * 6, 57) == 1  # C's strides count too
+
+
+@pytest.mark.parametrize("R", [8, 7])  # x_dbl 40 columns (rows aligned: vector loads) or 39 (scalar)
+def test_selective_scan_on_vim_rows_with_and_without_vector_loads(device, monkeypatch, R):
+    """B and C as column slices of x_proj's token-major (batch, L, R + 2N) output: the launch proves
+    their rows 16-byte aligned when the row width allows it, and the result is the reference's either way."""
+    Bsz, Dm, L, N = 2, 12, 5, 16
+    g = torch.Generator().manual_seed(R)
+    x_dbl = torch.randn(Bsz, L, R + 2 * N, generator=g)
+    B, C = x_dbl[..., R:R + N].transpose(1, 2), x_dbl[..., R + N:].transpose(1, 2)
+    u, delta, A, _, _, D, z, db = _inputs(Bsz, Dm, L, N, seed=R)
+    aligns = []
+    monkeypatch.setattr(scan_kernels, "bc_row_align", lambda *a: aligns.append(bc_row_align(*a)) or aligns[-1])
+    args = (u, delta, A, B, C, D, z, db)
+    out = selective_scan(*_to(args, device), delta_softplus=True)
+    assert aligns == [4 if (R + 2 * N) % 4 == 0 else 1]
+    ref = selective_scan_ref(*args, delta_softplus=True)
     torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
 
 
