@@ -95,6 +95,10 @@ def _skeleton(path, family: str, model_config: dict, img_size, record: list[dict
         gm = capture(family_named(family).build(model_config), img_size)
     except (TypeError, ValueError) as exc:  # an InputError is a ValueError
         raise InputError(f"{path}: malformed ptq4vm_fx file (model configuration: {exc})") from None
+    if img_size is not None and tuple(img_size) != gm.meta["img_size"]:
+        height, width = gm.meta["img_size"]
+        raise InputError(f"{path} does not match the model it describes: it records image size "
+                         f"{img_size[0]}x{img_size[1]}, the model is built for {height}x{width}")
     for entry in record:
         name, args = entry["name"], entry["args"]
         try:

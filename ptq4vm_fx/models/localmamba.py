@@ -425,7 +425,7 @@ class LocalVSSM(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_chans, H, W) -> the last stage's map (batch, H', W', num_features)."""
-        x = self.patch_embed(check_image_batch(x, self.in_chans))
+        x = self.patch_embed(check_image_batch(x, self.in_chans, self.patch_embed[0].kernel_size[0]))
         for layer in self.layers:
             x = layer(x)
         return x

@@ -55,10 +55,14 @@ _CROSS_SCAN_TYPES = ("v05", "v04", "v3")
 FORWARD_TYPES = tuple(f"{base}{suffix}" for base in _CROSS_SCAN_TYPES for suffix in ("_noz", ""))
 
 
-def check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Raise InputError unless ``x`` is a (batch, in_chans, H, W) image batch; returns ``x``."""
+def check_image_batch(x: torch.Tensor, in_chans: int, patch: int = 1) -> torch.Tensor:
+    """Raise InputError unless ``x`` is a (batch, in_chans, H, W) image batch with H, W >= ``patch`` (the
+    side a patch-embedding conv needs); returns ``x``."""
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise InputError(f"expected an image batch of shape (batch, {in_chans}, H, W), got {tuple(x.shape)}")
+    if x.shape[2] < patch or x.shape[3] < patch:
+        raise InputError(f"input image size {x.shape[2]}x{x.shape[3]} is smaller than the model's {patch}x{patch} "
+                         "patches")
     return x
 
 
@@ -347,6 +351,7 @@ class VSSM(nn.Module):
             imgsize=imgsize,
         )  # fmt: skip
         self.channel_first = True
+        self.min_image_side = patch_size if patchembed_version == "v1" else 1  # v2's padded convs take any side
         self.in_chans, self.num_classes = in_chans, num_classes
         self.num_layers = len(depths)
         self.dims, self.num_features = dims, dims[-1]
@@ -411,7 +416,7 @@ class VSSM(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, in_chans, H, W) -> the last stage's map (batch, num_features, H', W')."""
-        x = self.patch_embed(check_image_batch(x, self.in_chans))
+        x = self.patch_embed(check_image_batch(x, self.in_chans, self.min_image_side))
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for layer in self.layers:

@@ -73,10 +73,15 @@ def checkpoints(tmp_path_factory):
      "local_vim_digits); this model is vmamba_tiny_s1l8: give --data DIR"),
     (["eval", "--quantized", "{vmamba_q}", "--model", "local_vssm_digits"],
      "{vmamba_q} holds a quantized vmamba_digits, not local_vssm_digits"),
+    (["eval", "--quantized", "{ckpt}/local_vssm_12.pt"],
+     "input image size 8x8 does not match the model's 12x12: the captured model runs at the size it was calibrated"),
 ])  # fmt: skip
 def test_family_problems_exit_2(argv, message, quantized, checkpoints, capsys):
+    """The last: a LocalVSSM (any size in float) runs at the size its file records, here not the data's."""
     paths = {"vim": checkpoint_path("vim_digits"), "vmamba": checkpoint_path("vmamba_digits"), "ckpt": checkpoints,
              "vmamba_q": quantized["vmamba_digits"][0]}
+    obj = torch.load(quantized["local_vssm_digits"][0], weights_only=True)
+    torch.save(dict(obj, img_size=[12, 12]), checkpoints / "local_vssm_12.pt")
     assert main([*(a.format(**paths) for a in argv), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ptq4vm: error: " + message.format(**paths)) and err.count("\n") == 1, err

@@ -171,6 +171,23 @@ def test_sizes_the_float_model_takes_are_refused_once_captured(prepared):
             quantized(torch.randn(2, 1, other, other))
 
 
+@pytest.mark.parametrize("simulate", [False, True])
+def test_a_local_vssm_file_at_another_size_runs_into_its_token_counts(simulate, tmp_path):
+    """A LocalVSSM runs at the size its file records (the model fixes none): a file claiming another size
+    than its scales were calibrated for loads, and its first quantized linear refuses that size's tokens."""
+    ptq4vm_fx.save(ptq4vm_fx.convert(quantize(build("vssm")), simulate=simulate), tmp_path / "q.pt")
+    obj = torch.load(tmp_path / "q.pt", weights_only=True)
+    obj["img_size"] = [12, 12]
+    torch.save(obj, tmp_path / "q12.pt")
+    with pytest.raises(InputError, match="36 tokens but the .*calibrated for 16"):
+        ptq4vm_fx.load(tmp_path / "q12.pt")(images(2, size=12))
+
+
+def test_an_image_smaller_than_a_patch_is_named():
+    with pytest.raises(InputError, match="input image size 1x1 is smaller than the model's 2x2 patches"):
+        build("vssm")(torch.randn(1, 1, 1, 1))
+
+
 def test_local_vim_is_lowered_by_the_backend(fresh_counters):
     """torch.compile on the CPU == eager; per block the add + RMSNorm quantize (in_proj), per direction the
     conv1d + SiLU quantize (x_proj_i) and x_proj_i's epilogue quantize (dt_proj_i); nothing skipped

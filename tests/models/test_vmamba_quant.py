@@ -207,3 +207,16 @@ def test_a_file_with_a_malformed_image_size_is_refused(prepared, tmp_path):
     torch.save(obj, tmp_path / "bad.pt")
     with pytest.raises(InputError, match=r"malformed ptq4vm_fx file \(image size \[8, '8'\]\)"):
         ptq4vm_fx.load(tmp_path / "bad.pt")
+    obj["img_size"] = [16, 16]  # a VSSM runs at its imgsize
+    torch.save(obj, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="does not match the model it describes: it records image size 16x16, the "
+                                         "model is built for 8x8"):
+        ptq4vm_fx.load(tmp_path / "other.pt")
+
+
+def test_an_image_smaller_than_a_patch_is_named():
+    model = tiny_vssm()  # patch embed v1, 2x2 patches
+    with pytest.raises(InputError, match="input image size 1x3 is smaller than the model's 2x2 patches"):
+        model(torch.randn(1, 1, 1, 3))
+    with pytest.raises(InputError, match="input image size 1x1 is smaller than the model's 2x2 patches"):
+        ptq4vm_fx.prepare(model, torch.randn(1, 1, 1, 1), "w8a8")
