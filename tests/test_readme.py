@@ -113,6 +113,20 @@ def test_the_readme_holds_one_generated_sweep_block():
     assert block.count("| bits | minmax | dynamic | smoothquant | pts | pts_smooth | ptq4vm |") == 2
 
 
+def test_the_readme_holds_a_generated_block_per_bundled_model():
+    from ptq4vm_fx.data.bundled import BUNDLED_MODELS, MODEL_NAME
+
+    text = (ROOT / "README.md").read_text()
+    for name in BUNDLED_MODELS:
+        if name == MODEL_NAME:
+            continue  # the bare markers above
+        begin, end = f"<!-- sweep:begin {name} -->", f"<!-- sweep:end {name} -->"
+        assert text.count(begin) == 1 and text.count(end) == 1, name
+        block = text.split(begin + "\n")[1].split("\n" + end)[0]
+        assert f"`{name}`" in block and "scripts/readme_tables.py" in block
+        assert block.count("| bits | minmax | dynamic | smoothquant | pts | pts_smooth | ptq4vm |") == 2
+
+
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
 def test_what_the_documented_commands_write_into_the_root_is_ignored():
     def ignored(path: str) -> bool:
