@@ -1,7 +1,8 @@
 """The selective scan's one reference, and the (batch, d, L) layouts the scan kernels use.
 
-:func:`selective_scan_ref` is Mamba's selective scan in fp32, vectorized over tokens (batched matmuls
-around one in-place recurrence) with its own backward. It is the CPU implementation of
+:func:`selective_scan_ref` is Mamba's selective scan in fp32, run token by token on (batch, n, d) state
+slabs that stay in cache, with its own backward (which recomputes the states from one kept per chunk of
+tokens: nothing (L, batch, n, d) sized is stored). It is the CPU implementation of
 ``ptq4vm::selective_scan`` (:mod:`ptq4vm_fx.ops`), the specification the Triton scan kernels are
 tested against (``kernels/selective_scan.py``'s references call it) and what JLSS differentiates
 through (docs/design.md section 6). This module registers nothing: kernels import it freely.
@@ -23,67 +24,133 @@ __all__ = ["selective_scan_ref", "token_major", "token_major_empty", "channel_ma
 # --------------------------------------------------------------------------------------------
 
 
-def _recurrence_(a: Tensor, h: Tensor, reverse: bool, decay_of_prev: bool = False) -> None:
-    """In place over dim 0 of (L, ...) tensors: h[t] += a[t] * h[p], p = t-1 (t+1 when ``reverse``).
+# Backward recomputes the states this many tokens at a time from the state before them, the one state
+# per chunk the forward keeps (4 to 16 time the same on Vim-T shapes; 2 stores too many states).
+_CHUNK = 8
 
-    ``decay_of_prev`` uses a[p] instead of a[t]: the adjoint recurrence of the backward pass."""
-    length = h.shape[0]
-    steps = range(length - 2, -1, -1) if reverse else range(1, length)
-    for t in steps:
-        prev = t + 1 if reverse else t - 1
-        h[t].addcmul_(a[prev] if decay_of_prev else a[t], h[prev])
+
+def _scan_order(length: int, reverse: bool) -> range:
+    """Token indices in the order the scan visits them."""
+    return range(length - 1, -1, -1) if reverse else range(length)
+
+
+class _Tokens:
+    """The scan's inputs token-major, fp32, and per token as views shaped for products with a state.
+
+    dt, dtu (dt * u): (L, batch, d); B, C: (L, batch, n); At: (n, d), A transposed. A state is a
+    (batch, n, d) slab: d, the longest axis, innermost, so each product runs long vectorized rows; one
+    slab (a few hundred KB) stays in cache across the products of its token, where a whole
+    (L, batch, n, d) product streams through memory and page-faults its fresh output."""
+
+    def __init__(self, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, reverse: bool):
+        self.dt = dt.permute(2, 0, 1).contiguous()
+        self.dtu = self.dt * u.permute(2, 0, 1)
+        self.B, self.C = B.permute(2, 0, 1).contiguous(), C.permute(2, 0, 1).contiguous()
+        self.At = A.t().contiguous()
+        self.order = _scan_order(self.dt.shape[0], reverse)
+        self.dt_row, self.dtu_row = self.dt[:, :, None].unbind(0), self.dtu[:, :, None].unbind(0)  # (batch, 1, d)
+        self.dtu_col = self.dtu[..., None].unbind(0)  # (batch, d, 1)
+        self.B_col, self.C_col = self.B[..., None].unbind(0), self.C[..., None].unbind(0)  # (batch, n, 1)
+        self.B_row, self.C_row = self.B[:, :, None].unbind(0), self.C[:, :, None].unbind(0)  # (batch, 1, n)
+
+    def slab(self) -> Tensor:
+        length, batch, d = self.dt.shape
+        return self.dt.new_empty(batch, self.At.shape[0], d)
+
+    def step(self, t: int, h: Tensor, prev: Optional[Tensor], decay: Tensor) -> None:
+        """h = exp(dt_t A) prev + dt_t u_t B_t, the decay kept in ``decay``; ``prev`` None for the first
+        token (h = the drive), or h itself (updated in place)."""
+        if prev is None:
+            torch.mul(self.B_col[t], self.dtu_row[t], out=h)
+            return
+        torch.mul(self.dt_row[t], self.At, out=decay).exp_()
+        if h is prev:
+            h.mul_(decay)
+        else:
+            torch.mul(decay, prev, out=h)
+        h.addcmul_(self.B_col[t], self.dtu_row[t])
+
+
+def _scan_forward(x: _Tokens, checkpoints: bool) -> tuple[Tensor, Optional[Tensor]]:
+    """y (L, batch, d), and with ``checkpoints`` the state before each chunk of _CHUNK tokens of the scan
+    order ((L + _CHUNK - 1) // _CHUNK, batch, n, d; the first is zero). One state slab, updated in place."""
+    length, batch, d = x.dt.shape
+    y = x.dt.new_empty(length, batch, d)
+    y_row = y[:, :, None].unbind(0)  # (batch, 1, d)
+    h, decay = x.slab(), x.slab()
+    saved = h.new_empty(((length + _CHUNK - 1) // _CHUNK, *h.shape)) if checkpoints else None
+    for i, t in enumerate(x.order):
+        if checkpoints and i % _CHUNK == 0:
+            if i == 0:
+                saved[0].zero_()
+            else:
+                saved[i // _CHUNK].copy_(h)
+        x.step(t, h, h if i > 0 else None, decay)
+        torch.bmm(x.C_row[t], h, out=y_row[t])
+    return y, saved
+
+
+def _scan_backward(x: _Tokens, saved: Tensor, gy: Tensor) -> tuple[Tensor, ...]:
+    """dL/d(dt u), dL/d dt through the decays, dL/dAt (n, d), dL/dB, dL/dC, each token-major like its
+    input, given dL/dy ``gy`` (L, batch, d). Walks the chunks last to first: recomputes a chunk's states
+    and decays from its checkpoint, then runs the adjoint recurrence
+    dL/dh_t = C_t gy_t + decay_next dL/dh_next back through it."""
+    length = gy.shape[0]
+    gy_row, gy_col = gy[:, :, None].unbind(0), gy[..., None].unbind(0)  # (batch, 1, d), (batch, d, 1)
+    grad_B, grad_C = torch.empty_like(x.B), torch.empty_like(x.C)
+    grad_dtu, grad_dt = torch.empty_like(x.dtu), torch.zeros_like(x.dt)
+    grad_B_col, grad_C_col = grad_B[..., None].unbind(0), grad_C[..., None].unbind(0)  # (batch, n, 1)
+    grad_dtu_row = grad_dtu[:, :, None].unbind(0)  # (batch, 1, d)
+    grad_At = x.slab().zero_()  # (batch, n, d), summed over batch at the end
+    states, decays = [x.slab() for _ in range(_CHUNK)], [x.slab() for _ in range(_CHUNK)]
+    gh, g_exp = x.slab(), x.slab()
+    for start in range((length - 1) // _CHUNK * _CHUNK, -1, -_CHUNK):
+        positions = range(start, min(start + _CHUNK, length))
+        prev = saved[start // _CHUNK] if start > 0 else None
+        for j, i in enumerate(positions):
+            x.step(x.order[i], states[j], prev, decays[j])
+            prev = states[j]
+        for j in reversed(range(len(positions))):
+            i, t = positions[j], x.order[positions[j]]
+            if i == length - 1:
+                torch.mul(x.C_col[t], gy_row[t], out=gh)
+            else:  # gh holds decay_next dL/dh_next
+                gh.addcmul_(x.C_col[t], gy_row[t])
+            torch.bmm(states[j], gy_col[t], out=grad_C_col[t])
+            torch.bmm(gh, x.dtu_col[t], out=grad_B_col[t])
+            torch.bmm(x.B_row[t], gh, out=grad_dtu_row[t])
+            if i > 0:
+                # decay_t h_prev dL/dh_t: the gradient of the decay's exponent dt_t A
+                h_prev = states[j - 1] if j > 0 else saved[start // _CHUNK]
+                torch.mul(decays[j], h_prev, out=g_exp).mul_(gh)
+                torch.linalg.vecdot(g_exp, x.At, dim=1, out=grad_dt[t])
+                grad_At.addcmul_(g_exp, x.dt_row[t])
+                gh.mul_(decays[j])
+    return grad_dtu, grad_dt, grad_At.sum(0), grad_B, grad_C
 
 
 class _ScanCore(torch.autograd.Function):
     """u, dt: (batch, d, L) fp32; A: (d, n); B, C: (batch, n, L) -> y (batch, d, L).
 
-    Token-major (L, batch, d, n) buffers so each step of the recurrence is one contiguous
-    ``addcmul_``; everything else is batched matmuls. Saves decay and states for backward."""
+    Forward keeps one state per chunk of _CHUNK tokens; backward recomputes the others chunk by chunk
+    (:func:`_scan_backward`). Nothing (L, batch, n, d) sized is allocated."""
 
     @staticmethod
     def forward(ctx, u, dt, A, B, C, reverse: bool):
-        dt_l, u_l = dt.permute(2, 0, 1).contiguous(), u.permute(2, 0, 1).contiguous()  # (L, batch, d)
-        B_l, C_l = B.permute(2, 0, 1).contiguous(), C.permute(2, 0, 1).contiguous()  # (L, batch, n)
-        decay = torch.exp(dt_l[..., None] * A)  # (L, batch, d, n)
-        dtu = dt_l * u_l
-        h = dtu[..., None] * B_l[:, :, None, :]  # the drive, turned into the states in place
-        _recurrence_(decay, h, reverse)
-        y = torch.matmul(h, C_l[..., None]).squeeze(-1)  # (L, batch, d)
-        ctx.save_for_backward(u_l, dt_l, dtu, A, B_l, C_l, decay, h)
+        y, saved = _scan_forward(_Tokens(u, dt, A, B, C, reverse), checkpoints=True)
+        ctx.save_for_backward(u, dt, A, B, C, saved)
         ctx.reverse = reverse
         return y.permute(1, 2, 0)
 
     @staticmethod
     def backward(ctx, grad_y):
-        u_l, dt_l, dtu, A, B_l, C_l, decay, h = ctx.saved_tensors
-        reverse = ctx.reverse
-        gy = grad_y.permute(2, 0, 1).contiguous()  # (L, batch, d)
-        gh = gy[..., None] * C_l[:, :, None, :]
-        # dL/dh_t = gy_t C_t + decay_{next} dL/dh_{next}: the recurrence run the other way
-        _recurrence_(decay, gh, not reverse, decay_of_prev=True)
-        grad_C = torch.matmul(gy[:, :, None, :], h).squeeze(2)  # (L, batch, n)
-        grad_B = torch.matmul(dtu[:, :, None, :], gh).squeeze(2)
-        grad_dtu = torch.matmul(gh, B_l[..., None]).squeeze(-1)  # (L, batch, d)
-        # decay_t * h_prev_t, times dL/dh_t: the gradient of the decay's exponent (dt_t * A)
-        g_exp = torch.empty_like(h)
-        if reverse:
-            torch.mul(h[1:], decay[:-1], out=g_exp[:-1])
-            g_exp[-1] = 0
-        else:
-            torch.mul(h[:-1], decay[1:], out=g_exp[1:])
-            g_exp[0] = 0
-        g_exp.mul_(gh)
-        grad_dt = (g_exp * A).sum(-1) + grad_dtu * u_l
-        grad_A = (g_exp * dt_l[..., None]).sum((0, 1))
-        grad_u = grad_dtu * dt_l
-        return (
-            grad_u.permute(1, 2, 0),
-            grad_dt.permute(1, 2, 0),
-            grad_A,
-            grad_B.permute(1, 2, 0),
-            grad_C.permute(1, 2, 0),
-            None,
-        )
+        u, dt, A, B, C, saved = ctx.saved_tensors
+        x = _Tokens(u, dt, A, B, C, ctx.reverse)
+        grad_dtu, grad_dt, grad_At, grad_B, grad_C = _scan_backward(x, saved, grad_y.permute(2, 0, 1).contiguous())
+        grad_dt.addcmul_(grad_dtu, u.permute(2, 0, 1))
+        grad_u = grad_dtu.mul_(x.dt)
+        return (grad_u.permute(1, 2, 0), grad_dt.permute(1, 2, 0), grad_At.t(), grad_B.permute(1, 2, 0),
+                grad_C.permute(1, 2, 0), None)
 
 
 def token_major_empty(batch: int, d: int, length: int, dtype: torch.dtype, device) -> Tensor:
@@ -128,7 +195,11 @@ def selective_scan_ref(
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    y = _ScanCore.apply(u, delta, A.float(), B, C, reverse)
+    A = A.float()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C)):
+        y = _ScanCore.apply(u, delta, A, B, C, reverse)
+    else:  # nothing kept for a backward
+        y = _scan_forward(_Tokens(u, delta, A, B, C, reverse), checkpoints=False)[0].permute(1, 2, 0)
     if D is not None:
         y = y + D.float()[:, None] * u
     if z is not None:
