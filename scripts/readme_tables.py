@@ -7,7 +7,10 @@ One block per model: the default model's (vim_digits) lies between the README's 
 and ``<!-- sweep:end -->`` lines, another model's between ``<!-- sweep:begin NAME -->`` and
 ``<!-- sweep:end NAME -->``. The block of the model the sweep JSON holds is replaced: a sentence saying
 what was measured, how and where, the top-1 / SQNR table (presets x methods) and the
-calibration-plus-conversion seconds of each cell.
+calibration-plus-conversion seconds of each cell. A sweep of the weight methods (rtn, vq_kmeans,
+vq_convex, vimvq) has its own block, ``<!-- sweep:begin NAME weights -->`` (NAME the model, also the
+default one), and its tables have a row per method under the float model's, a column per preset, and
+the peak memory of each calibration beside its seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +31,31 @@ WIDTH = 100  # the README's line length
 
 def _ordered(rows: list[dict], key: str) -> list[str]:
     return list(dict.fromkeys(row[key] for row in rows))
+
+
+WEIGHT_METHODS = ("rtn", "vq_kmeans", "vq_convex", "vimvq")
+
+
+def _weight_sweep(rows: list[dict]) -> bool:
+    """Whether the sweep is of the weight methods (each row's method one of them)."""
+    weights = {row["method"] in WEIGHT_METHODS for row in rows}
+    if len(weights) != 1:
+        raise ValueError("a sweep JSON holds either the weight methods or the others, not both")
+    return weights.pop()
+
+
+def _method_table(rows: list[dict], cell, float_cell: str | None) -> list[str]:
+    """Markdown rows: one per method (in sweep order) under a float row (``float_cell`` in each column,
+    left out when None), one column per preset, ``cell(row)`` in each."""
+    methods, presets = _ordered(rows, "method"), _ordered(rows, "preset")
+    by_cell = {(row["preset"], row["method"]): row for row in rows}
+    lines = ["| method | " + " | ".join(p.upper() for p in presets) + " |", "| --- |" + " --- |" * len(presets)]
+    if float_cell is not None:
+        lines.append("| float | " + " | ".join(float_cell for _ in presets) + " |")
+    for method in methods:
+        cells = [cell(by_cell[p, method]) if (p, method) in by_cell else "-" for p in presets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _table(rows: list[dict], cell) -> list[str]:
@@ -57,6 +85,18 @@ def render(rows: list[dict], machine: str, command: str = COMMAND) -> str:
         f"calibration images. Measured with `{command}` on {machine}; the tables are written from its JSON "
         f"by `scripts/readme_tables.py`."
     )
+    if _weight_sweep(rows):
+        return "\n".join([
+            textwrap.fill(intro, width=WIDTH, break_on_hyphens=False, break_long_words=False),
+            "",
+            *_method_table(rows, lambda r: f"{r['quant_top1']:.2f} / {r['sqnr_db']:.1f}",
+                           f"{first['float_top1']:.2f} / -"),
+            "",
+            "Calibration plus conversion (s) and the process's peak resident memory during it (MiB), the "
+            "`calibration_seconds` and `peak_rss_mib` of the same run:",
+            "",
+            *_method_table(rows, lambda r: f"{r['calibration_seconds']:.1f} s, {r['peak_rss_mib']:.0f} MiB", None),
+        ])
     return "\n".join([
         textwrap.fill(intro, width=WIDTH, break_on_hyphens=False, break_long_words=False),
         "",
@@ -68,16 +108,18 @@ def render(rows: list[dict], machine: str, command: str = COMMAND) -> str:
     ])
 
 
-def markers(model: str) -> tuple[str, str]:
-    """The (begin, end) marker lines of ``model``'s block."""
-    if model == DEFAULT_MODEL:
+def markers(model: str, weights: bool = False) -> tuple[str, str]:
+    """The (begin, end) marker lines of ``model``'s block (``weights``: of its weight-method sweep)."""
+    if model == DEFAULT_MODEL and not weights:
         return BEGIN, END
-    return BEGIN.replace(" -->", f" {model} -->"), END.replace(" -->", f" {model} -->")
+    name = f"{model} weights" if weights else model
+    return BEGIN.replace(" -->", f" {name} -->"), END.replace(" -->", f" {name} -->")
 
 
-def replace_block(text: str, block: str, model: str = DEFAULT_MODEL) -> str:
-    """``text`` with what lies between ``model``'s begin and end marker lines replaced by ``block``."""
-    begin, end = markers(model)
+def replace_block(text: str, block: str, model: str = DEFAULT_MODEL, weights: bool = False) -> str:
+    """``text`` with what lies between the begin and end marker lines of ``model``'s block (its weight
+    sweep's with ``weights``) replaced by ``block``."""
+    begin, end = markers(model, weights)
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ValueError(f"expected one {begin} line followed by one {end} line")
     head, rest = text.split(begin)
@@ -94,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = json.loads(Path(args.sweep_json).read_text())
     block = render(rows, args.machine, args.command)  # checks that every row is of one model
-    args.readme.write_text(replace_block(args.readme.read_text(), block, rows[0]["model"]))
-    print(f"wrote the {rows[0]['model']} sweep tables of {args.readme}")
+    weights = _weight_sweep(rows)
+    args.readme.write_text(replace_block(args.readme.read_text(), block, rows[0]["model"], weights))
+    print(f"wrote the {rows[0]['model']}{' weight-method' if weights else ''} sweep tables of {args.readme}")
     return 0
 
 

@@ -138,3 +138,30 @@ def test_what_the_documented_commands_write_into_the_root_is_ignored():
         assert ignored(path), path
     for path in ("tests/q.pt", "ptq4vm_fx/report/index.html", "scripts/sweep.json"):  # anchored to the root
         assert not ignored(path), path
+
+
+def test_readme_tables_of_a_weight_method_sweep_go_to_their_own_block(tmp_path):
+    """A weight-method sweep: methods as rows under the float row, presets as columns, seconds and peak
+    memory; its own block beside the integer methods' one, which stays as it is."""
+    script = _readme_tables()
+    rows = [dict(_row(method, preset, top1, sqnr, seconds), peak_rss_mib=1200.4)
+            for preset, method, top1, sqnr, seconds in (("w3a16", "rtn", 97.22222, 16.61, 2.4),
+                                                        ("w3a16", "vimvq", 98.33333, 24.93, 68.9),
+                                                        ("w1a16", "rtn", 77.22222, 2.64, 1.8),
+                                                        ("w1a16", "vimvq", 97.77778, 15.51, 80.7))]
+    (tmp_path / "sweep.json").write_text(json.dumps(rows))
+    int_block = "<!-- sweep:begin -->\nint8 tables\n<!-- sweep:end -->\n"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{int_block}\n<!-- sweep:begin vim_digits weights -->\nstale\n"
+                      "<!-- sweep:end vim_digits weights -->\n")
+    assert script.main([str(tmp_path / "sweep.json"), "--readme", str(readme), "--machine", "a test box"]) == 0
+    text = readme.read_text()
+    assert text.startswith(int_block) and "stale" not in text
+    lines = text.split("<!-- sweep:begin vim_digits weights -->\n")[1].splitlines()
+    table = lines[lines.index("| method | W3A16 | W1A16 |"):]
+    assert table[2:5] == ["| float | 98.33 / - | 98.33 / - |", "| rtn | 97.22 / 16.6 | 77.22 / 2.6 |",
+                          "| vimvq | 98.33 / 24.9 | 97.78 / 15.5 |"]
+    assert "| vimvq | 68.9 s, 1200 MiB | 80.7 s, 1200 MiB |" in lines
+    (tmp_path / "mixed.json").write_text(json.dumps(rows + [_row("ptq4vm", "w8a8", 98.33333, 32.1, 16.0)]))
+    with pytest.raises(ValueError, match="either the weight methods or the others"):
+        script.main([str(tmp_path / "mixed.json"), "--readme", str(readme), "--machine", "a test box"])
