@@ -6,7 +6,8 @@ same signature) and its fake (shapes only, for tracing). Importing this module r
 (``torch.library`` needs a definition before any graph can hold an op). Numerics: :mod:`.quant.integer`.
 
 * ``selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``: float, differentiable
-  (its backward recomputes through :func:`ptq4vm_fx.scan.selective_scan_ref`).
+  (on the CPU, with a gradient to compute, it runs :func:`ptq4vm_fx.scan.selective_scan_ref`, whose own
+  backward needs no second forward; elsewhere its backward recomputes through that reference).
 * ``quantize_per_token(x, inv_smooth, scale, zero_point, bits)`` -> int8 codes.
 * ``int8_linear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True)``.
 * ``vq_linear(x, codes, codebook, bias)``: float x, the weight decoded from packed codes and an fp16
@@ -118,6 +119,22 @@ def _scan_backward(ctx, grad_out):
 
 
 selective_scan.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+
+_AUTOGRAD_CPU = torch.library.Library("ptq4vm", "IMPL")
+
+
+def _scan_autograd_cpu(keyset, *args):
+    """The op's autograd kernel for CPU tensors. With a gradient to compute, the differentiable reference
+    itself: its autograd keeps the scan's checkpoints, so backward does not run the forward again (the
+    registered backward above, used on other devices, recomputes it). Otherwise the op below autograd."""
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args):
+        _check_scan_shapes(*args[:8])
+        return selective_scan_ref(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return selective_scan._opoverload.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+
+_AUTOGRAD_CPU.impl("selective_scan", _scan_autograd_cpu, "AutogradCPU", with_keyset=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ptq4vm_fx import scan
+from ptq4vm_fx import ops, scan
 
 
 def naive_scan(u, delta, A, B, C, D, z, delta_bias, softplus):
@@ -54,9 +56,44 @@ def test_scan_custom_op_forward_and_backward_equal_reference():
         torch.testing.assert_close(a.grad, b.grad)
 
 
+def test_scan_custom_op_with_grad_on_cpu_scans_once(monkeypatch):
+    """On the CPU the op's autograd runs the reference, which keeps its checkpoints: one forward scan per
+    training step, not a second one in backward."""
+    calls = []
+    forward = scan._scan_forward
+    monkeypatch.setattr(scan, "_scan_forward", lambda *a, **k: calls.append(k) or forward(*a, **k))
+    args = [t.float().requires_grad_() for t in scan_args()]
+    torch.ops.ptq4vm.selective_scan(*args, True, True).sum().backward()
+    assert calls == [{"checkpoints": True}]
+    with torch.no_grad():
+        torch.ops.ptq4vm.selective_scan(*args, True, True)
+    assert calls[1:] == [{"checkpoints": False}]
+
+
+def test_scan_registered_backward_equals_reference():
+    """The op's registered backward (recomputing through the reference; the autograd of devices other
+    than the CPU) against the reference's own gradients, for the inputs that need one."""
+    args = [t.float() for t in scan_args()]
+    needs = [True, True, True, False, True, False, True, True]
+    ctx = SimpleNamespace(needs_input_grad=(*needs, False, False))
+    ctx.save_for_backward = lambda *t: setattr(ctx, "saved_tensors", t)
+    args[5] = None  # no D
+    ops._scan_setup_context(ctx, (*args, True, True), None)
+    grad_out = torch.randn_like(args[0])
+    grads = ops._scan_backward(ctx, grad_out)
+    leaves = [t.clone().requires_grad_(n) if t is not None else None for t, n in zip(args, needs)]
+    y = scan.selective_scan_ref(*leaves, True, True)
+    expected = torch.autograd.grad(y, [t for t, n in zip(leaves, needs) if n], grad_out)
+    assert [g is not None for g in grads] == needs + [False, False]
+    for g, e in zip([g for g in grads if g is not None], expected):
+        torch.testing.assert_close(g, e)
+
+
 def test_ops_pass_opcheck():
     args = [t.float() for t in scan_args()]
     torch.library.opcheck(torch.ops.ptq4vm.selective_scan.default, (*args, True, False))
+    grad_args = [t.clone().requires_grad_() for t in args]  # through the op's CPU autograd kernel
+    torch.library.opcheck(torch.ops.ptq4vm.selective_scan.default, (*grad_args, True, True))
     x = torch.randn(2, 5, 3)
     torch.library.opcheck(torch.ops.ptq4vm.quantize_per_token.default,
                           (x, torch.ones(3), torch.full((5,), 0.1), torch.zeros(5, dtype=torch.int32), 8))
