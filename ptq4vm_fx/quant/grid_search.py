@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fake_quant import fake_quant_act, fake_quant_weight
-from .integer import act_qparams, weight_qmax
+from .fake_quant import fake_quant_weight
+from .integer import act_qparams, act_range, reciprocal_scale, weight_qmax
 
 
 def _ratios(candidates: int) -> list[float]:
@@ -46,10 +46,11 @@ def search_token_qparams(
     best_err = torch.full((length,), float("inf"), device=x.device)
     best_s, best_z = act_qparams(lo, hi, bits)
     best_s, best_z = best_s.expand(length).clone(), best_z.expand(length).clone()
+    work = torch.empty_like(v)
     for r in _ratios(candidates):
         s, z = act_qparams(lo * r, hi * r, bits)
         s, z = s.expand(length), z.expand(length)
-        err = (fake_quant_act(x, inv_smooth, s, z, bits) - v).abs().pow(p).sum((0, 2))
+        err = _act_error(v, s, z, bits, p, work)
         if not per_token:
             err = err.sum().expand(length)
         better = err < best_err
@@ -57,3 +58,13 @@ def search_token_qparams(
         best_s = torch.where(better, s, best_s)
         best_z = torch.where(better, z, best_z)
     return best_s, best_z
+
+
+def _act_error(v: Tensor, scale: Tensor, zero_point: Tensor, bits: int, p: float, work: Tensor) -> Tensor:
+    """Per token (L,), the sum over samples and channels of ``|fake_quant_act(x) - v|^p`` for v = x *
+    inv_smooth (N, L, C) fp32 and (L,) scale / signed zero point: the same fp32 operations in the same
+    order as :func:`.fake_quant.fake_quant_act` (its straight-through rounding equals rounding), in place
+    in ``work`` (v's shape) instead of a dozen fresh (N, L, C) tensors per candidate."""
+    zp = zero_point.float()[:, None]
+    q = torch.mul(v, reciprocal_scale(scale)[:, None], out=work).round_().add_(zp).clamp_(*act_range(bits))
+    return q.sub_(zp).mul_(scale[:, None]).sub_(v).abs_().pow_(p).sum((0, 2))

@@ -1,7 +1,7 @@
 import torch
 
 from ptq4vm_fx.quant.fake_quant import act_qparams, fake_quant_act, fake_quant_weight
-from ptq4vm_fx.quant.grid_search import search_token_qparams, search_weight_scale
+from ptq4vm_fx.quant.grid_search import _act_error, search_token_qparams, search_weight_scale
 
 
 def test_weight_search_beats_absmax_on_long_tails():
@@ -27,3 +27,15 @@ def test_token_search_is_per_token_and_never_worse_than_minmax():
     assert scale[2] < s0[2]  # the outlier token got clipped
     per_tensor, _ = search_token_qparams(x, ones, 4, per_token=False)
     assert torch.all(per_tensor == per_tensor[0])
+
+
+def test_token_search_error_is_the_fake_quant_error_bit_for_bit():
+    """The search's in-place error equals sum |fake_quant_act(x) - x * inv_smooth|^2.4 exactly, clipped
+    tokens and a smoothing vector included."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, 32, generator=g) * torch.linspace(0.1, 5, 6)[None, :, None]
+    inv_smooth = torch.rand(32, generator=g) + 0.5
+    v = x * inv_smooth
+    s, z = act_qparams(v.amin((0, 2)) * 0.6, v.amax((0, 2)) * 0.6, 8)
+    expected = (fake_quant_act(x, inv_smooth, s, z, 8) - v).abs().pow(2.4).sum((0, 2))
+    assert torch.equal(_act_error(v, s, z, 8, 2.4, torch.empty_like(v)), expected)
