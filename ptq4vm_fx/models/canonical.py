@@ -1,8 +1,9 @@
 """Graph rewrites a family's ``canonicalize`` uses to put a captured block graph in the form the passes
 read (docs/design.md section 11): every quantizable linear a call_module ``nn.Linear`` on a token-major
 (batch, tokens, channels) input, so observers, fake-quant and integer linears, JLSS and the smoothing
-folds work on it unchanged. Each rewrite computes what the traced graph computed (the same values up
-to float reassociation: none here, only layout changes and a grouped weight's slices made modules).
+folds work on it unchanged. Each rewrite computes what the traced graph computed: layouts change and a
+grouped weight's slices become modules; values change only by float rounding where a 1x1 conv
+(VMamba's Linear2d) becomes a matmul.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from torch import nn
 ELEMENTWISE = (nn.Identity, nn.Dropout, nn.GELU, nn.SiLU, nn.ReLU, nn.Sigmoid)
 
 
-def split_grouped_linears(block: torch.fx.GraphModule, parameter: str, name: str) -> int:
+def split_grouped_linears(block: torch.fx.GraphModule, parameter: str, name: str) -> None:
     """Each ``F.linear(x, W[k])`` of a grouped weight ``W`` (K, O, I) (a parameter whose last name component
     is ``parameter``) becomes a call of a new bias-free ``nn.Linear(I, O)`` ``<owner>.<name>_<k>`` holding
-    a copy of ``W[k]``; ``W`` leaves the block once nothing reads it. In place; returns how many calls."""
-    count = 0
+    a copy of ``W[k]``; ``W`` leaves the block once nothing reads it. In place."""
     for attr in [n for n in block.graph.nodes if n.op == "get_attr" and n.target.rpartition(".")[2] == parameter]:
         owner, _, attr_name = attr.target.rpartition(".")
         weight = block.get_parameter(attr.target)
@@ -43,14 +43,12 @@ def split_grouped_linears(block: torch.fx.GraphModule, parameter: str, name: str
                     module_call = block.graph.call_module(target, (call.args[0],))
                 call.replace_all_uses_with(module_call)
                 block.graph.erase_node(call)
-                count += 1
             if not index.users:
                 block.graph.erase_node(index)
         if not attr.users:
             block.graph.erase_node(attr)
             delattr(block.get_submodule(owner), attr_name)
     block.recompile()
-    return count
 
 
 def token_major_linears(
