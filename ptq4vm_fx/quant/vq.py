@@ -8,7 +8,7 @@ k-means (k-means++ seeding from a seeded generator, then Lloyd). Nominal bits pe
 
 Calibration (:func:`calibrate_block`), block by block against the float block's outputs:
 
-* Convex combination: each sub-vector keeps its n nearest codewords (``n_candidates``) and n
+* Convex combination: each sub-vector keeps its n nearest codewords (``n_candidates``, 4) and n
   logits; its reconstruction is the softmax(logits)-weighted combination of those codewords (memory
   grows with n, not k). The logits start as -log(distance) (weights inversely proportional to the
   distance to each candidate). Learnable: logits, codebook, bias (Adam).
@@ -61,7 +61,7 @@ class VQConfig:
 
     k: int
     d: int
-    n_candidates: int = 2
+    n_candidates: int = 4
     steps: int = 500
     codebook_steps: int = 100
     lr: float = 5e-2

@@ -80,7 +80,7 @@ def test_config_round_trips_and_is_frozen():
     (dict(k=512, d=2), "at most 256"),
     (dict(k=16, d=0), "d must be >= 1"),
     (dict(k=16, d=2, n_candidates=17), "n_candidates"),
-    (dict(k=16, d=2, confirm_threshold=0.5), "confirm_threshold"),
+    (dict(k=16, d=2, confirm_threshold=0.25), "confirm_threshold"),  # <= 1/n_candidates
     (dict(k=16, d=2, loss="l1"), "loss must be one of"),
     (dict(k=16, d=2, hull_every=0), "hull_every"),
     (dict(k=16, d=2, steps=-1), "steps"),
