@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..models.family import check_overrides
 from ..progress import log, set_quiet
 from . import eval_cmd, quantize, report, sweep
+from .threads import AUTO, parse_threads, resolve_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -86,6 +87,13 @@ def _common(p: argparse.ArgumentParser, model_default: str | None, model_help: s
         type=_count(0),
         default=min(8, os.cpu_count() or 1),
         help="data loading processes for --data (default: min(8, CPUs))",
+    )
+    p.add_argument(
+        "--threads",
+        type=parse_threads,
+        default=AUTO,
+        help="CPU threads for PyTorch's operators (default: auto: PyTorch's default capped at the cores idle at "
+        "start, the CPUs minus the 1-minute load average; more threads than idle cores stall each other)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="log per-block JLSS losses and timings")
@@ -173,12 +181,16 @@ def _error_text(exc: InputError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code. Bad input (an :class:`InputError`) prints one line
     ``ptq4vm: error: <message>`` to stderr and returns 2; every other exception propagates with its
-    traceback (a bug or an environment failure, e.g. CUDA's)."""
+    traceback (a bug or an environment failure, e.g. CUDA's). The command runs on ``--threads`` CPU
+    threads (:mod:`.threads`); the process's previous setting is restored after."""
     args = build_parser().parse_args(argv)
     args.model_kwargs = dict(args.model_kwargs)
     logging.basicConfig(format="%(message)s")
     log.setLevel(logging.INFO if args.verbose else logging.WARNING)
     set_quiet(args.quiet)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(resolve_threads(args.threads))
+    log.info("%d CPU thread(s) (--threads %s)", torch.get_num_threads(), args.threads)
     try:
         if distributed.launched() and args.command != "eval":
             raise InputError(f"only `ptq4vm eval` runs under torchrun, not `ptq4vm {args.command}`")
@@ -188,3 +200,5 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"ptq4vm: error: {_error_text(exc)}", file=sys.stderr)
         return 2
+    finally:
+        torch.set_num_threads(threads_before)
