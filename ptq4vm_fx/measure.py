@@ -2,12 +2,14 @@
 
     with Measured(device) as m:
         ...
-    m.seconds, m.peak_rss_mib, m.peak_cuda_mib
+    m.seconds, m.peak_rss_mib, m.peak_cuda_mib, m.start_rss_mib
 
 ``peak_rss_mib``: the largest resident set size of the process while the block ran, sampled every
 ``interval`` seconds from /proc/self/statm by a background thread (a spike shorter than that can be
 missed); where /proc is missing, the process's lifetime peak from ``resource.getrusage`` (which
-includes everything before the block). ``peak_cuda_mib``: on a CUDA device, PyTorch's allocator
+includes everything before the block). ``start_rss_mib``: the resident set at the start (the peak
+minus it is what the block added; a Python process with torch and triton imported holds ~0.5-1 GiB
+before any model). ``peak_cuda_mib``: on a CUDA device, PyTorch's allocator
 peak (``torch.cuda.max_memory_allocated``, reset at the start), else None.
 """
 
@@ -41,6 +43,7 @@ class Measured:
         self.seconds = 0.0
         self.peak_rss_mib: float | None = None
         self.peak_cuda_mib: float | None = None
+        self.start_rss_mib: float | None = None
         self._peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,6 +59,7 @@ class Measured:
         now = _rss_bytes()
         if now is not None:
             self._peak = now
+            self.start_rss_mib = now / _MIB
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         self._start = time.perf_counter()
@@ -74,4 +78,5 @@ class Measured:
             self.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def to_dict(self) -> dict:
-        return {"seconds": self.seconds, "peak_rss_mib": self.peak_rss_mib, "peak_cuda_mib": self.peak_cuda_mib}
+        return {"seconds": self.seconds, "peak_rss_mib": self.peak_rss_mib, "peak_cuda_mib": self.peak_cuda_mib,
+                "start_rss_mib": self.start_rss_mib}
