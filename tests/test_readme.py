@@ -134,7 +134,8 @@ def test_what_the_documented_commands_write_into_the_root_is_ignored():
         assert run.returncode in (0, 1)
         return run.returncode == 0
 
-    for path in ("q.pt", "metrics.json", "report/index.html", "sweep.json", "vim_t_w8a8.pt", "vim_t_w8a8.json"):
+    for path in ("q.pt", "metrics.json", "report/index.html", "sweep.json", "sweep_vq.json", "vim_t_w8a8.pt",
+                 "vim_t_w8a8.json"):
         assert ignored(path), path
     for path in ("tests/q.pt", "ptq4vm_fx/report/index.html", "scripts/sweep.json"):  # anchored to the root
         assert not ignored(path), path
