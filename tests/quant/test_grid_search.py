@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from ptq4vm_fx.quant import grid_search
 from ptq4vm_fx.quant.fake_quant import act_qparams, fake_quant_act, fake_quant_weight
 from ptq4vm_fx.quant.grid_search import _act_error, search_token_qparams, search_weight_scale
 
@@ -39,3 +41,34 @@ def test_token_search_error_is_the_fake_quant_error_bit_for_bit():
     s, z = act_qparams(v.amin((0, 2)) * 0.6, v.amax((0, 2)) * 0.6, 8)
     expected = (fake_quant_act(x, inv_smooth, s, z, 8) - v).abs().pow(2.4).sum((0, 2))
     assert torch.equal(_act_error(v, s, z, 8, 2.4, torch.empty_like(v)), expected)
+
+
+def _plain_token_search(x, inv_smooth, bits, per_token):
+    """The token search written plainly: every candidate on the whole tensor through fake_quant_act."""
+    v = x * inv_smooth
+    dims = (0, 2) if per_token else (0, 1, 2)
+    lo, hi = v.amin(dims), v.amax(dims)
+    best_err = torch.full((x.shape[1],), float("inf"))
+    best_s, best_z = (t.expand(x.shape[1]) for t in act_qparams(lo, hi, bits))
+    for i in range(100):
+        s, z = (t.expand(x.shape[1]) for t in act_qparams(lo * (1 - i / 100), hi * (1 - i / 100), bits))
+        err = (fake_quant_act(x, inv_smooth, s, z, bits) - v).abs().pow(2.4).sum((0, 2))
+        if not per_token:
+            err = err.sum().expand(x.shape[1])
+        better = err < best_err
+        best_err, best_s, best_z = (torch.where(better, a, b) for a, b in ((err, best_err), (s, best_s), (z, best_z)))
+    return best_s, best_z
+
+
+@pytest.mark.parametrize("per_token", [True, False])
+@pytest.mark.parametrize("chunk_floats", [1, 3 * 8 * 16, 1 << 17])
+def test_token_search_by_token_slices_is_the_plain_search(monkeypatch, per_token, chunk_floats):
+    """One token, three tokens or all tokens at a time: the same scales and zero points, bit for bit."""
+    monkeypatch.setattr(grid_search, "_CHUNK_FLOATS", chunk_floats)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 7, 16, generator=g) * torch.linspace(0.2, 4, 7)[None, :, None]
+    x[0, 3, 5] = 40.0
+    inv_smooth = torch.rand(16, generator=g) + 0.5
+    got = search_token_qparams(x, inv_smooth, 4, per_token=per_token)
+    expected = _plain_token_search(x, inv_smooth, 4, per_token)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
