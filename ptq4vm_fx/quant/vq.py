@@ -240,7 +240,7 @@ def plain_vq_linear(linear: nn.Linear, config: VQConfig, name: str = "linear") -
 
 def rtn_weight(weight: Tensor, bits: int) -> Tensor:
     """Uniform symmetric per-output-channel round-to-nearest of weight (O, C) at ``bits`` bits,
-    returned dequantized (fp32). bits >= 2: DESIGN.md's grid, step absmax / (2^(b-1) - 1), codes
+    returned dequantized (fp32). bits >= 2: docs/design.md's grid, step absmax / (2^(b-1) - 1), codes
     clamped to +-(2^(b-1) - 1); bits = 1: sign(w) times the row's mean |w| (the L2-optimal scale of
     the only symmetric 1-bit grid, {-s, +s})."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
