@@ -60,6 +60,50 @@ def block_inputs(gm: torch.fx.GraphModule, name: str, images: torch.Tensor,
     return tuple(torch.cat(parts) for parts in zip(*seen))
 
 
+class BlockReplay:
+    """The positional inputs of a captured model's blocks, one block after the other in graph order.
+
+    The graph runs node by node on ``images`` (N, C, H, W; batch by batch, on the model's device) and
+    stops at the block asked for, so the next block's inputs cost only the nodes in between, where
+    :func:`block_inputs` runs the model from its start for each block (quadratic in depth). The same
+    operations on the same batches as ``gm(batch)``: the inputs equal :func:`block_inputs`'s bit for
+    bit. A block changed before the replay moves past it (JLSS on the quantized model) runs as changed.
+    Values no later node reads are dropped."""
+
+    def __init__(self, gm: torch.fx.GraphModule, images: torch.Tensor, batch_size: int):
+        device = next(gm.parameters()).device
+        self.interpreter = torch.fx.Interpreter(gm)
+        self.nodes = list(gm.graph.nodes)
+        self.position = 0  # the next node to run
+        last_use = {}
+        for i, node in enumerate(self.nodes):
+            for used in node.all_input_nodes:
+                last_use[used] = i
+        self.dead_after = [[n for n in node.all_input_nodes if last_use[n] == i] for i, node in enumerate(self.nodes)]
+        placeholder = next(n for n in self.nodes if n.op == "placeholder")
+        self.envs = [{placeholder: batch.to(device)} for batch in images.split(batch_size)]
+
+    @torch.no_grad()
+    def inputs_of(self, name: str) -> tuple[torch.Tensor, ...]:
+        """The positional inputs (each (N, ...)) of the next call of the block ``name``."""
+        while not (self.nodes[self.position].op == "call_module" and self.nodes[self.position].target == name):
+            node = self.nodes[self.position]
+            if node.op == "output":
+                raise ValueError(f"no call of {name} after the replay's position")
+            for env in self.envs:
+                if node.op != "placeholder":
+                    self.interpreter.env = env
+                    env[node] = self.interpreter.run_node(node)
+                for dead in self.dead_after[self.position]:
+                    del env[dead]
+            self.position += 1
+        block, args = self.nodes[self.position], []
+        for env in self.envs:
+            self.interpreter.env = env
+            args.append(self.interpreter.map_nodes_to_values(block.args, block))
+        return tuple(torch.cat(parts) for parts in zip(*args))
+
+
 def _batches(inputs: tuple[torch.Tensor, ...], batch_size: int):
     return zip(*(t.split(batch_size) for t in inputs))
 
@@ -151,9 +195,10 @@ def run_jlss(qgm: torch.fx.GraphModule, fgm: torch.fx.GraphModule, images: torch
     stats: cosine loss of the quantized block output before and after JLSS, and epoch losses."""
     dim = family_named(qgm.meta["family"]).channel_dim
     stats = {}
+    float_inputs, quant_inputs = BlockReplay(fgm, images, batch_size), BlockReplay(qgm, images, batch_size)
     for name, qblock in progress(blocks(qgm), desc="JLSS blocks"):
-        target = _run_block(fgm.get_submodule(name), block_inputs(fgm, name, images, batch_size), batch_size)
-        inputs = block_inputs(qgm, name, images, batch_size)
+        target = _run_block(fgm.get_submodule(name), float_inputs.inputs_of(name), batch_size)
+        inputs = quant_inputs.inputs_of(name)
         if config.grid_search:
             grid_search_block(qblock, inputs, config, batch_size)
         with torch.no_grad():
