@@ -52,8 +52,11 @@ from ..scan import channel_major, token_major_empty
 from ..scan import selective_scan_ref as _scan_reference
 from ._common import (
     FLOAT_DTYPES,
+    _log1p_unit,  # noqa: F401  (the softplus' series, importable here as before)
     _quantize_values,
     _round_to,
+    _silu,
+    _softplus,
     check_devices,
     check_quant_params,
     check_tensor,
@@ -63,35 +66,6 @@ from ._common import (
     qrange,
     vec,
 )
-
-
-@triton.jit
-def _log1p_unit(a):
-    """log(1 + a) fp32 for a in [0, 1]: 2 atanh(s) with s = a / (2 + a) <= 1/3, its odd series up to
-    s^13 (truncation below 2e-8 relative; a dozen instructions where tl.log's accurate log is ~35)."""
-    s = a / (2.0 + a)
-    s2 = s * s
-    p = s2 * (1.0 / 13.0) + (1.0 / 11.0)
-    p = p * s2 + (1.0 / 9.0)
-    p = p * s2 + (1.0 / 7.0)
-    p = p * s2 + (1.0 / 5.0)
-    p = p * s2 + (1.0 / 3.0)
-    p = p * s2 + 1.0
-    return (2.0 * s) * p
-
-
-@triton.jit
-def _softplus(x):
-    """log(1 + exp(x)) fp32 as max(x, 0) + log1p(exp(-|x|)); equals x in fp32 above 20, where the
-    reference switches to x. exp is exp2 of x log2(e), as tl.exp computes it, but with subnormal
-    results flushed (tl.exp keeps them at three more instructions): they change nothing here."""
-    return tl.maximum(x, 0.0) + _log1p_unit(tl.exp2(tl.abs(x) * -1.4426950408889634))
-
-
-@triton.jit
-def _silu(z):
-    """z / (1 + exp(-z)) fp32, exp as in :func:`_softplus`."""
-    return z / (1.0 + tl.exp2(z * -1.4426950408889634))
 
 
 @triton.jit
