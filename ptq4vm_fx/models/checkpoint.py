@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import re
 import warnings
 
 import torch
 from torch import nn
 
 from ..errors import InputError
+from .family import FAMILIES
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -50,25 +53,75 @@ def load_tensors(path: str | os.PathLike, what: str, allowed: list[type] = ()) -
 def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load ``path`` into ``model`` with strict key and shape checks; returns the model."""
     state = read_state_dict(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(
-            f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}"
-        )
-    if wrong:
-        problems.append(f"wrong shapes ({len(wrong)}): {', '.join(wrong[:8])}")
-    if problems:
-        name = getattr(model, "model_name", type(model).__name__)
-        raise InputError(f"checkpoint {path} does not fit {name}: " + "; ".join(problems))
+    check_state_dict(model, state, f"checkpoint {path}")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Raise InputError (one line: "<source> does not fit <model name>: ...") naming the missing keys,
+    unexpected keys and wrong shapes, and the family whose keys ``state_dict`` holds when it is another
+    one's. A module may take other shapes for its own tensors: ``alternative_shapes()`` -> {name: shape}
+    (VMamba's Linear2d: an (out, in, 1, 1) weight)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    alternative = {
+        f"{prefix}.{name}" if prefix else name: shape
+        for prefix, module in model.named_modules() if hasattr(module, "alternative_shapes")
+        for name, shape in module.alternative_shapes().items()
+    }  # fmt: skip
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape not in (v.shape, alternative.get(k))
+    ]
+
+    def listed(what: str, items: list[str]) -> str:
+        return f"{what} ({len(items)}): {', '.join(items[:8])}{', ...' if len(items) > 8 else ''}"
+
+    problems = [
+        listed(what, items)
+        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+        if items
+    ]
+    if problems:
+        name = getattr(model, "model_name", type(model).__name__)
+        other = _family_of_keys(state_dict) if missing and unexpected else None
+        own = next((f.name for f in FAMILIES.values() if isinstance(model, f.model_class)), None)
+        holds = f" (it holds a {other} model, not a {own} one)" if other not in (None, own) else ""
+        raise InputError(f"{source} does not fit {name}{holds}: " + "; ".join(problems))
+
+
+class CheckedLoading:
+    """A model mixin: ``load_state_dict(..., strict=True)`` raises :func:`check_state_dict`'s InputError
+    before loading anything, instead of torch's multi-line RuntimeError."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if strict:
+            check_state_dict(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _key_patterns(keys) -> set[str]:
+    """State-dict keys with their indices (block, direction) replaced by '#'."""
+    return {re.sub(r"\d+", "#", key) for key in keys}
+
+
+@functools.cache
+def _family_patterns() -> dict[str, frozenset[str]]:
+    """{family name: key patterns of its first registered model} (weightless, on the meta device)."""
+    patterns = {}
+    with torch.device("meta"):
+        for family in FAMILIES.values():
+            name = family.model_names()[0]
+            patterns[family.name] = frozenset(_key_patterns(family.create(name).state_dict()))
+    return patterns
+
+
+def _family_of_keys(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The family whose key patterns ``state_dict`` shares most of (Jaccard index), if at least half."""
+    keys = _key_patterns(state_dict)
+    score = {name: len(keys & p) / len(keys | p) for name, p in _family_patterns().items()}
+    best = max(score, key=score.get, default=None)
+    return best if best is not None and score[best] >= 0.5 else None

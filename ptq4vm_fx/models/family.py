@@ -7,11 +7,15 @@ name a family's classes (docs/design.md section 11). Adding a family is one file
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import inspect
+import sys
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import torch.fx
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import register_model
 from torch import nn
 
 from ..errors import InputError
@@ -121,3 +125,52 @@ def check_overrides(model_name: str, overrides: dict) -> None:
             f"unknown model configuration key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
             f"valid keys: {', '.join(valid)}"
         )
+
+
+# ---- what the family files share to build and register their named models ----------------------------
+
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+
+
+def model_overrides(name: str, known: Collection[str], pretrained: bool, overrides: dict) -> dict:
+    """``overrides`` (the model's keyword arguments) less those timm passes every model; an InputError
+    for a name not in ``known`` (listing them) or ``pretrained=True`` (no weights are downloaded)."""
+    if name not in known:
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(known)}")
+    if pretrained:
+        raise InputError(
+            f"{name}: no weights are downloaded; build with pretrained=False and load an official "
+            "checkpoint with ptq4vm_fx.models.load_checkpoint(model, path)"
+        )
+    return {key: value for key, value in overrides.items() if key not in _TIMM_ONLY_KWARGS}
+
+
+def named_model(model: nn.Module, name: str, input_size: tuple[int, int, int]) -> nn.Module:
+    """``model`` with its registered name and timm's data config (``pretrained_cfg``: images of
+    ``input_size`` (C, H, W), ImageNet mean and std); returns it."""
+    model.model_name = name
+    model.pretrained_cfg = dict(
+        input_size=tuple(input_size), crop_pct=0.875, interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=model.num_classes,
+    )  # fmt: skip
+    return model
+
+
+def register_with_timm(name: str, create: Callable[..., nn.Module], doc: str) -> Callable[..., nn.Module]:
+    """Register ``name`` with timm (``timm.create_model(name, **overrides)`` calls ``create(name,
+    pretrained=..., **overrides)``) as an entry point of ``create``'s module, and bind it there under
+    ``name``, as a timm model module's own entry points are; returns the entry point."""
+
+    def entry(pretrained: bool = False, **kwargs) -> nn.Module:
+        return create(name, pretrained=pretrained, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = create.__module__
+    entry.__doc__ = doc
+    setattr(sys.modules[create.__module__], name, entry)
+    return register_model(entry)
+
+
+def constructor_keys(cls: type[nn.Module]) -> list[str]:
+    """The keyword arguments ``cls`` takes (its ``**kwargs`` catch-all left out), sorted."""
+    return sorted(k for k, p in inspect.signature(cls).parameters.items() if p.kind is not p.VAR_KEYWORD)

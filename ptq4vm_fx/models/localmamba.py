@@ -45,7 +45,6 @@ patch merging and the head stay float.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections import OrderedDict
@@ -56,18 +55,18 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, to_2tuple, trunc_normal_
-from timm.models import register_model
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from ..errors import InputError
 from ..scan import channel_major
+from .arguments import choice, no_checkpointing, positive_int, refuse_unknown, ssm_conv_size, stage_widths
 from .canonical import split_grouped_linears, token_major_linears
-from .family import ModelFamily, register_family
+from .checkpoint import CheckedLoading
+from .family import ModelFamily, constructor_keys, model_overrides, named_model, register_family, register_with_timm
 from .vim import Block as VimBlock
 from .vim import RMSNorm
-from .vmamba import check_image_batch, check_state_dict
+from .vmamba import check_image_batch
 
 torch.fx.wrap("check_image_batch")  # fx.wrap patches the name in this module's globals, so wrap it here too
 
@@ -317,19 +316,7 @@ class VSSBlock(nn.Module):
         return x + self.drop_path(self.op(self.norm(x)))
 
 
-def _positive_int(model: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{model}: {name}={value!r} is not supported: expected a positive integer")
-    return value
-
-
-def _choice(model: str, name: str, value, supported: Sequence) -> None:
-    key = value.lower() if isinstance(value, str) else value
-    if key not in supported:
-        raise InputError(f"{model}: {name}={value!r} is not supported; supported: {', '.join(map(str, supported))}")
-
-
-class LocalVSSM(nn.Module):
+class LocalVSSM(CheckedLoading, nn.Module):
     """LocalVMamba classifier: (batch, in_chans, H, W) -> logits (batch, num_classes), any H and W.
 
     The keyword arguments are the official ``VSSM``'s; ``directions`` holds one list per block
@@ -361,29 +348,19 @@ class LocalVSSM(nn.Module):
     ):
         super().__init__()
         name = "LocalVSSM"
-        if kwargs:
-            raise InputError(f"{name}: unknown keyword arguments: {', '.join(sorted(kwargs))}")
-        _positive_int(name, "patch_size", patch_size)
-        depths = [_positive_int(name, "depths", d) for d in depths]
-        dims = [int(dims * 2**i) for i in range(len(depths))] if isinstance(dims, int) else list(dims)
-        if len(dims) != len(depths):
-            raise InputError(f"{name}: dims={dims} and depths={depths} must have the same length")
-        for d in dims:
-            _positive_int(name, "dims", d)
+        refuse_unknown(name, kwargs)
+        positive_int(name, "patch_size", patch_size)
+        depths, dims = stage_widths(name, depths, dims)
         if ssm_d_state != "auto":
-            _positive_int(name, "ssm_d_state", ssm_d_state)
+            positive_int(name, "ssm_d_state", ssm_d_state)
         if ssm_dt_rank != "auto":
-            _positive_int(name, "ssm_dt_rank", ssm_dt_rank)
+            positive_int(name, "ssm_dt_rank", ssm_dt_rank)
         if not (isinstance(ssm_ratio, (int, float)) and int(ssm_ratio * min(dims)) >= 1):
             raise InputError(f"{name}: ssm_ratio={ssm_ratio!r} is not supported: expected ssm_ratio * dim >= 1")
-        if isinstance(ssm_conv, bool) or not isinstance(ssm_conv, int) or (ssm_conv > 1 and ssm_conv % 2 == 0):
-            raise InputError(
-                f"{name}: ssm_conv={ssm_conv!r} is not supported; supported: an odd kernel size, or < 2 for no conv"
-            )
-        _choice(name, "norm_layer", norm_layer, ("ln",))
-        _choice(name, "ssm_act_layer", ssm_act_layer, tuple(_ACT_LAYERS))
-        if use_checkpoint:
-            raise InputError(f"{name}: use_checkpoint=True (activation checkpointing for training) is not supported")
+        ssm_conv_size(name, ssm_conv)
+        choice(name, "norm_layer", norm_layer, ("ln",), lower=True)
+        act = _ACT_LAYERS[choice(name, "ssm_act_layer", ssm_act_layer, tuple(_ACT_LAYERS), lower=True)]
+        no_checkpointing(name, use_checkpoint)
         directions = _direction_lists(name, directions, sum(depths))
         self.config = dict(
             patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims,
@@ -392,7 +369,6 @@ class LocalVSSM(nn.Module):
             ssm_simple_init=ssm_simple_init, drop_path_rate=drop_path_rate, patch_norm=patch_norm,
             norm_layer=norm_layer, use_checkpoint=use_checkpoint, directions=directions,
         )  # fmt: skip
-        act = _ACT_LAYERS[ssm_act_layer.lower()]
         self.in_chans, self.num_classes = in_chans, num_classes
         self.num_layers = len(depths)
         self.dims, self.num_features = dims, dims[-1]
@@ -432,12 +408,6 @@ class LocalVSSM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """nn.Module.load_state_dict; with ``strict`` a key or shape mismatch raises InputError first."""
-        if strict:
-            check_state_dict(self, state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def _init_linear_and_norm(m: nn.Module) -> None:
@@ -616,7 +586,7 @@ _SSM_CFG_KEYS = ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "bias", 
 _FINAL_POOL_TYPES = ("mean", "none")
 
 
-class LocalVim(nn.Module):
+class LocalVim(CheckedLoading, nn.Module):
     """LocalVim classifier: (batch, channels, H, W) -> logits (batch, num_classes).
 
     The keyword arguments are the official local_vim ``VisionMamba``'s; ``directions`` holds one list
@@ -661,17 +631,16 @@ class LocalVim(nn.Module):
     ):
         super().__init__()
         name = "LocalVim"
-        if kwargs:
-            raise InputError(f"{name}: unknown keyword arguments: {', '.join(sorted(kwargs))}")
+        refuse_unknown(name, kwargs)
         for key, value in (("initializer_cfg", initializer_cfg), ("device", device), ("dtype", dtype),
                            ("mamba_cls", mamba_cls)):  # fmt: skip
             if value is not None:
                 raise InputError(f"{name}: {key}={value!r} is not supported; supported: None")
         for key, value in (("patch_size", patch_size), ("depth", depth), ("embed_dim", embed_dim),
                            ("channels", channels)):  # fmt: skip
-            _positive_int(name, key, value)
+            positive_int(name, key, value)
         for side in to_2tuple(img_size):
-            if _positive_int(name, "img_size", side) < patch_size:
+            if positive_int(name, "img_size", side) < patch_size:
                 raise InputError(f"{name}: img_size={img_size!r} is smaller than patch_size={patch_size}")
         ssm_cfg = dict(ssm_cfg or {})
         unknown = sorted(set(ssm_cfg) - set(_SSM_CFG_KEYS))
@@ -679,14 +648,14 @@ class LocalVim(nn.Module):
             raise InputError(f"{name}: ssm_cfg keys {', '.join(unknown)} are not supported; "
                              f"supported: {', '.join(_SSM_CFG_KEYS)}")  # fmt: skip
         ssm_cfg.pop("use_fast_path", None)
-        _choice(name, "ssm_cfg['d_conv']", ssm_cfg.get("d_conv", 4), (2, 3, 4))
+        choice(name, "ssm_cfg['d_conv']", ssm_cfg.get("d_conv", 4), (2, 3, 4))
         if (if_cls_token, use_middle_cls_token) not in ((False, False), (True, True)):
             raise InputError(
                 f"{name}: if_cls_token={if_cls_token}, use_middle_cls_token={use_middle_cls_token} is not supported; "
                 "supported: both False, or both True (the middle class token)"
             )
         if not if_cls_token:
-            _choice(name, "final_pool_type", final_pool_type, _FINAL_POOL_TYPES)
+            choice(name, "final_pool_type", final_pool_type, _FINAL_POOL_TYPES, lower=True)
         directions = _direction_lists(name, directions, depth)
         self.patch_embed = PatchEmbed(img_size, patch_size, channels, embed_dim)
         grid = self.patch_embed.grid_size
@@ -772,12 +741,6 @@ class LocalVim(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """nn.Module.load_state_dict; with ``strict`` a key or shape mismatch raises InputError first."""
-        if strict:
-            check_state_dict(self, state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
 
 # -------------------------------------------------------------------------------------------------
 # named variants: the official registrations (local_vmamba.py, local_vim.py at 75e5d1f)
@@ -844,52 +807,19 @@ BUNDLED_CONFIGS = {
                                          ["h", "h_flip", "v", "v_flip"], ["h", "v_flip", "w2", "w2_flip"]]),
 }  # fmt: skip
 _VSSM_INPUT_SIZE = {"local_vssm_digits": 8}  # what the data config resizes to (224 for the released models)
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
-
-
 def create_localmamba(name: str, pretrained: bool = False, **overrides) -> LocalVSSM | LocalVim:
     """Build a named LocalMamba model; ``overrides`` are the model's keyword arguments."""
     configs = {**LOCALMAMBA_CONFIGS, **BUNDLED_CONFIGS}
-    if name not in configs:
-        raise InputError(f"unknown model {name!r}; known LocalMamba models: {', '.join(sorted(configs))}")
-    if pretrained:
-        raise InputError(
-            f"{name}: no weights are downloaded; build with pretrained=False and load the official "
-            "checkpoint's ckpt['model'] with load_state_dict"
-        )
-    for key in _TIMM_ONLY_KWARGS:
-        overrides.pop(key, None)
+    overrides = model_overrides(name, sorted(configs), pretrained, overrides)
     config = dict(configs[name], **overrides)
     if name.startswith("local_vssm"):
-        model = LocalVSSM(**config)
-        input_size = (config["in_chans"], *(_VSSM_INPUT_SIZE.get(name, 224),) * 2)
-    else:
-        model = LocalVim(**config)
-        input_size = (config["channels"], *to_2tuple(config["img_size"]))
-    model.model_name = name
-    model.pretrained_cfg = dict(
-        input_size=input_size, crop_pct=0.875, interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=model.num_classes,
-    )  # fmt: skip
-    return model
+        return named_model(LocalVSSM(**config), name, (config["in_chans"], *(_VSSM_INPUT_SIZE.get(name, 224),) * 2))
+    return named_model(LocalVim(**config), name, (config["channels"], *to_2tuple(config["img_size"])))
 
 
-def _registered(name: str):
-    def create(pretrained: bool = False, **kwargs) -> LocalVSSM | LocalVim:
-        return create_localmamba(name, pretrained=pretrained, **kwargs)
-
-    create.__name__ = create.__qualname__ = name
-    create.__doc__ = f"LocalMamba {name!r} (hunto/LocalMamba); keyword arguments override its configuration."
-    return register_model(create)
-
-
-local_vssm_tiny = _registered("local_vssm_tiny")
-local_vssm_small = _registered("local_vssm_small")
-local_vim_tiny = _registered("local_vim_tiny")
-local_vim_tiny_middle_cls_token = _registered("local_vim_tiny_middle_cls_token")
-local_vim_small = _registered("local_vim_small")
-local_vssm_digits = _registered("local_vssm_digits")
-local_vim_digits = _registered("local_vim_digits")
+for _name in [*LOCALMAMBA_CONFIGS, *BUNDLED_CONFIGS]:
+    register_with_timm(_name, create_localmamba,
+                       f"LocalMamba {_name!r} (hunto/LocalMamba); keyword arguments override its configuration.")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -902,10 +832,6 @@ _SCAN_ORDERS = ("per block its own list: h (row-major), v (column-major), w<k> (
 
 def _names(prefix: str):
     return lambda: sorted(name for name in {**LOCALMAMBA_CONFIGS, **BUNDLED_CONFIGS} if name.startswith(prefix))
-
-
-def _config_keys(cls: type[nn.Module]):
-    return lambda: sorted(k for k, p in inspect.signature(cls).parameters.items() if p.kind is not p.VAR_KEYWORD)
 
 
 def canonicalize_vssm_block(block: torch.fx.GraphModule) -> None:
@@ -927,7 +853,7 @@ VSSM_FAMILY = register_family(ModelFamily(
     model_class=LocalVSSM,
     model_names=_names("local_vssm"),
     create=create_localmamba,
-    config_keys=_config_keys(LocalVSSM),
+    config_keys=lambda: constructor_keys(LocalVSSM),
     block_classes=(VSSBlock,),
     leaf_classes=(),
     fold_norms=(nn.LayerNorm,),
@@ -943,7 +869,7 @@ VIM_FAMILY = register_family(ModelFamily(
     model_class=LocalVim,
     model_names=_names("local_vim"),
     create=create_localmamba,
-    config_keys=_config_keys(LocalVim),
+    config_keys=lambda: constructor_keys(LocalVim),
     block_classes=(LocalVimBlock,),
     leaf_classes=(RMSNorm,),
     fold_norms=(RMSNorm, nn.LayerNorm),

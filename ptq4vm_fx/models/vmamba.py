@@ -29,25 +29,23 @@ the Linear2d projections as token-major ``nn.Linear``). A quantized VSSM runs at
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
 
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.models import register_model
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from ..errors import InputError
+from .arguments import choice, no_checkpointing, positive_int, refuse_unknown, ssm_conv_size, stage_widths
 from .canonical import plain_layer_norm, split_grouped_linears, token_major_linears
-from .family import ModelFamily, register_family
+from .checkpoint import CheckedLoading
+from .family import ModelFamily, constructor_keys, model_overrides, named_model, register_family, register_with_timm
 
-__all__ = ["VSSM", "VMAMBA_CONFIGS", "create_vmamba", "check_state_dict"]
+__all__ = ["VSSM", "VMAMBA_CONFIGS", "create_vmamba"]
 
 K_GROUP = 4  # scan directions: row-major, column-major, and both reversed
 _ACT_LAYERS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
@@ -87,6 +85,10 @@ class Linear2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+    def alternative_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The weight shape a checkpoint may hold besides (out, in) (checkpoint.check_state_dict)."""
+        return {"weight": (*self.weight.shape, 1, 1)}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         weight = state_dict.get(prefix + "weight")
@@ -258,27 +260,14 @@ class VSSBlock(nn.Module):
         return x
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"VSSM: {name}={value!r} is not supported: expected a positive integer")
-    return value
-
-
-def _choice(name: str, value, supported: Sequence[str], lower: bool = False) -> str:
-    """``value`` (lower-cased with ``lower``, as the official code does for layer names) if supported."""
-    key = value.lower() if lower and isinstance(value, str) else value
-    if key not in supported:
-        raise InputError(f"VSSM: {name}={value!r} is not supported; supported: {', '.join(supported)}")
-    return key
-
-
-class VSSM(nn.Module):
+class VSSM(CheckedLoading, nn.Module):
     """VMamba classifier: (batch, in_chans, H, W) -> logits (batch, num_classes), any H and W.
 
     The keyword arguments are the official ``VSSM``'s (see the module docstring for what is
     supported). ``ssm_rank_ratio`` is accepted because the official ``build_vssm_model`` passes it;
     the official model ignores it, and so does this one. ``config`` holds the constructor
-    arguments, so the model can be rebuilt from it."""
+    arguments, so the model can be rebuilt from it. ``load_state_dict(strict=True)`` refuses a key or
+    shape mismatch with an InputError."""
 
     def __init__(
         self,
@@ -312,34 +301,25 @@ class VSSM(nn.Module):
         **kwargs,
     ):
         super().__init__()
-        if kwargs:
-            raise InputError(f"VSSM: unknown keyword arguments: {', '.join(sorted(kwargs))}")
-        depths = [_positive_int("depths", d) for d in depths]
-        dims = [int(dims * 2**i) for i in range(len(depths))] if isinstance(dims, int) else list(dims)
-        if len(dims) != len(depths):
-            raise InputError(f"VSSM: dims={dims} and depths={depths} must have the same length")
-        for d in dims:
-            _positive_int("dims", d)
-        _positive_int("ssm_d_state", ssm_d_state)
+        name = "VSSM"
+        refuse_unknown(name, kwargs)
+        depths, dims = stage_widths(name, depths, dims)
+        positive_int(name, "ssm_d_state", ssm_d_state)
         if ssm_dt_rank != "auto":
-            _positive_int("ssm_dt_rank", ssm_dt_rank)
-        if not (isinstance(ssm_conv, int) and (ssm_conv < 2 or ssm_conv % 2 == 1)):
-            raise InputError(
-                f"VSSM: ssm_conv={ssm_conv!r} is not supported; supported: an odd kernel size, or < 2 for no conv"
-            )
-        _choice("norm_layer", norm_layer, ("ln2d",), lower=True)
-        _choice("ssm_init", ssm_init, ("v0",))
-        _choice("forward_type", forward_type, FORWARD_TYPES)
-        _choice("downsample_version", downsample_version, ("v2", "v3"))
-        _choice("patchembed_version", patchembed_version, ("v1", "v2"))
+            positive_int(name, "ssm_dt_rank", ssm_dt_rank)
+        ssm_conv_size(name, ssm_conv)
+        choice(name, "norm_layer", norm_layer, ("ln2d",), lower=True)
+        choice(name, "ssm_init", ssm_init, ("v0",))
+        choice(name, "forward_type", forward_type, FORWARD_TYPES)
+        choice(name, "downsample_version", downsample_version, ("v2", "v3"))
+        choice(name, "patchembed_version", patchembed_version, ("v1", "v2"))
         if patchembed_version == "v2" and (patch_size < 2 or patch_size % 2):
             raise InputError(
                 f"VSSM: patch_size={patch_size!r} is not supported by patch embed v2: expected an even size >= 2"
             )
-        if use_checkpoint:
-            raise InputError("VSSM: use_checkpoint=True (activation checkpointing for training) is not supported")
-        ssm_act = _ACT_LAYERS[_choice("ssm_act_layer", ssm_act_layer, tuple(_ACT_LAYERS), lower=True)]
-        mlp_act = _ACT_LAYERS[_choice("mlp_act_layer", mlp_act_layer, tuple(_ACT_LAYERS), lower=True)]
+        no_checkpointing(name, use_checkpoint)
+        ssm_act = _ACT_LAYERS[choice(name, "ssm_act_layer", ssm_act_layer, tuple(_ACT_LAYERS), lower=True)]
+        mlp_act = _ACT_LAYERS[choice(name, "mlp_act_layer", mlp_act_layer, tuple(_ACT_LAYERS), lower=True)]
         self.config = dict(
             patch_size=patch_size, in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims,
             ssm_d_state=ssm_d_state, ssm_ratio=ssm_ratio, ssm_rank_ratio=ssm_rank_ratio, ssm_dt_rank=ssm_dt_rank,
@@ -426,43 +406,6 @@ class VSSM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x))
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """nn.Module.load_state_dict; with ``strict`` a key or shape mismatch raises InputError first."""
-        if strict:
-            check_state_dict(self, state_dict)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Raise InputError (one line) naming the missing keys, unexpected keys and wrong shapes
-    (a Linear2d weight may come as (out, in, 1, 1))."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    conv_1x1 = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, Linear2d)}
-
-    def fits(key: str, shape: tuple[int, ...]) -> bool:
-        want = tuple(expected[key].shape)
-        return shape == want or (key in conv_1x1 and shape == (*want, 1, 1))
-
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and not fits(k, tuple(state_dict[k].shape))
-    ]
-
-    def listed(what: str, items: list[str]) -> str:
-        return f"{what} ({len(items)}): {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
-
-    problems = [
-        listed(what, items)
-        for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
-        if items
-    ]
-    if problems:
-        name = getattr(model, "model_name", type(model).__name__)
-        raise InputError(f"state dict does not fit {name}: " + "; ".join(problems))
-
 
 # -------------------------------------------------------------------------------------------------
 # named variants: the official registrations in classification/models/vmamba.py (= configs/vssm/*.yaml)
@@ -488,47 +431,18 @@ BUNDLED_CONFIGS = {
                           ssm_d_state=4, ssm_ratio=2.0, mlp_ratio=2.0, patchembed_version="v1", imgsize=8,
                           drop_path_rate=0.0),
 }  # fmt: skip
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
-
-
 def create_vmamba(name: str, pretrained: bool = False, channel_first: bool = True, **overrides) -> VSSM:
     """Build a named VMamba; ``overrides`` are VSSM keyword arguments. ``channel_first`` is the official
     builders' argument (False selects ``norm_layer="ln"``, which is refused)."""
-    if name not in VMAMBA_CONFIGS and name not in BUNDLED_CONFIGS:
-        raise InputError(f"unknown model {name!r}; known VMamba models: {', '.join(model_names())}")
-    if pretrained:
-        raise InputError(
-            f"{name}: no weights are downloaded; build with pretrained=False and load the official "
-            "checkpoint's ckpt['model'] with load_state_dict"
-        )
-    for key in _TIMM_ONLY_KWARGS:
-        overrides.pop(key, None)
+    overrides = model_overrides(name, model_names(), pretrained, overrides)
     config = dict({**VMAMBA_CONFIGS, **BUNDLED_CONFIGS}[name], norm_layer="ln2d" if channel_first else "ln")
     config.update(overrides)
-    model = VSSM(**config)
-    model.model_name = name
-    model.pretrained_cfg = dict(
-        input_size=(config["in_chans"], config["imgsize"], config["imgsize"]), crop_pct=0.875, interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=model.num_classes,
-    )  # fmt: skip
-    return model
+    return named_model(VSSM(**config), name, (config["in_chans"], config["imgsize"], config["imgsize"]))
 
 
-def _registered(name: str):
-    def create(pretrained: bool = False, **kwargs) -> VSSM:
-        return create_vmamba(name, pretrained=pretrained, **kwargs)
-
-    create.__name__ = create.__qualname__ = name
-    create.__doc__ = f"VMamba {name!r} (MzeroMiko/VMamba); keyword arguments override its configuration."
-    return register_model(create)
-
-
-vmamba_tiny_s1l8 = _registered("vmamba_tiny_s1l8")
-vmamba_small_s1l20 = _registered("vmamba_small_s1l20")
-vmamba_base_s1l20 = _registered("vmamba_base_s1l20")
-vmamba_small_s2l15 = _registered("vmamba_small_s2l15")
-vmamba_base_s2l15 = _registered("vmamba_base_s2l15")
-vmamba_digits = _registered("vmamba_digits")
+for _name in [*VMAMBA_CONFIGS, *BUNDLED_CONFIGS]:
+    register_with_timm(_name, create_vmamba,
+                       f"VMamba {_name!r} (MzeroMiko/VMamba); keyword arguments override its configuration.")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -538,11 +452,6 @@ vmamba_digits = _registered("vmamba_digits")
 
 def model_names() -> list[str]:
     return sorted(VMAMBA_CONFIGS) + sorted(BUNDLED_CONFIGS)
-
-
-def config_keys() -> list[str]:
-    """The keyword arguments a VSSM accepts as overrides."""
-    return sorted(k for k, p in inspect.signature(VSSM).parameters.items() if p.kind is not p.VAR_KEYWORD)
 
 
 def canonicalize(block: torch.fx.GraphModule) -> None:
@@ -566,7 +475,7 @@ FAMILY = register_family(ModelFamily(
     model_class=VSSM,
     model_names=model_names,
     create=create_vmamba,
-    config_keys=config_keys,
+    config_keys=lambda: constructor_keys(VSSM),
     block_classes=(VSSBlock,),
     leaf_classes=(Linear2d, LayerNorm2d),
     fold_norms=(nn.LayerNorm,),

@@ -6,13 +6,16 @@ Keyword arguments override the configuration (``depth=2, img_size=64, num_classe
 
 from __future__ import annotations
 
-import inspect
-
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import register_model
-
 from ..errors import InputError
-from .family import ModelFamily, register_family
+from .family import (
+    ModelFamily,
+    check_overrides,
+    constructor_keys,
+    model_overrides,
+    named_model,
+    register_family,
+    register_with_timm,
+)
 from .vim import Block, RMSNorm, VisionMamba
 
 _BASE = dict(img_size=224, patch_size=16, stride=16, depth=24, d_state=16)
@@ -31,7 +34,6 @@ OFFICIAL_ALIASES = {
     "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2":
         "vim_base_patch16_224",
 }
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
 
 
 def model_names() -> list[str]:
@@ -40,34 +42,16 @@ def model_names() -> list[str]:
 
 def config_keys() -> list[str]:
     """The configuration keys a Vim accepts as overrides (VisionMamba's arguments, and ``in_chans``)."""
-    return sorted([*inspect.signature(VisionMamba).parameters, "in_chans"])
-
-
-def check_overrides(overrides: dict) -> None:
-    """Refuse configuration keys no Vim has, listing the valid ones."""
-    unknown = sorted(set(overrides) - set(config_keys()))
-    if unknown:
-        raise InputError(
-            f"unknown model configuration key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-            f"valid keys: {', '.join(config_keys())}"
-        )
+    return sorted([*constructor_keys(VisionMamba), "in_chans"])
 
 
 def create_vim(name: str, pretrained: bool = False, **overrides) -> VisionMamba:
     """Build a named Vim. ``in_chans`` is accepted as timm's name for ``channels``."""
-    canonical = OFFICIAL_ALIASES.get(name, name)
-    if canonical not in VIM_CONFIGS:
-        raise InputError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
-    if pretrained:
-        raise InputError(
-            f"{name}: no weights are downloaded; build with pretrained=False and load an official "
-            "checkpoint with ptq4vm_fx.models.load_checkpoint(model, path)"
-        )
-    for key in _TIMM_ONLY_KWARGS:
-        overrides.pop(key, None)
-    check_overrides(overrides)
+    overrides = model_overrides(name, model_names(), pretrained, overrides)
+    check_overrides(name, overrides)
     if "in_chans" in overrides:
         overrides["channels"] = overrides.pop("in_chans")
+    canonical = OFFICIAL_ALIASES.get(name, name)
     config = dict(VIM_CONFIGS[canonical], **overrides)
     try:
         model = VisionMamba(**config)
@@ -75,35 +59,11 @@ def create_vim(name: str, pretrained: bool = False, **overrides) -> VisionMamba:
         if not overrides:
             raise
         raise InputError(f"{name} with {overrides} is not a valid configuration ({exc})") from exc
-    model.model_name = canonical
-    size = model.patch_embed.img_size
-    model.pretrained_cfg = dict(
-        input_size=(config.get("channels", 3), *size),
-        crop_pct=0.875,
-        interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-        num_classes=model.num_classes,
-    )
-    return model
+    return named_model(model, canonical, (config.get("channels", 3), *model.patch_embed.img_size))
 
 
-def _registered(name: str):
-    def create(pretrained: bool = False, **kwargs) -> VisionMamba:
-        return create_vim(name, pretrained=pretrained, **kwargs)
-
-    create.__name__ = name
-    create.__qualname__ = name
-    create.__doc__ = f"Vim model {name!r}; keyword arguments override its configuration."
-    return register_model(create)
-
-
-vim_tiny_patch16_224 = _registered("vim_tiny_patch16_224")
-vim_small_patch16_224 = _registered("vim_small_patch16_224")
-vim_base_patch16_224 = _registered("vim_base_patch16_224")
-vim_digits = _registered("vim_digits")
-for _alias in OFFICIAL_ALIASES:
-    globals()[_alias] = _registered(_alias)
+for _name in model_names():
+    register_with_timm(_name, create_vim, f"Vim model {_name!r}; keyword arguments override its configuration.")
 
 
 FAMILY = register_family(ModelFamily(

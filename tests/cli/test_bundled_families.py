@@ -46,12 +46,17 @@ def test_sweep_runs_on_a_bundled_model(capsys):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Float checkpoints the bundled ones are not: local_vim_digits with another width, and
-    vmamba_tiny_s1l8 shrunk to the digits' shape (no bundled model)."""
+    """Float checkpoints the bundled ones are not: local_vim_digits with another width, vmamba_digits with
+    other depths and widths, vmamba_tiny_s1l8 shrunk to the digits' shape (no bundled model), and the
+    bundled vmamba_digits checkpoint cut in half."""
     folder = tmp_path_factory.mktemp("checkpoints")
     torch.manual_seed(0)
     narrow = create_model("local_vim_digits", embed_dim=16)
     torch.save({"model": narrow.state_dict()}, folder / "narrow.pt")
+    smaller = create_model("vmamba_digits", depths=[2, 1], dims=[16, 32])
+    torch.save({"model": smaller.state_dict()}, folder / "smaller.pt")
+    whole = checkpoint_path("vmamba_digits").read_bytes()
+    (folder / "cut.pt").write_bytes(whole[: len(whole) // 2])
     tiny = create_model("vmamba_tiny_s1l8", depths=[1], dims=8, in_chans=1, num_classes=10, imgsize=8)
     torch.save({"model": tiny.state_dict()}, folder / "tiny.pt")
     return folder
@@ -59,7 +64,13 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("argv, message", [
     (["quantize", "--model", "vmamba_digits", "--checkpoint", "{vim}"],
-     "checkpoint {vim} does not fit vmamba_digits: missing keys"),
+     "checkpoint {vim} does not fit vmamba_digits (it holds a vim model, not a vmamba one): missing keys"),
+    (["quantize", "--model", "vim_digits", "--checkpoint", "{vmamba}"],
+     "checkpoint {vmamba} does not fit vim_digits (it holds a vmamba model, not a vim one): missing keys"),
+    (["quantize", "--model", "vmamba_digits", "--checkpoint", "{ckpt}/smaller.pt"],
+     "checkpoint {ckpt}/smaller.pt does not fit vmamba_digits: missing keys (18): layers.1.blocks.1.mlp.fc1.bias"),
+    (["quantize", "--model", "vmamba_digits", "--checkpoint", "{ckpt}/cut.pt"],
+     "{ckpt}/cut.pt is not a float checkpoint (not a readable torch.save archive of tensors and plain data)"),
     (["quantize", "--model", "local_vim_digits", "--checkpoint", "{ckpt}/narrow.pt"],
      "checkpoint {ckpt}/narrow.pt does not fit local_vim_digits: wrong shapes"),
     (["quantize", "--model", "vmamba_digits", "--checkpoint", "{vmamba}", "--model-kwargs", "forward_type='v2'"],
@@ -75,13 +86,17 @@ def checkpoints(tmp_path_factory):
      "{vmamba_q} holds a quantized vmamba_digits, not local_vssm_digits"),
     (["eval", "--quantized", "{ckpt}/local_vssm_12.pt"],
      "input image size 8x8 does not match the model's 12x12: the captured model runs at the size it was calibrated"),
+    (["eval", "--quantized", "{ckpt}/local_vim_cut.pt"],
+     "{ckpt}/local_vim_cut.pt is not a ptq4vm_fx quantized model file (not a readable torch.save archive"),
 ])  # fmt: skip
 def test_family_problems_exit_2(argv, message, quantized, checkpoints, capsys):
-    """The last: a LocalVSSM (any size in float) runs at the size its file records, here not the data's."""
+    """local_vssm_12: a LocalVSSM (any size in float) runs at the size its file records, here not the data's."""
     paths = {"vim": checkpoint_path("vim_digits"), "vmamba": checkpoint_path("vmamba_digits"), "ckpt": checkpoints,
              "vmamba_q": quantized["vmamba_digits"][0]}
     obj = torch.load(quantized["local_vssm_digits"][0], weights_only=True)
     torch.save(dict(obj, img_size=[12, 12]), checkpoints / "local_vssm_12.pt")
+    whole = quantized["local_vim_digits"][0].read_bytes()
+    (checkpoints / "local_vim_cut.pt").write_bytes(whole[: len(whole) // 3])
     assert main([*(a.format(**paths) for a in argv), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ptq4vm: error: " + message.format(**paths)) and err.count("\n") == 1, err

@@ -3,8 +3,10 @@ import argparse
 import pytest
 import torch
 
+from ptq4vm_fx.data.bundled import BUNDLED_MODELS, checkpoint_path
 from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.models import load_checkpoint, read_state_dict
+from ptq4vm_fx.models.family import create_model, family_of, family_of_name
 
 from ..conftest import tiny_vim
 from ..test_serialization import refuses_hostile_files
@@ -44,8 +46,22 @@ def test_wrong_keys_and_shapes_are_named(tmp_path):
     msg = str(err.value)
     assert "missing keys (1): norm_f.weight" in msg
     assert "unexpected keys (1): layers.0.mixer.extra" in msg
-    assert "head.weight: checkpoint (5, 32) vs model (10, 32)" in msg
-    assert "\n" not in msg
+    assert "wrong shapes (1): head.weight (5, 32) vs model (10, 32)" in msg
+    assert "\n" not in msg and "it holds a" not in msg  # a Vim's keys: no other family named
+
+
+@pytest.mark.parametrize("model_name", BUNDLED_MODELS)
+def test_another_familys_checkpoint_names_the_family_it_holds(model_name):
+    """Each bundled checkpoint loaded into each other family's model: the message names both families."""
+    model = create_model(model_name)
+    own = family_of(model).name
+    for other in BUNDLED_MODELS:
+        held = family_of_name(other).name
+        if held == own:
+            continue
+        with pytest.raises(InputError) as err:
+            load_checkpoint(model, checkpoint_path(other))
+        assert f"does not fit {model_name} (it holds a {held} model, not a {own} one): missing keys" in str(err.value)
 
 
 def test_corrupt_and_missing_files(tmp_path):
