@@ -49,6 +49,32 @@ def tiny():
     return tiny_vim()
 
 
+def randomly_smoothed(model, x, image_size=None, linears=None):
+    """``model`` captured (at ``image_size``, for a family that takes any size) with ``linears`` (default:
+    its family's) as pts_smooth FakeQuantLinears observed on ``x``, then quantization off and random
+    smoothing scales (seed 0): a float GraphModule equal to ``model`` up to rounding, on which
+    fold_smoothing's folds can be checked for exactness."""
+    from ptq4vm_fx.capture import capture
+    from ptq4vm_fx.models.family import family_of
+    from ptq4vm_fx.passes.insert_observers import insert_observers
+    from ptq4vm_fx.passes.quantize_linears import quantize_linears
+    from ptq4vm_fx.quant.linear import FakeQuantLinear
+
+    family = family_of(model)
+    gm = capture(model, image_size)
+    insert_observers(gm, family.linears if linears is None else linears)
+    with torch.no_grad():
+        gm(x)
+    quantize_linears(gm, ptq4vm_fx.QuantConfig(method="pts_smooth", linears=linears).for_family(family))
+    g = torch.Generator().manual_seed(0)
+    for module in gm.modules():
+        if isinstance(module, FakeQuantLinear):
+            module.quant_enabled = False
+            with torch.no_grad():
+                module.log_smooth.copy_(torch.randn(module.log_smooth.shape, generator=g))
+    return gm
+
+
 def calibrated(model, images, config, batch_size=64):
     prepared = ptq4vm_fx.prepare(model, images[:1], config)
     with torch.no_grad():

@@ -42,21 +42,8 @@ def test_only_eval_runs_under_torchrun(monkeypatch, capsys):
 def test_two_gloo_processes_give_the_single_process_accuracy(
     tiny_quantized, tiny_checkpoint, image_folder, tmp_path, capsys
 ):
-    args = [
-        "eval",
-        "--quantized",
-        str(tiny_quantized),
-        "--checkpoint",
-        str(tiny_checkpoint),
-        "--data",
-        str(image_folder),
-        "--workers",
-        "0",
-        "--batch-size",
-        "4",
-        "--device",
-        "cpu",
-    ]
+    args = ["eval", "--quantized", str(tiny_quantized), "--checkpoint", str(tiny_checkpoint), "--data",
+            str(image_folder), "--workers", "0", "--batch-size", "4", "--device", "cpu"]
     assert main([*args, "--json", str(tmp_path / "single.json"), "--quiet"]) == 0
     capsys.readouterr()
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}

@@ -70,42 +70,35 @@ def _rewrite(path, out, change):
     return out
 
 
-def test_a_record_that_does_not_match_the_state_dict_is_refused(tiny_pair, tmp_path):
-    path = tmp_path / "q.pt"
-    ptq4vm_fx.save(tiny_pair[0], path)
+def _first_entry(*keys, value):
+    """A change to a saved file's first module record: ``record[keys[0]]...[keys[-1]] = value``."""
 
-    def drop_entry(obj):
-        obj["modules"] = [e for e in obj["modules"] if e["name"] != "layers.0.mixer.in_proj"]
+    def change(obj):
+        target = obj["modules"][0]
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
 
-    def wrong_tokens(obj):
-        obj["modules"][0]["args"]["tokens"] = 5
+    return change
 
-    def simulated_kind(obj):
-        obj["modules"][0]["kind"] = "FakeQuantLinear"
 
-    for change in (drop_entry, wrong_tokens, simulated_kind):
-        with pytest.raises(InputError, match="does not match the model it describes .*record and state dict disagree"):
-            ptq4vm_fx.load(_rewrite(path, tmp_path / "bad.pt", change))
+_DISAGREE = "does not match the model it describes .*record and state dict disagree"
 
-    def not_a_linear(obj):
-        obj["modules"][0]["name"] = "layers.0.mixer.conv1d"
 
-    with pytest.raises(InputError, match="layers.0.mixer.conv1d is not a linear of it"):
-        ptq4vm_fx.load(_rewrite(path, tmp_path / "bad.pt", not_a_linear))
-
-    def wrong_features(obj):
-        obj["modules"][0]["args"]["in_features"] = 7
-
-    with pytest.raises(InputError, match="is recorded as 7->128, the model's linear is 32->128"):
-        ptq4vm_fx.load(_rewrite(path, tmp_path / "bad.pt", wrong_features))
-
-    def unknown_kind(obj):
-        obj["modules"][0]["kind"] = "os.system"
-
-    with pytest.raises(InputError, match="malformed ptq4vm_fx file .*unknown module kind 'os.system'"):
-        ptq4vm_fx.load(_rewrite(path, tmp_path / "bad.pt", unknown_kind))
-    with pytest.raises(InputError, match=r"malformed ptq4vm_fx file \(no modules\)"):
-        ptq4vm_fx.load(_rewrite(path, tmp_path / "bad.pt", lambda obj: obj.pop("modules")))
+@pytest.mark.parametrize("change, message", [
+    (lambda obj: obj.update(modules=[e for e in obj["modules"] if e["name"] != "layers.0.mixer.in_proj"]),
+     _DISAGREE),
+    (_first_entry("args", "tokens", value=5), _DISAGREE),
+    (_first_entry("kind", value="FakeQuantLinear"), _DISAGREE),
+    (_first_entry("name", value="layers.0.mixer.conv1d"), "layers.0.mixer.conv1d is not a linear of it"),
+    (_first_entry("args", "in_features", value=7), "is recorded as 7->128, the model's linear is 32->128"),
+    (_first_entry("kind", value="os.system"), "malformed ptq4vm_fx file .*unknown module kind 'os.system'"),
+    (lambda obj: obj.pop("modules"), r"malformed ptq4vm_fx file \(no modules\)"),
+], ids=["entry dropped", "tokens", "simulated kind", "not a linear", "features", "unknown kind", "no modules"])
+def test_a_record_that_does_not_match_the_state_dict_is_refused(change, message, tiny_pair, tmp_path):
+    ptq4vm_fx.save(tiny_pair[0], tmp_path / "q.pt")
+    with pytest.raises(InputError, match=message):
+        ptq4vm_fx.load(_rewrite(tmp_path / "q.pt", tmp_path / "bad.pt", change))
 
 
 def test_older_and_unknown_formats_are_refused(tiny_pair, tmp_path):

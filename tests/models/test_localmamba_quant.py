@@ -17,11 +17,9 @@ from ptq4vm_fx.lowering.backend import lower_graph
 from ptq4vm_fx.models.family import family_of
 from ptq4vm_fx.models.localmamba import LocalVim, LocalVSSM
 from ptq4vm_fx.passes.fold_smoothing import fold_smoothing
-from ptq4vm_fx.passes.insert_observers import insert_observers
-from ptq4vm_fx.passes.quantize_linears import quantize_linears
 from ptq4vm_fx.quant.linear import FakeQuantLinear, QuantizedLinear
 
-from ..conftest import tiny_vim
+from ..conftest import randomly_smoothed, tiny_vim
 from ..lowering.lowering_helpers import dynamo_graph
 from .test_vmamba_quant import tiny_vssm
 
@@ -101,18 +99,8 @@ def test_smoothing_folds_exactly(kind):
     its cast and the z product; x_proj_i (conv + SiLU) and LocalVim's out_proj (sum of gated directions) keep 1/m."""
     model = build(kind)
     family = family_of(model)
-    gm = capture(model, (8, 8))
-    insert_observers(gm, family.linears)
     x = images(8)
-    with torch.no_grad():
-        gm(x)
-    quantize_linears(gm, ptq4vm_fx.QuantConfig(method="pts_smooth").for_family(family))
-    g = torch.Generator().manual_seed(0)
-    for module in gm.modules():
-        if isinstance(module, FakeQuantLinear):
-            module.quant_enabled = False
-            with torch.no_grad():
-                module.log_smooth.copy_(torch.randn(module.log_smooth.shape, generator=g))
+    gm = randomly_smoothed(model, x, (8, 8))
     with torch.no_grad():
         expected = model(x)
         assert fold_smoothing(gm) == FOLD_COUNT[family.name]

@@ -16,11 +16,10 @@ from ptq4vm_fx.lowering.backend import lower_graph
 from ptq4vm_fx.models.family import family_of
 from ptq4vm_fx.models.vmamba import VSSM
 from ptq4vm_fx.passes.fold_smoothing import fold_smoothing
-from ptq4vm_fx.passes.insert_observers import insert_observers
-from ptq4vm_fx.passes.quantize_linears import quantize_linears
 from ptq4vm_fx.quant.linear import FakeQuantLinear, QuantizedLinear
 from ptq4vm_fx.report.analysis import analyse
 
+from ..conftest import randomly_smoothed
 from ..lowering.lowering_helpers import dynamo_graph
 
 TINY = dict(patch_size=2, in_chans=1, num_classes=10, depths=[1, 1], dims=[8, 16], ssm_d_state=2, ssm_ratio=1.0,
@@ -76,19 +75,8 @@ def test_smoothing_folds_exactly_into_norms_and_x_proj_rows(config):
     """in_proj into norm, fc1 into norm2, out_proj into out_norm (through its cast and the z product),
     dt_proj_k into x_proj_k's rows; x_proj_k and fc2 keep their explicit 1/m."""
     model = VSSM(**config).eval()
-    gm = capture(model)
-    family = family_of(model)
-    insert_observers(gm, family.linears)
     x = images(8)
-    with torch.no_grad():
-        gm(x)
-    quantize_linears(gm, ptq4vm_fx.QuantConfig(method="pts_smooth").for_family(family))
-    g = torch.Generator().manual_seed(0)
-    for module in gm.modules():
-        if isinstance(module, FakeQuantLinear):
-            module.quant_enabled = False
-            with torch.no_grad():
-                module.log_smooth.copy_(torch.randn(module.log_smooth.shape, generator=g))
+    gm = randomly_smoothed(model, x)
     with torch.no_grad():
         expected = model(x)
         assert fold_smoothing(gm) == 7 * 2

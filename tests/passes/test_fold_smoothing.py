@@ -1,32 +1,17 @@
 import torch
 
-from ptq4vm_fx.capture import capture
-from ptq4vm_fx.config import QuantConfig
 from ptq4vm_fx.models.zoo import FAMILY as VIM
 from ptq4vm_fx.passes.fold_smoothing import fold_smoothing
-from ptq4vm_fx.passes.insert_observers import insert_observers
-from ptq4vm_fx.passes.quantize_linears import quantize_linears
 from ptq4vm_fx.quant.linear import FakeQuantLinear
 
-from ..conftest import tiny_vim
+from ..conftest import randomly_smoothed, tiny_vim
 
 
 def smoothed_float_model(linears=VIM.linears):
     """A captured float model whose linears carry random smoothing scales, quantization off."""
     model = tiny_vim()
-    gm = capture(model)
-    insert_observers(gm, linears)
     x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():
-        gm(x)
-    quantize_linears(gm, QuantConfig(method="pts_smooth", linears=linears).for_family(VIM))
-    g = torch.Generator().manual_seed(0)
-    for module in gm.modules():
-        if isinstance(module, FakeQuantLinear):
-            module.quant_enabled = False
-            with torch.no_grad():
-                module.log_smooth.copy_(torch.randn(module.log_smooth.shape, generator=g))
-    return model, gm, x
+    return model, randomly_smoothed(model, x, linears=linears), x
 
 
 def rel_err(a, b):

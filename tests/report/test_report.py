@@ -28,26 +28,8 @@ TINY_TOKENS = 17  # 4 x 4 patches + the class token
 def tiny_report(tiny_quantized, tiny_checkpoint, image_folder, tmp_path_factory):
     """The report of the tiny PTQ4VM model on the image folder, made as a user makes it."""
     out = tmp_path_factory.mktemp("report")
-    assert (
-        main(
-            [
-                "report",
-                str(tiny_quantized),
-                "--checkpoint",
-                str(tiny_checkpoint),
-                "--data",
-                str(image_folder),
-                "--workers",
-                "0",
-                "--images",
-                "12",
-                "--output",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(["report", str(tiny_quantized), "--checkpoint", str(tiny_checkpoint), "--data", str(image_folder),
+                 "--workers", "0", "--images", "12", "--output", str(out), "--quiet"]) == 0
     return out, json.loads((out / "report.json").read_text())
 
 
