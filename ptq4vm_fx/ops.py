@@ -8,6 +8,9 @@ same signature) and its fake (shapes only, for tracing). Importing this module r
 * ``selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``: float, differentiable
   (on the CPU, with a gradient to compute, it runs :func:`ptq4vm_fx.scan.selective_scan_ref`, whose own
   backward needs no second forward; elsewhere its backward recomputes through that reference).
+* ``ordered_scan(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, delta_softplus)``: K scans, each
+  reading the tokens through its order map, summed (:func:`ptq4vm_fx.scan.ordered_scan_ref`); float,
+  differentiable (the reference, whose autograd keeps the scans' checkpoints, with a gradient to compute).
 * ``quantize_per_token(x, inv_smooth, scale, zero_point, bits)`` -> int8 codes.
 * ``int8_linear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True)``.
 * ``vq_linear(x, codes, codebook, bias)``: float x, the weight decoded from packed codes and an fp16
@@ -19,7 +22,7 @@ The lowering's fusions (``torch.ops.ptq4vm_fused.*``) are defined the same way i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
@@ -30,9 +33,9 @@ from .kernels import int8_linear as _gemm
 from .kernels import quantize as _quantize
 from .kernels import selective_scan as _scan_kernels
 from .kernels import vq_linear as _vq
-from .scan import selective_scan_ref
+from .scan import ordered_scan_ref, selective_scan_ref
 
-__all__ = ["define_op", "selective_scan", "quantize_per_token", "int8_linear", "vq_linear"]
+__all__ = ["define_op", "selective_scan", "ordered_scan", "quantize_per_token", "int8_linear", "vq_linear"]
 
 
 # The CUDA implementation (a Triton launch) of every op defined here and in lowering/fused_ops.py, by
@@ -120,7 +123,7 @@ def _scan_backward(ctx, grad_out):
 
 selective_scan.register_autograd(_scan_backward, setup_context=_scan_setup_context)
 
-_AUTOGRAD_CPU = torch.library.Library("ptq4vm", "IMPL")
+_AUTOGRAD = torch.library.Library("ptq4vm", "IMPL")
 
 
 def _scan_autograd_cpu(keyset, *args):
@@ -134,7 +137,71 @@ def _scan_autograd_cpu(keyset, *args):
         return selective_scan._opoverload.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
 
-_AUTOGRAD_CPU.impl("selective_scan", _scan_autograd_cpu, "AutogradCPU", with_keyset=True)
+_AUTOGRAD.impl("selective_scan", _scan_autograd_cpu, "AutogradCPU", with_keyset=True)
+
+
+# --------------------------------------------------------------------------------------------
+# ptq4vm::ordered_scan
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("ptq4vm::ordered_scan", mutates_args=())
+def ordered_scan(
+    u: Tensor,
+    deltas: Sequence[Tensor],
+    A: Tensor,
+    Bs: Sequence[Tensor],
+    Cs: Sequence[Tensor],
+    D: Optional[Tensor],
+    z: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    order: Tensor,
+    scatter: Optional[Tensor],
+    delta_softplus: bool,
+) -> Tensor:
+    """:func:`ptq4vm_fx.scan.ordered_scan_ref`; on CUDA the Triton kernel
+    (:func:`ptq4vm_fx.kernels.selective_scan.ordered_scan`)."""
+    _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter)
+    with torch.no_grad():
+        return ordered_scan_ref(u, list(deltas), A, list(Bs), list(Cs), D, z, delta_bias, order, scatter,
+                                delta_softplus)
+
+
+def _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter) -> None:
+    if u.dim() != 3 or A.dim() != 3 or order.dim() != 2:
+        raise InputError(f"ordered_scan: u must be (batch, d, L), A (K, d, n) and order (K, S), got shapes "
+                         f"{tuple(u.shape)}, {tuple(A.shape)}, {tuple(order.shape)}")
+    directions = order.shape[0]
+    if not len(deltas) == len(Bs) == len(Cs) == directions:
+        raise InputError(f"ordered_scan: order has {directions} directions but {len(deltas)} deltas, "
+                         f"{len(Bs)} Bs and {len(Cs)} Cs were given")
+    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("scatter", scatter)):
+        want = order.shape if name == "scatter" else (directions, u.shape[1])
+        if t is not None and tuple(t.shape[:2]) != tuple(want):
+            raise InputError(f"ordered_scan: {name} must have {directions} directions of {want[1]}, got "
+                             f"shape {tuple(t.shape)}")
+    for k in range(directions):
+        _check_scan_shapes(u, deltas[k], A[k], Bs[k], Cs[k], None if D is None else D[k], z,
+                           None if delta_bias is None else delta_bias[k])
+
+
+_register(ordered_scan, _scan_kernels.ordered_scan, _scan_kernels.ordered_scan_fake)
+
+
+def _ordered_scan_autograd(keyset, *args):
+    """The op's autograd kernel (CPU and CUDA): with a gradient to compute, the differentiable reference
+    (its autograd keeps the scans' checkpoints); otherwise the op below autograd."""
+    tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,))]
+    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors):
+        _check_ordered_scan_shapes(*args[:10])
+        u, deltas, A, Bs, Cs, *rest = args
+        return ordered_scan_ref(u, list(deltas), A, list(Bs), list(Cs), *rest)
+    with torch._C._AutoDispatchBelowAutograd():
+        return ordered_scan._opoverload.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+
+for _key in ("AutogradCPU", "AutogradCUDA"):
+    _AUTOGRAD.impl("ordered_scan", _ordered_scan_autograd, _key, with_keyset=True)
 
 
 # --------------------------------------------------------------------------------------------

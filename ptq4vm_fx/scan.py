@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["selective_scan_ref", "token_major", "token_major_empty", "channel_major"]
+__all__ = ["selective_scan_ref", "ordered_scan_ref", "check_order_maps", "token_major", "token_major_empty",
+           "channel_major"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +167,10 @@ def token_major(t: Tensor) -> Tensor:
 
 
 def channel_major(A: Tensor) -> Tensor:
-    """(d, n) state matrix ``A`` stored with stride 1 along d (a copy only if it is not stored so
-    already): the layout the scan kernels read it in (kernels/selective_scan.py explains why)."""
-    return A.t().contiguous().t()
+    """(d, n) state matrix ``A`` (or (K, d, n), one per direction) stored with stride 1 along d (a copy
+    only if it is not stored so already): the layout the scan kernels read it in
+    (kernels/selective_scan.py explains why)."""
+    return A.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 def selective_scan_ref(
@@ -205,3 +207,81 @@ def selective_scan_ref(
     if z is not None:
         y = y * F.silu(z.float())
     return token_major(y.to(dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# scans through token orders (VMamba's cross scan, LocalMamba's directions): docs/design.md section 6
+# --------------------------------------------------------------------------------------------
+
+
+def check_order_maps(order: Tensor, scatter: Optional[Tensor], length: int) -> None:
+    """Raise ValueError unless ``order`` (K, S) and ``scatter`` ((K, S) or None: ``order``) are integer maps
+    whose entries lie in [-1, length) and each row of ``scatter`` without its -1 entries is a permutation of
+    0 .. length-1 (every token's output written exactly once per direction), with -1 exactly where ``order``
+    has it (a padding step reads nothing and writes nothing)."""
+    for name, t in (("order", order), ("scatter", scatter)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.dim() != 2 or t.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"ordered_scan: {name} must be a (K, S) int32 / int64 tensor, got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+        if t.numel() and (int(t.min()) < -1 or int(t.max()) >= length):
+            raise ValueError(f"ordered_scan: {name} entries must lie in [-1, {length}), got "
+                             f"[{int(t.min())}, {int(t.max())}]")
+    if scatter is None:
+        scatter = order
+    elif scatter.shape != order.shape or not torch.equal(scatter < 0, order < 0):
+        raise ValueError("ordered_scan: scatter must have order's shape and its -1 (padding) entries")
+    expected = torch.arange(length, device=scatter.device)
+    for k, row in enumerate(scatter):
+        if not torch.equal(row[row >= 0].sort().values.to(expected.dtype), expected):
+            raise ValueError(f"ordered_scan: direction {k} does not write each of the {length} tokens exactly once")
+
+
+def _inverse(scatter_row: Tensor) -> Tensor:
+    """(S,) scan positions -> (L,) int64: the scan step whose output each token receives."""
+    steps = torch.nonzero(scatter_row >= 0).squeeze(1)
+    inverse = torch.empty_like(steps)
+    inverse[scatter_row[steps].long()] = steps
+    return inverse
+
+
+def ordered_scan_ref(
+    u: Tensor,
+    deltas: list[Tensor],
+    A: Tensor,
+    Bs: list[Tensor],
+    Cs: list[Tensor],
+    D: Optional[Tensor],
+    z: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    order: Tensor,
+    scatter: Optional[Tensor] = None,
+    delta_softplus: bool = False,
+) -> Tensor:
+    """K selective scans, each reading the tokens through its order, their outputs summed; differentiable.
+
+    u, z: (batch, d, L) and per direction k deltas[k]: (batch, d, L), Bs[k], Cs[k]: (batch, n, L), all in
+    the model's natural token order; A: (K, d, n); D, delta_bias: (K, d) or None. ``order`` (K, S): step i
+    of direction k reads token order[k, i], or for -1 a padding token (u = z = 0, B = C = 0, raw delta 0:
+    the zero-padded token of the official code, which still decays the state). Step i's output goes to
+    token scatter[k, i] (``scatter`` None: ``order``; -1: dropped). Each direction's output is rounded to
+    u's dtype and the directions are summed in order k = 0, 1, ... as ``y_0 + y_1 + ...`` in that dtype.
+    Returns (batch, d, L) in u's dtype, stored token-major. Gather, :func:`selective_scan_ref`, scatter."""
+    length = u.shape[-1]
+    check_order_maps(order, scatter, length)
+    scatter = order if scatter is None else scatter
+    out = None
+    for k in range(order.shape[0]):
+        valid = order[k] >= 0
+        index = order[k].clamp(min=0).long()
+
+        def read(t: Optional[Tensor], index=index, valid=valid) -> Optional[Tensor]:
+            return None if t is None else torch.where(valid, t.index_select(-1, index), 0)
+
+        y = selective_scan_ref(read(u), read(deltas[k]), A[k], read(Bs[k]), read(Cs[k]),
+                               None if D is None else D[k], read(z), None if delta_bias is None else delta_bias[k],
+                               delta_softplus)
+        y = y.index_select(-1, _inverse(scatter[k]))
+        out = y if out is None else out + y
+    return token_major(out)

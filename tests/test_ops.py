@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ptq4vm_fx import ops, scan
+from ptq4vm_fx.errors import InputError
 
 
 def naive_scan(u, delta, A, B, C, D, z, delta_bias, softplus):
@@ -163,3 +164,66 @@ def test_scan_backward_across_chunks_matches_definition(reverse):
     grad = torch.randn_like(y_ref)
     for g_ref, g_new in zip(torch.autograd.grad(y_ref, a_ref, grad), torch.autograd.grad(y_new, a_new, grad.float())):
         torch.testing.assert_close(g_new.double(), g_ref, rtol=1e-4, atol=1e-5)
+
+
+def ordered_args(batch=2, d=5, n=4, length=7):
+    """ptq4vm::ordered_scan's tensors for two directions (fp32), and their (2, length + 2) order: direction 0
+    forward then two padding steps, direction 1 a shuffled order with padding steps inside and at its end."""
+    per = [scan_args(batch, d, n, length, torch.float32), [t.float().flip(-1) for t in scan_args(batch, d, n, length)]]
+    tensors = [per[0][0], [p[1] for p in per], torch.stack([p[2] for p in per]), [p[3] for p in per],
+               [p[4] for p in per], torch.stack([p[5] for p in per]), per[0][6], torch.stack([p[7] for p in per])]
+    shuffled = torch.randperm(length, generator=torch.Generator().manual_seed(0)).tolist()
+    order = torch.tensor([list(range(length)) + [-1, -1], shuffled[:3] + [-1] + shuffled[3:] + [-1]], dtype=torch.int32)
+    return tensors, order
+
+
+def test_ordered_scan_op_forward_and_backward_equal_the_gathered_scans():
+    """The op (CPU: its autograd runs the reference) against the explicit formulation: each direction's
+    inputs gathered into its order (zeros at padding), scanned, scattered back, summed; values and gradients."""
+    tensors, order = ordered_args()
+    leaves = [[t.clone().requires_grad_() for t in x] if isinstance(x, list) else x.clone().requires_grad_()
+              for x in tensors]
+    out = torch.ops.ptq4vm.ordered_scan(*leaves, order, None, True)
+    u, deltas, A, Bs, Cs, D, z, db = [[t.detach().clone().requires_grad_() for t in x] if isinstance(x, list)
+                                      else x.detach().clone().requires_grad_() for x in tensors]
+    expect = 0
+    for k in range(order.shape[0]):
+        valid, index = order[k] >= 0, order[k].clamp(min=0).long()
+
+        def gathered(t):
+            return torch.where(valid, t.index_select(-1, index), 0)
+
+        y = scan.selective_scan_ref(gathered(u), gathered(deltas[k]), A[k], gathered(Bs[k]), gathered(Cs[k]), D[k],
+                                    gathered(z), db[k], True)
+        expect = expect + torch.zeros_like(y[..., : u.shape[-1]]).index_add(-1, order[k][valid].long(), y[..., valid])
+    torch.testing.assert_close(out, expect, rtol=0, atol=0)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [leaves[0], *leaves[1], leaves[2], *leaves[3], leaves[6]], grad)
+    want = torch.autograd.grad(expect, [u, *deltas, A, *Bs, z], grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_ordered_scan_passes_opcheck_and_rejects_wrong_shapes():
+    tensors, order = ordered_args()
+    torch.library.opcheck(torch.ops.ptq4vm.ordered_scan.default, (*tensors, order, None, True))
+    u, deltas, A, Bs, Cs, D, z, db = tensors
+    with pytest.raises(InputError, match="order has 2 directions but 1 deltas"):
+        torch.ops.ptq4vm.ordered_scan(u, deltas[:1], A, Bs, Cs, D, z, db, order, None, True)
+    with pytest.raises(InputError, match="D must have 2 directions of 5"):
+        torch.ops.ptq4vm.ordered_scan(u, deltas, A, Bs, Cs, D[:1], z, db, order, None, True)
+    with pytest.raises(InputError, match="B must have shape"):
+        torch.ops.ptq4vm.ordered_scan(u, deltas, A, [Bs[0], Bs[1][..., :3]], Cs, D, z, db, order, None, True)
+
+
+def test_a_padded_token_is_exactly_zero_through_a_quantized_linear():
+    """LocalVSSM's ordered scan reads a padded token as zeros instead of running x_proj / dt_proj on the
+    zero-padded map: equal because a zero activation quantizes to its zero point, which the column-sum
+    correction cancels exactly (bias-free linears), at any scale and zero point."""
+    x = torch.zeros(1, 3, 6)
+    scale, zero_point = torch.tensor([0.01, 0.3, 7.0]), torch.tensor([-128, 5, 127], dtype=torch.int32)
+    xq = torch.ops.ptq4vm.quantize_per_token(x, torch.rand(6) + 0.5, scale, zero_point, 8)
+    assert torch.equal(xq[0], zero_point[:, None].expand(3, 6).to(torch.int8))
+    wq = torch.randint(-127, 128, (4, 6), dtype=torch.int8)
+    y = torch.ops.ptq4vm.int8_linear(xq, scale, zero_point, wq, torch.rand(4), wq.int().sum(1), None, torch.float32)
+    assert torch.equal(y, torch.zeros(1, 3, 4))

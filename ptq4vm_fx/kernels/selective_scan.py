@@ -49,6 +49,7 @@ from torch import Tensor
 
 from ..quant import integer
 from ..scan import channel_major, token_major_empty
+from ..scan import ordered_scan_ref as _ordered_scan_reference
 from ..scan import selective_scan_ref as _scan_reference
 from ._common import (
     FLOAT_DTYPES,
@@ -271,6 +272,76 @@ def _bidirectional_scan_kernel(
                   q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT, STORE_OUT)
 
 
+@triton.jit(do_not_specialize_on_alignment=["A_ptr"])  # A: module docstring
+def _ordered_scan_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, order_ptr, scatter_ptr, out_ptr,
+    Dm, N, S,
+    s_ub, s_ud, s_ul,
+    s_tb, s_td, s_tl,
+    s_ad, s_an,
+    s_bb, s_bn, s_bl,
+    s_cb, s_cn, s_cl,
+    s_zb, s_zd, s_zl,
+    s_ob, s_od, s_ol,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_SCATTER: tl.constexpr, ACCUMULATE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
+):
+    """One direction of :func:`ordered_scan`: step i reads token ``order[i]`` of the natural-order inputs
+    (-1: a padding token, u = delta = B = C = z = 0, loaded as masked-off zeros) and writes its output,
+    rounded to out's dtype, at token ``scatter[i]`` (``order[i]`` without HAS_SCATTER; -1: dropped). With
+    ACCUMULATE the output is added to what out holds there (the earlier directions' sum, written by an
+    earlier launch) and the sum rounded to out's dtype: the merge and the sum in the epilogue."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_d, mask_d = _lanes(tl.program_id(1), BLOCK_D, Dm, EVEN_D)
+    offs_n, mask_n = _lanes(0, BLOCK_N, N, EVEN_N)
+    A2, Dv, dbias = _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_n, mask_n,
+                                      HAS_D, HAS_DBIAS, BLOCK_D)
+    dtype = out_ptr.dtype.element_ty
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    t = tl.load(order_ptr).to(tl.int64)
+    u, dt = _ordered_inputs(t, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
+    for i in range(S):
+        # the next step's token and channel inputs, loaded a step ahead (the last step reloads its own)
+        t_next = tl.load(order_ptr + tl.minimum(i + 1, S - 1)).to(tl.int64)
+        u_next, dt_next = _ordered_inputs(t_next, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
+        valid = t >= 0
+        tc = tl.maximum(t, 0)
+        Bt = tl.load(B_ptr + b * s_bb + tc * s_bl + offs_n * s_bn, mask=mask_n & valid, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + b * s_cb + tc * s_cl + offs_n * s_cn, mask=mask_n & valid, other=0.0).to(tl.float32)
+        if HAS_DBIAS:
+            dt = dt + dbias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dA = tl.exp2(dt[None, :] * A2)
+        h = dA * h + Bt[:, None] * (dt * u)[None, :]
+        y = tl.sum(h * Ct[:, None], axis=0)
+        if HAS_D:
+            y = y + Dv * u
+        if HAS_Z:
+            zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + tc * s_zl, mask=mask_d & valid, other=0.0)
+            y = y * _silu(zt.to(tl.float32))
+        if HAS_SCATTER:
+            p = tl.load(scatter_ptr + i).to(tl.int64)
+        else:
+            p = t
+        keep = mask_d & (p >= 0)
+        out_at = out_ptr + b * s_ob + offs_d * s_od + tl.maximum(p, 0) * s_ol
+        y = _round_to(y, dtype)
+        if ACCUMULATE:
+            y = _round_to(tl.load(out_at, mask=keep, other=0.0).to(tl.float32) + y, dtype)
+        tl.store(out_at, y.to(dtype), mask=keep)
+        t = t_next
+        u, dt = u_next, dt_next
+
+
+@triton.jit
+def _ordered_inputs(t, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl):
+    """u and raw delta of token ``t`` (zeros for a padding token, t = -1): (BLOCK_D,) fp32 each."""
+    mask = mask_d & (t >= 0)
+    return _channel_inputs(tl.maximum(t, 0), b, offs_d, mask, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
+
+
 # --------------------------------------------------------------------------------------------
 # Launch configuration
 # --------------------------------------------------------------------------------------------
@@ -479,6 +550,67 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     return (out, xq) if quant else out
 
 
+def _launch_ordered_scan(u, deltas, A, Bs, Cs, D=None, z=None, delta_bias=None, order=None, scatter=None,
+                         delta_softplus=False):
+    """:func:`ordered_scan`'s launch: one per direction, each program one sample and BLOCK_D channels
+    walking that direction's order; direction k > 0 adds its output into the sum the launches before it
+    wrote (ACCUMULATE). Reads every tensor in place (no gathered, flipped or transposed copies).
+
+    Args:
+        u: (Bsz, Dm, L) fp32 / fp16 / bf16, natural token order; z: the same shape, or None.
+        deltas, Bs, Cs: K tensors each, (Bsz, Dm, L), (Bsz, N, L), (Bsz, N, L), natural token order.
+        A: (K, Dm, N) fp32 (copied channel-major unless it is); D, delta_bias: (K, Dm) fp32 or None.
+        order: (K, S) int32 / int64 token read at each step, -1 a padding token; scatter: (K, S) or None
+            (= order), the token each step's output goes to, -1 dropped. The caller guarantees
+            :func:`ptq4vm_fx.scan.check_order_maps` (the reference checks it).
+        delta_softplus: bool.
+
+    Returns:
+        (Bsz, Dm, L) in u's dtype, stored token-major: the directions' outputs summed.
+    """
+    K = len(deltas)
+    if not (isinstance(order, torch.Tensor) and order.dim() == 2 and order.shape[0] == K
+            and order.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"order must be a ({K}, S) int32 / int64 tensor, got "
+                         f"{getattr(order, 'dtype', type(order).__name__)} {tuple(getattr(order, 'shape', ()))}")
+    if scatter is not None and (not isinstance(scatter, torch.Tensor) or scatter.shape != order.shape
+                                or scatter.dtype not in (torch.int32, torch.int64)):
+        raise ValueError(f"scatter must be an int32 / int64 tensor of order's shape {tuple(order.shape)}")
+    check_tensor("A", A, ndim=3, dtypes=(torch.float32,))
+    if not (K >= 1 and len(Bs) == len(Cs) == K and A.shape[0] == K
+            and all(t is None or t.dim() == 2 and t.shape[0] == K for t in (D, delta_bias))):
+        raise ValueError(f"{K} deltas need {K} Bs, Cs and A / D / delta_bias rows, got {len(Bs)}, {len(Cs)}, "
+                         f"{A.shape[0]}")
+    _check_flag("delta_softplus", delta_softplus)
+    for k in range(K):
+        Bsz, Dm, L, N = _check_scan_args(f"direction {k} ", u, deltas[k], A[k], Bs[k], Cs[k],
+                                         None if D is None else D[k], z,
+                                         None if delta_bias is None else delta_bias[k])
+    check_devices(u=u, A=A, D=D, z=z, delta_bias=delta_bias, order=order, scatter=scatter,
+                  **{f"{name}{k}": t[k] for name, t in (("delta", deltas), ("B", Bs), ("C", Cs)) for k in range(K)})
+    out = token_major_empty(Bsz, Dm, L, u.dtype, u.device)
+    if out.numel() == 0 or order.shape[1] == 0:
+        return out.zero_()
+    A = channel_major(A)
+    order = order.to(torch.int32).contiguous()
+    scatter = scatter.to(torch.int32).contiguous() if scatter is not None else None
+    block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
+    grid = (Bsz, triton.cdiv(Dm, block_d))
+    for k in range(K):
+        Dk, biask = vec(D[k]) if D is not None else None, vec(delta_bias[k]) if delta_bias is not None else None
+        _ordered_scan_kernel[grid](
+            u, deltas[k], A[k], Bs[k], Cs[k], Dk if Dk is not None else A, biask if biask is not None else A,
+            z if z is not None else u, order[k], scatter[k] if scatter is not None else order[k], out,
+            Dm, N, order.shape[1],
+            *_s3(u), *_s3(deltas[k]), A.stride(1), A.stride(2), *_s3(Bs[k]), *_s3(Cs[k]), *_s3(z), *_s3(out),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_SCATTER=scatter is not None, ACCUMULATE=k > 0,
+            BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+            num_warps=num_warps, num_stages=2,
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # References
 # --------------------------------------------------------------------------------------------
@@ -593,4 +725,32 @@ def bidirectional_scan_quantize_fake(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bia
 
 
 def selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    return token_major_empty(*u.shape, u.dtype, u.device)
+
+
+# --------------------------------------------------------------------------------------------
+# The op: ordered_scan (VMamba's cross scan, LocalMamba's directions)
+# --------------------------------------------------------------------------------------------
+
+
+def ordered_scan(u: Tensor, deltas: list[Tensor], A: Tensor, Bs: list[Tensor], Cs: list[Tensor], D: Optional[Tensor],
+                 z: Optional[Tensor], delta_bias: Optional[Tensor], order: Tensor, scatter: Optional[Tensor],
+                 delta_softplus: bool) -> Tensor:
+    """K scans reading the tokens through their orders, summed (:func:`ptq4vm_fx.scan.ordered_scan_ref` has
+    the semantics; :func:`_launch_ordered_scan` the launch). u, z: (batch, D, L); deltas[k]: (batch, D, L);
+    Bs[k], Cs[k]: (batch, N, L); A: (K, D, N); D, delta_bias: (K, D) or None; order, scatter: (K, S).
+    Returns (batch, D, L) in u's dtype, stored token-major."""
+    return _launch_ordered_scan(u, list(deltas), _float(A), list(Bs), list(Cs), f32(D), z, f32(delta_bias), order,
+                                scatter, delta_softplus)
+
+
+def ordered_scan_ref(u: Tensor, deltas: list[Tensor], A: Tensor, Bs: list[Tensor], Cs: list[Tensor],
+                     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], order: Tensor,
+                     scatter: Optional[Tensor], delta_softplus: bool) -> Tensor:
+    """Pure-PyTorch specification of :func:`ordered_scan`."""
+    return _ordered_scan_reference(u, list(deltas), _float(A), list(Bs), list(Cs), f32(D), z, f32(delta_bias),
+                                   order, scatter, delta_softplus)
+
+
+def ordered_scan_fake(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, delta_softplus):
     return token_major_empty(*u.shape, u.dtype, u.device)

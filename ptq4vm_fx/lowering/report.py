@@ -5,7 +5,9 @@
   ran on), ``float_graphs`` (those of them without quantized ops: a float model, lowered to the
   float fusions), ``graphs_kept_for_autograd`` (float graphs compiled under autograd: not rewritten,
   the fused ops have no backward) and ``graphs_without_ptq4vm_ops`` (no ptq4vm op at all: Inductor as is);
-  ``vq_linear``: the ``ptq4vm::vq_linear`` calls of the lowered graphs (each runs the VQ GEMM).
+  ``vq_linear``: the ``ptq4vm::vq_linear`` calls of the lowered graphs (each runs the VQ GEMM);
+  ``ordered_scan``: their ``ptq4vm::ordered_scan`` calls (VMamba's cross scans, LocalVSSM's directions: each
+  runs the ordered scan kernel, no rewrite needed).
 * ``counters["ptq4vm_skipped"]["rewrite: reason"]``: candidates a kernel cannot take, left as the
   reference ops. Each distinct reason is also logged once per process as a warning.
 """
@@ -38,6 +40,11 @@ def skipped(rewrite: str, reason: str, node: Node) -> None:
 def vq_linears(calls: int) -> None:
     if calls:
         counters[APPLIED]["vq_linear"] += calls
+
+
+def ordered_scans(calls: int) -> None:
+    if calls:
+        counters[APPLIED]["ordered_scan"] += calls
 
 
 def graph_lowered() -> None:

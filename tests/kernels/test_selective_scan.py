@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -383,3 +384,106 @@ def test_bidirectional_quantized_epilogue_rounds_ties_to_even(device):
     assert out_ref.flatten().tolist() == u.flatten().tolist()
     assert xq_ref.flatten().tolist() == [0, 2, 2, 0, -2, -2]
     assert torch.equal(xq.cpu(), xq_ref) and torch.equal(out.cpu(), out_ref)
+
+
+# --------------------------------------------------------------------------------------------
+# the ordered scan: K directions reading the tokens through order maps, summed
+# --------------------------------------------------------------------------------------------
+
+
+def _ordered_inputs(K, Bsz, Dm, L, N, seed, dtype=torch.float32):
+    """u, deltas, A (K, Dm, N), Bs, Cs, D (K, Dm), z, delta_bias (K, Dm): K directions' scan inputs."""
+    per = [_inputs(Bsz, Dm, L, N, seed + k, dtype) for k in range(K)]
+    u, z = per[0][0], per[0][6]
+    return (u, [p[1] for p in per], torch.stack([p[2] for p in per]), [p[3] for p in per], [p[4] for p in per],
+            torch.stack([p[5] for p in per]), z, torch.stack([p[7] for p in per]))
+
+
+def _cross_and_windows(height, width):
+    """VMamba's four directions of a (height, width) map, and LocalMamba's padded 2x2 windows both ways with
+    its column-major merge (models/orders.py): (orders, scatters or None) per case."""
+    from ptq4vm_fx.models.orders import token_orders, token_scatters
+
+    x = torch.empty(1, 1, height, width)
+    cross = (("h", 0, False), ("v", 0, False), ("h", 0, True), ("v", 0, True))
+    windows = (("w", 2, False), ("w", 2, True))
+    columns = (("v", 0, True),)
+    return [(token_orders(x, cross), None), (token_orders(x, windows), token_scatters(x, windows)),
+            (token_orders(x, columns), token_scatters(x, columns))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["cross", "windows", "columns"])
+def test_ordered_scan_matches_reference(device, dtype, case):
+    """Non-square 3x5 map (odd sizes, windows that need padding, a column merge that is no inverse), every
+    optional input present, against the reference."""
+    order, scatter = _cross_and_windows(3, 5)[case]
+    args = _ordered_inputs(order.shape[0], 2, 5, 15, 3, seed=4, dtype=dtype)
+    out = scan_kernels.ordered_scan(*_to(args, device), order.to(device), _to([scatter], device)[0], True)
+    ref = scan_kernels.ordered_scan_ref(*args, order, scatter, True)
+    assert out.stride(1) == 1 and out.dtype == dtype
+    torch.testing.assert_close(out.cpu().float(), ref.float(), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_ordered_scan_is_the_single_scan_on_gathered_copies(device, dtype):
+    """Bit for bit: each direction equals the single-direction kernel on the zero-padded, gathered copies
+    its order describes, scattered back; the directions sum as ``y_0 + y_1 + ...`` in the output dtype."""
+    order, scatter = _cross_and_windows(3, 5)[1]
+    u, deltas, A, Bs, Cs, D, z, db = _to(_ordered_inputs(2, 2, 5, 15, 3, seed=6, dtype=dtype), device)
+    order, scatter = order.to(device), scatter.to(device)
+    expect = 0
+    for k in range(2):
+        valid, index = order[k] >= 0, order[k].clamp(min=0).long()
+
+        def gathered(t):
+            return torch.where(valid, t.index_select(-1, index), 0)
+
+        y = selective_scan(gathered(u), gathered(deltas[k]), A[k], gathered(Bs[k]), gathered(Cs[k]), D[k], gathered(z),
+                           db[k], True)
+        merged = torch.empty_like(u).index_copy_(-1, scatter[k][valid].long(), y[..., valid])
+        expect = expect + merged
+        one = scan_kernels.ordered_scan(u, deltas[k : k + 1], A[k : k + 1], Bs[k : k + 1], Cs[k : k + 1],
+                                        D[k : k + 1], z, db[k : k + 1], order[k : k + 1], scatter[k : k + 1], True)
+        assert torch.equal(one, merged)
+    both = scan_kernels.ordered_scan(u, deltas, A, Bs, Cs, D, z, db, order, scatter, True)
+    assert torch.equal(both, expect)
+
+
+def test_ordered_scan_ref_reads_padding_as_the_official_zeros():
+    """A -1 step is a zero-padded token (u = B = C = z = 0, raw delta 0, so delta = softplus(delta_bias)):
+    it still decays the state, and its output is dropped."""
+    u, deltas, A, Bs, Cs, D, z, db = _ordered_inputs(1, 1, 3, 4, 2, seed=8)
+    order = torch.tensor([[0, -1, 1, 2, -1, 3]])
+    padded = [F.pad(t, (0, 2))[..., [0, 4, 1, 2, 5, 3]] for t in (u, deltas[0], Bs[0], Cs[0], z)]
+    y = selective_scan_ref(padded[0], padded[1], A[0], padded[2], padded[3], D[0], padded[4], db[0], True)
+    out = scan_kernels.ordered_scan_ref(u, deltas, A, Bs, Cs, D, z, db, order, None, True)
+    assert torch.equal(out, y[..., [0, 2, 3, 5]])
+    without_pad = selective_scan_ref(u, deltas[0], A[0], Bs[0], Cs[0], D[0], z, db[0], True)
+    assert not torch.allclose(out[..., 1:], without_pad[..., 1:])  # the padded step decayed the state
+
+
+def test_ordered_scan_bad_inputs():
+    args = _ordered_inputs(2, 1, 3, 4, 2, seed=9)
+    order = torch.stack([torch.arange(4), torch.arange(4).flip(0)]).int()
+    for bad, message in ((order[:1], "order must be a \\(2, S\\)"), (order.float(), "int32 / int64")):
+        with pytest.raises(ValueError, match=message):
+            scan_kernels.ordered_scan(*args, bad, None, True)
+    with pytest.raises(ValueError, match="scatter must be an int32 / int64 tensor of order's shape"):
+        scan_kernels.ordered_scan(*args, order, order[:, :3], True)
+    u, deltas, A, Bs, Cs, D, z, db = args
+    with pytest.raises(ValueError, match="2 deltas need 2 Bs"):
+        scan_kernels.ordered_scan(u, deltas, A, Bs[:1], Cs, D, z, db, order, None, True)
+    with pytest.raises(ValueError, match="direction 1 delta must have shape"):
+        scan_kernels.ordered_scan(u, [deltas[0], deltas[1][..., :3]], A, Bs, Cs, D, z, db, order, None, True)
+    for bad, message in ((torch.tensor([[0, 1, 1, 2], [0, 1, 2, 3]]), "direction 0 does not write each"),
+                         (torch.tensor([[0, 1, 2, 4], [0, 1, 2, 3]]), "entries must lie in \\[-1, 4\\)"),
+                         (torch.tensor([[0, 1, 2, 3, -1], [0, 1, 2, 3, -1]]), None)):
+        if message is None:  # padding steps are fine
+            scan_kernels.ordered_scan_ref(*args, bad, None, True)
+            continue
+        with pytest.raises(ValueError, match=message):
+            scan_kernels.ordered_scan_ref(*args, bad, None, True)
+    with pytest.raises(ValueError, match="scatter must have order's shape and its -1"):
+        scan_kernels.ordered_scan_ref(*args, torch.tensor([[0, 1, 2, 3, -1]] * 2), torch.tensor([[0, 1, 2, -1, 3]] * 2),
+                                      True)

@@ -1,0 +1,73 @@
+"""Token orders of 2D scans as the maps ``ptq4vm::ordered_scan`` reads (docs/design.md section 6).
+
+A direction is ``(order, window, flip)``: ``order`` "h" (row-major tokens), "v" (column-major) or "w"
+(``window`` x ``window`` windows in row-major order, row-major inside each; the map zero-padded at the
+bottom / right to window multiples, the padded tokens scanned), ``flip`` scanned backwards. For an
+(H, W) map whose tokens are numbered row-major (``x.flatten(2)``), :func:`token_orders` gives, per
+direction, the token read at each scan step (-1: a padded token) and :func:`token_scatters` the token
+each step's output goes to under LocalMamba's merge. The maps are built once per (directions, H, W,
+device) and cached; inside an FX graph each is one opaque call (``torch.fx.wrap`` in the calling
+module), and Dynamo reads a cached map as a constant of the compiled graph (it records the first call's
+cache store as a side effect).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["token_orders", "token_scatters"]
+
+DirectionSpec = tuple[str, int, bool]  # (order "h" | "v" | "w", window size (0 unless "w"), flip)
+
+_CACHE: dict[tuple, Tensor] = {}
+
+
+def _reads(order: str, window: int, height: int, width: int) -> Tensor:
+    """(S,) int64: the token read at each step of the unflipped order (-1 for a padded token)."""
+    tokens = torch.arange(height * width).view(height, width)
+    if order == "h":
+        return tokens.flatten()
+    if order == "v":
+        return tokens.t().flatten()
+    padded = torch.full((-(-height // window) * window, -(-width // window) * window), -1)
+    padded[:height, :width] = tokens
+    groups_h, groups_w = padded.shape[0] // window, padded.shape[1] // window
+    return padded.view(groups_h, window, groups_w, window).permute(0, 2, 1, 3).flatten()
+
+
+def _writes(order: str, window: int, height: int, width: int) -> Tensor:
+    """(S,) int64: the token each step's output goes to under LocalMamba's merge (-1 where the step reads a
+    padded token): the read token, except for "v", whose official merge reads the column-major output back as if it were an (H, W) map (step
+    a W + b to token b H + a; the inverse of the read order only when H == W)."""
+    if order != "v":
+        return _reads(order, window, height, width)
+    return torch.arange(height * width).view(width, height).t().flatten()
+
+
+def _maps(kind: str, x: Tensor, directions: tuple[DirectionSpec, ...]) -> Tensor:
+    """The cached (K, S) int32 maps of ``kind`` ("reads" or "writes") for x's (H, W) and device."""
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    key = (kind, directions, height, width, x.device)
+    maps = _CACHE.get(key)
+    if maps is None:
+        build = _reads if kind == "reads" else _writes
+        rows = [build(order, window, height, width) for order, window, _ in directions]
+        if len({len(row) for row in rows}) != 1:
+            raise ValueError(f"directions {directions} have different lengths on a {height}x{width} map: "
+                             "one ordered scan sums directions of one length")
+        rows = [row.flip(0) if flip else row for row, (_, _, flip) in zip(rows, directions)]
+        maps = _CACHE[key] = torch.stack(rows).to(device=x.device, dtype=torch.int32)
+    return maps
+
+
+def token_orders(x: Tensor, directions: tuple[DirectionSpec, ...]) -> Tensor:
+    """(K, S) int32 on x's device: step i of direction k reads token ``[k, i]`` of the (batch, C, H, W)
+    map ``x`` flattened row-major (-1: a zero-padded token). Every direction must have the same S."""
+    return _maps("reads", x, directions)
+
+
+def token_scatters(x: Tensor, directions: tuple[DirectionSpec, ...]) -> Tensor:
+    """(K, S) int32: the token each step's output goes to under LocalMamba's merge (-1: dropped), the
+    scatter map of :func:`token_orders`'s orders."""
+    return _maps("writes", x, directions)
