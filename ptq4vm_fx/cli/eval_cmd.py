@@ -53,7 +53,7 @@ def run(args) -> int:
         else:
             name = args.model or MODEL_NAME
             reference = models["float"] = float_model(name, args.checkpoint, args.model_kwargs)
-        dataset, source = eval_dataset(args, reference)
+        dataset, source = eval_dataset(args, reference, qmodel.meta["img_size"] if args.quantized else None)
         batches = loader(distributed.shard(dataset), args)
         models = {label: model.to(device, dtype) for label, model in models.items()}
         if args.compile:

@@ -24,7 +24,7 @@ def run(args) -> int:
     if args.block is not None and not 0 <= args.block < depth:
         raise InputError(f"--block {args.block} does not exist: the model has blocks 0..{depth - 1}")
     reference = float_model(name, args.checkpoint, qmodel.meta["model_config"])
-    dataset, source = eval_dataset(args, reference)
+    dataset, source = eval_dataset(args, reference, qmodel.meta["img_size"])
     images, labels = load_subset(
         dataset, min(args.images, len(dataset)), args.batch_size, args.workers if args.data else 0,
         desc="report images",

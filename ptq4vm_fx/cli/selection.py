@@ -71,14 +71,15 @@ def _require_bundled(model: nn.Module) -> None:
         )
 
 
-def eval_dataset(args, model: nn.Module) -> tuple[Dataset, str]:
-    """The evaluation set as (image (C, H, W) float32, label) items, and where it comes from."""
+def eval_dataset(args, model: nn.Module, image_size: tuple[int, int] | None = None) -> tuple[Dataset, str]:
+    """The evaluation set as (image (C, H, W) float32, label) items, and where it comes from; --data images
+    at ``image_size`` (a quantized model's) where given, else at the model's data config's size."""
     if args.data is None:
         _require_bundled(model)
         test = load_digits_splits()["test"]
         return TensorDataset(test.images, test.labels), BUNDLED_DATA
     _, folder = split_dirs(args.data)
-    dataset = ImageFolder(folder, eval_transform(model))
+    dataset = ImageFolder(folder, eval_transform(model, image_size))
     check_classes(dataset, model.num_classes)
     return dataset, str(folder)
 

@@ -44,14 +44,17 @@ def split_dirs(root: str | os.PathLike) -> tuple[Path, Path]:
     return root, root
 
 
-def eval_transform(model: nn.Module) -> Callable[[Image.Image], Tensor]:
-    """timm's eval transform for ``model`` (a zoo Vim, which carries ``pretrained_cfg``):
-    RGB PIL image -> (3, H, W) float32 normalised tensor at the model's image size."""
+def eval_transform(model: nn.Module, image_size: tuple[int, int] | None = None) -> Callable[[Image.Image], Tensor]:
+    """timm's eval transform for ``model`` (a zoo model, which carries ``pretrained_cfg``):
+    RGB PIL image -> (3, H, W) float32 normalised tensor at the model's image size, or at ``image_size``
+    (H, W) where given (a quantized model's: the size its scales were calibrated for)."""
     if not hasattr(model, "pretrained_cfg"):
         raise InputError(
             f"{type(model).__name__} has no pretrained_cfg: build it with ptq4vm_fx.models.create_model"
         )
     config = resolve_data_config(model=model)
+    if image_size is not None:
+        config["input_size"] = (config["input_size"][0], *image_size)
     if config["input_size"][0] != 3:
         raise InputError(
             f"image folders hold RGB images but {getattr(model, 'model_name', 'the model')} takes "

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import ptq4vm_fx
 from ptq4vm_fx.cli import main
 from ptq4vm_fx.data.bundled import checkpoint_path
 from ptq4vm_fx.models.family import create_model
@@ -100,3 +101,17 @@ def test_family_problems_exit_2(argv, message, quantized, checkpoints, capsys):
     assert main([*(a.format(**paths) for a in argv), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ptq4vm: error: " + message.format(**paths)) and err.count("\n") == 1, err
+
+
+def test_eval_reads_images_at_the_size_the_quantized_file_records(image_folder, tmp_path, capsys):
+    """A LocalVSSM takes any size, so the size its scales fit is the calibration size (here 16x16, not the
+    224 of its data config): eval resizes the folder's images to the size the file records."""
+    torch.manual_seed(0)
+    model = create_model("local_vssm_tiny", depths=[1], dims=8, num_classes=3, directions=[["h", "w7_flip"]]).eval()
+    prepared = ptq4vm_fx.prepare(model, torch.randn(1, 3, 16, 16), ptq4vm_fx.QuantConfig.preset_config("w8a8", "minmax"))
+    with torch.no_grad():
+        prepared(torch.randn(4, 3, 16, 16))
+    ptq4vm_fx.save(ptq4vm_fx.convert(prepared), tmp_path / "q.pt")
+    assert main(["eval", "--quantized", str(tmp_path / "q.pt"), "--data", str(image_folder), "--workers", "0",
+                 "--quiet"]) == 0
+    assert "local_vssm_tiny on " in capsys.readouterr().out
