@@ -87,15 +87,24 @@ def checkpoints(tmp_path_factory):
      "{vmamba_q} holds a quantized vmamba_digits, not local_vssm_digits"),
     (["eval", "--quantized", "{ckpt}/local_vssm_12.pt"],
      "input image size 8x8 does not match the model's 12x12: the captured model runs at the size it was calibrated"),
+    (["eval", "--quantized", "{ckpt}/vmamba_12.pt"],
+     "{ckpt}/vmamba_12.pt does not match the model it describes: it records image size 12x12, the model is built "
+     "for 8x8"),
+    (["eval", "--quantized", "{ckpt}/local_vim_12.pt"],
+     "{ckpt}/local_vim_12.pt does not match the model it describes: it records image size 12x12, the model is "
+     "built for 8x8"),
     (["eval", "--quantized", "{ckpt}/local_vim_cut.pt"],
      "{ckpt}/local_vim_cut.pt is not a ptq4vm_fx quantized model file (not a readable torch.save archive"),
 ])  # fmt: skip
 def test_family_problems_exit_2(argv, message, quantized, checkpoints, capsys):
-    """local_vssm_12: a LocalVSSM (any size in float) runs at the size its file records, here not the data's."""
+    """<family>_12: a file edited to record 12x12 images; a LocalVSSM (any size in float) runs at the size its
+    file records, here not the data's; the other families' models are built for a size, which the file must
+    record."""
     paths = {"vim": checkpoint_path("vim_digits"), "vmamba": checkpoint_path("vmamba_digits"), "ckpt": checkpoints,
              "vmamba_q": quantized["vmamba_digits"][0]}
-    obj = torch.load(quantized["local_vssm_digits"][0], weights_only=True)
-    torch.save(dict(obj, img_size=[12, 12]), checkpoints / "local_vssm_12.pt")
+    for name in FAMILY_MODELS:
+        obj = torch.load(quantized[name][0], weights_only=True)
+        torch.save(dict(obj, img_size=[12, 12]), checkpoints / f"{name.removesuffix('_digits')}_12.pt")
     whole = quantized["local_vim_digits"][0].read_bytes()
     (checkpoints / "local_vim_cut.pt").write_bytes(whole[: len(whole) // 3])
     assert main([*(a.format(**paths) for a in argv), "--quiet"]) == 2
