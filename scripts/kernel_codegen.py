@@ -78,10 +78,11 @@ _SASS_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A
 
 
 def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
-                   maxnreg: int | None = -1):
+                   maxnreg: int | None = -1, off: tuple[str, ...] = ()):
     """Compile ``scan.<name>`` with the Vim-S launch's feature flags, for sm_<arch>, activations (u, delta, B, C,
     z, the output and the scratch) in ``dtype``, at most ``maxnreg`` registers per thread (-1: the
-    launch's cap, None: no cap); returns Triton's compiled kernel."""
+    launch's cap, None: no cap), the constexpr flags named in ``off`` off (SOFTPLUS: the lowered Vim's
+    launch, whose dt_proj GEMM applies the softplus); returns Triton's compiled kernel."""
     if maxnreg == -1:
         maxnreg = scan.bidirectional_maxnreg(block_d, num_warps) if name == "_bidirectional_scan_kernel" else None
     fn = getattr(scan, name)
@@ -101,6 +102,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
             values = {"BLOCK_D": block_d, "BLOCK_N": block_n, "BC_ALIGN": vim_s_bc_align(dtype)}
             constants[arg] = values.get(arg, arg not in ("REVERSE", "STORE_OUT", "HAS_DBIAS", "HAS_DBF", "HAS_DBB"))
             signature[arg] = "constexpr"
+    constants.update(dict.fromkeys(off, False))
     for arg in UNIT_STRIDES[name]:
         constants[arg], signature[arg] = 1, "constexpr"
         attrs.pop((fn.arg_names.index(arg),), None)
@@ -226,10 +228,11 @@ def waves(registers: int, block_d: int, num_warps: int) -> dict:
 
 
 def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
-          maxnreg: int | None = -1) -> dict:
+          maxnreg: int | None = -1, off: tuple[str, ...] = ()) -> dict:
     """{counted op: occurrences in the PTX}, "registers", "stack_bytes" (spilled registers' bytes per
-    thread), :func:`loop_stats` and :func:`waves` for one kernel and launch shape."""
-    compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype, maxnreg)
+    thread), :func:`loop_stats` and :func:`waves` for one kernel and launch shape (``off``: as
+    :func:`compile_kernel`)."""
+    compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype, maxnreg, off)
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     out = {key: ptx.count(op) for key, op in COUNTED.items()}
     out.update(resources(cubin))
@@ -244,19 +247,21 @@ GEMM_POINTERS = {"xq_ptr": "*i8", "wq_ptr": "*i8", "q_ptr": "*i8", "colsum_ptr":
 
 
 def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536, K: int = 384,
-               persistent: bool = False) -> dict:
+               persistent: bool = False, softplus: bool = False) -> dict:
     """The INT8 GEMM compiled as Triton specializes the launch of Vim-S's in_proj at batch 128 (default
     M, N, K) with :func:`~ptq4vm_fx.kernels.int8_linear.fixed_config`'s tiles (``persistent``: walked
-    by a program per SM of an H100) and its output in ``dtype``: {"wgmma": warpgroup MMAs,
+    by a program per SM of an H100) and its output in ``dtype``; ``softplus``: with a bias and the scan's
+    softplus in the epilogue (dt_proj's launch in a lowered Vim): {"wgmma": warpgroup MMAs,
     "cp_async": asynchronous global -> shared copies (the main loop is software pipelined),
-    "ld_global", "registers", "tiles"}."""
+    "ld_global", "ex2", "registers", "tiles"}."""
     fn = gemm._int8_linear_kernel
     tiles = gemm.fixed_config(M, N, K)
     cfg = triton.Config({**tiles.kwargs, "PERSISTENT": persistent}, num_warps=tiles.num_warps,
                         num_stages=tiles.num_stages)
     values = {"M": M, "N": N, "K": K, "L": 197, "M_BUCKET": triton.next_power_of_2(M), "NUM_PROGRAMS": 132,
               "stride_xm": K, "stride_wn": K, "stride_ym": N, "stride_qm": N}
-    constants = {**cfg.kwargs, "HAS_BIAS": False, "QUANT": False, "HAS_SMOOTH": False,
+    constants = {**cfg.kwargs, "HAS_BIAS": softplus, "SOFTPLUS": softplus, "HAS_DBIAS": False, "QUANT": False,
+                 "HAS_SMOOTH": False,
                  "stride_xk": 1, "stride_wk": 1, "stride_yn": 1}
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
@@ -276,8 +281,8 @@ def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536
                                        "enable_fp_fusion": False})
     ptx = compiled.asm["ptx"]
     return {"wgmma": ptx.count("wgmma.mma_async"), "cp_async": ptx.count("cp.async"),
-            "ld_global": ptx.count("ld.global"), "registers": resources(compiled.asm["cubin"])["registers"],
-            "tiles": str(cfg)}
+            "ld_global": ptx.count("ld.global"), "ex2": ptx.count("ex2.approx"),
+            "registers": resources(compiled.asm["cubin"])["registers"], "tiles": str(cfg)}
 
 
 def main():
@@ -299,6 +304,12 @@ def main():
                                args.maxnreg or None) for name in UNIT_STRIDES})
     result["_int8_linear_kernel"] = gemm_stats(args.arch, args.dtype)
     result["_int8_linear_kernel persistent"] = gemm_stats(args.arch, args.dtype, persistent=True)
+    # the lowered Vim-S (fp32): dt_proj's GEMM (K = dt_rank 24, N = d_inner 768) applies the scan's softplus and
+    # the bidirectional scan runs without it
+    result["_bidirectional_scan_kernel softplus in dt_proj"] = stats(
+        "_bidirectional_scan_kernel", args.block_d, args.block_n, args.warps, args.arch, args.dtype,
+        args.maxnreg or None, off=("SOFTPLUS",))
+    result["_int8_linear_kernel dt_proj softplus"] = gemm_stats(args.arch, "fp32", N=768, K=24, softplus=True)
     text = json.dumps(result, indent=1)
     if args.json is not None:
         args.json.write_text(text + "\n")

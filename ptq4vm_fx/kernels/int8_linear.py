@@ -13,6 +13,10 @@ stored (after the cast) with static per-token parameters (``_common``'s contract
 the next quantized linear when it reads a column slice of this output (Vim's dt_proj reads the
 first dt_rank columns of x_proj's), so no separate pass re-reads them.
 
+Or the epilogue applies the scan's delta activation to the value as rounded to ``out_dtype``,
+``softplus(y + delta_bias)`` (the scan's own :func:`~._common._softplus`), and stores that: dt_proj's
+output as the scan reads it with ``delta_softplus=False`` (``int8_linear_softplus``).
+
 The autotuner also tries persistent launches (a program per SM walks the output tiles in one
 flattened, software-pipelined loop, so a tile's epilogue overlaps the next tile's loads): at Vim's
 K a tile has only 2 to 12 K steps, and its epilogue is a large share of its time.
@@ -24,6 +28,7 @@ import functools
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -33,6 +38,7 @@ from ..quant import integer
 from ._common import (
     _quantize_values,
     _round_to,
+    _softplus,
     check_devices,
     check_int,
     check_quant_params,
@@ -84,13 +90,15 @@ def _tile_accumulate(tile, xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride
 
 
 @triton.jit
-def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr, y_ptr,
                    q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
                    stride_ym, stride_yn, stride_qm, qmin, qmax,
-                   HAS_BIAS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DBIAS: tl.constexpr,
+                   QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Dequantize output tile ``tile``'s accumulator (int32 zero-point correction, then fp32 scales
-    and bias), store it in y's dtype and, with QUANT, quantize its columns in [q_start, q_start + q_cols)."""
+    and bias), with SOFTPLUS take softplus(y + delta_bias) of the value rounded to y's dtype, store it in
+    y's dtype and, with QUANT, quantize its columns in [q_start, q_start + q_cols)."""
     pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -110,6 +118,10 @@ def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias
 
     rows = offs_m.to(tl.int64)[:, None]
     y_out = _round_to(y, y_ptr.dtype.element_ty)  # fp32 holding the stored value
+    if SOFTPLUS:  # the scan's delta as it computes it from this output (kernels/selective_scan.py)
+        if HAS_DBIAS:
+            y_out = y_out + tl.load(dbias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+        y_out = _round_to(_softplus(y_out), y_ptr.dtype.element_ty)
     tl.store(y_ptr + rows * stride_ym + offs_n[None, :] * stride_yn, y_out.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
     if QUANT:  # the columns [q_start, q_start + q_cols) of y as stored, quantized per token
@@ -127,7 +139,7 @@ def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias
 
 @triton.jit
 def _int8_linear_kernel(
-    xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+    xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr, y_ptr,
     q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr,
     M, N, K, L, q_start, q_cols, M_BUCKET, NUM_PROGRAMS,
     stride_xm, stride_xk,
@@ -135,7 +147,8 @@ def _int8_linear_kernel(
     stride_ym, stride_yn,
     stride_qm,
     qmin, qmax,
-    HAS_BIAS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr, PERSISTENT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DBIAS: tl.constexpr, QUANT: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """One output tile per program, or with PERSISTENT, program p walks tiles p, p + NUM_PROGRAMS, ...
@@ -149,17 +162,17 @@ def _int8_linear_kernel(
             acc = _tile_accumulate(tile, xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
                                    BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
             tile_out += NUM_PROGRAMS
-            _tile_epilogue(acc, tile_out, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
+            _tile_epilogue(acc, tile_out, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr, y_ptr,
                            q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
                            stride_ym, stride_yn, stride_qm, qmin, qmax,
-                           HAS_BIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
+                           HAS_BIAS, SOFTPLUS, HAS_DBIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
     else:
         acc = _tile_accumulate(tl.program_id(0), xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride_wn,
                                stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-        _tile_epilogue(acc, tl.program_id(0), colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, y_ptr,
-                       q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
+        _tile_epilogue(acc, tl.program_id(0), colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr,
+                       y_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
                        stride_ym, stride_yn, stride_qm, qmin, qmax,
-                       HAS_BIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
+                       HAS_BIAS, SOFTPLUS, HAS_DBIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,9 +267,20 @@ def _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, 
     return q_cols
 
 
+def _check_softplus(softplus, delta_bias, quant, N):
+    """Validate the optional softplus epilogue (not combined with the output quantization)."""
+    if not isinstance(softplus, bool):
+        raise ValueError(f"softplus must be a bool, got {type(softplus).__name__}")  # noqa: TRY004 (API: ValueError)
+    if delta_bias is not None and not softplus:
+        raise ValueError("delta_bias is added before the softplus: pass softplus=True with it")
+    if softplus and quant:
+        raise ValueError("the softplus epilogue and the output quantization are not combined")
+    check_tensor("delta_bias", delta_bias, shape=(N,), dtypes=(torch.float32,), allow_none=True)
+
+
 def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
                         inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None,
-                        autotune=True):
+                        softplus=False, delta_bias=None, autotune=True):
     """Quantized linear layer ``y = dequant(xq) @ dequant(wq).T + bias`` on integer tensor cores.
 
     Args:
@@ -273,6 +297,9 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
             of the output columns [q_start, q_start + q_cols) (``inv_scale`` given turns it on;
             q_cols None: up to N): inv_smooth (q_cols,) fp32 or None, inv_scale (tokens,) fp32,
             zero_point (tokens,) int32, bits in [2, 8].
+        softplus, delta_bias: the epilogue stores ``softplus(y + delta_bias)`` (y as rounded to
+            ``out_dtype``, then the result rounded to it; delta_bias (N,) fp32 or None), with the
+            scan kernels' softplus; not with the output quantization.
         autotune: True: on a GPU the tiles (and whether a program per SM walks them) are tuned on
             the first call for each (M bucket, N, K) (a one-time cost of benchmarking every
             configuration); False: :func:`fixed_config`'s tiles, also under the interpreter (where
@@ -290,12 +317,14 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
         q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
     elif inv_smooth is not None or zero_point is not None:
         raise ValueError("inv_smooth / zero_point given without inv_scale: pass inv_scale to quantize the output")
+    _check_softplus(softplus, delta_bias, quant, N)
     check_devices(xq=xq, wq=wq, w_colsum=w_colsum, w_scale=w_scale, x_scale=x_scale,
                   x_zero_point=x_zero_point, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
-                  zero_point=zero_point)
+                  zero_point=zero_point, delta_bias=delta_bias)
     if K == 0:  # no tile to accumulate: y is the bias
         return _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype,
-                             (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits) if quant else None)
+                             (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits) if quant else None,
+                             softplus, delta_bias)
     y = torch.empty((M, N), dtype=out_dtype, device=xq.device)
     yq = torch.empty((M, q_cols), dtype=torch.int8, device=xq.device) if quant else None
     if M == 0 or N == 0:
@@ -305,15 +334,18 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
     x_scale, x_zero_point = x_scale.contiguous(), x_zero_point.contiguous()
     dummy = w_scale  # pointer for absent tensors, never read
     bias, inv_smooth, inv_scale, zero_point = vec(bias), vec(inv_smooth), vec(inv_scale), vec(zero_point)
+    delta_bias = vec(delta_bias)
     qmin, qmax = qrange(bits) if quant else (0.0, 0.0)
     programs = persistent_programs(xq.device)
-    args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias if bias is not None else dummy, y,
+    args = (xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias if bias is not None else dummy,
+            delta_bias if delta_bias is not None else dummy, y,
             yq if quant else y, inv_smooth if inv_smooth is not None else dummy,
             inv_scale if quant else dummy, zero_point if quant else dummy,
             M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0, triton.next_power_of_2(M), programs,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1),
             yq.stride(0) if quant else 0, qmin, qmax)
-    flags = {"HAS_BIAS": bias is not None, "QUANT": quant, "HAS_SMOOTH": inv_smooth is not None}
+    flags = {"HAS_BIAS": bias is not None, "SOFTPLUS": softplus, "HAS_DBIAS": delta_bias is not None, "QUANT": quant,
+             "HAS_SMOOTH": inv_smooth is not None}
 
     def grid(meta):
         tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
@@ -329,14 +361,15 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
 
 
 # --------------------------------------------------------------------------------------------
-# The ops: int8_linear, int8_linear_quantize
+# The ops: int8_linear, int8_linear_softplus, int8_linear_quantize
 # --------------------------------------------------------------------------------------------
 
 
-def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune, quant=None):
+def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune, quant=None,
+                 softplus=None):
     """The op-level call of ``launch`` (the kernel's launcher or :func:`_reference_2d`'s adapter): xq (..., L, K)
     -> y (..., L, N), or (y, yq (..., L, q_cols)) with quant = (q_start, q_cols, inv_smooth, scale, zero_point,
-    bits)."""
+    bits); softplus = (delta_bias,): y = softplus(y + delta_bias)."""
     if xq.dim() < 2:
         raise InputError(f"int8_linear: xq must be (..., tokens, K), got shape {tuple(xq.shape)}")
     x_scale, x_zp, tokens = token_params(x_scale, x_zero_point, xq.shape[:-1], "int8_linear")
@@ -348,6 +381,8 @@ def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias,
                       "q_start": q_start, "q_cols": q_cols}
         if q_tokens != tokens:
             raise InputError(f"int8_linear_quantize: the output quantizer has {q_tokens} tokens, the input {tokens}")
+    if softplus is not None:
+        quant_args = {"softplus": True, "delta_bias": f32(softplus[0])}
     out = launch(xq.reshape(-1, xq.shape[-1]), wq, w_colsum.to(torch.int32), f32(w_scale), x_scale, x_zp, f32(bias),
                  tokens, out_dtype, autotune=autotune, **quant_args)
     if quant is None:
@@ -356,22 +391,29 @@ def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias,
 
 
 def _launch_reference(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, *, inv_smooth=None,
-                      inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, autotune=True):
+                      inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, softplus=False, delta_bias=None,
+                      autotune=True):
     """:func:`_reference_2d` called as :func:`_launch_int8_linear` is (``autotune`` picks tiles: none here)."""
     M, N, _ = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
     quant = None
     if inv_scale is not None:
         q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
         quant = (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits)
-    return _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant)
+    _check_softplus(softplus, delta_bias, quant is not None, N)
+    return _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant,
+                         softplus, delta_bias)
 
 
-def _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant):
-    """The launcher's result in pure PyTorch (:mod:`ptq4vm_fx.quant.integer`'s GEMM and quantizer):
-    quant None or (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits)."""
+def _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant, softplus=False,
+                  delta_bias=None):
+    """The launcher's result in pure PyTorch (:mod:`ptq4vm_fx.quant.integer`'s GEMM and quantizer; the softplus
+    as :func:`ptq4vm_fx.scan.selective_scan_ref` applies it to delta): quant None or (q_start, q_cols, inv_smooth,
+    inv_scale, zero_point, bits)."""
     tok = torch.arange(xq.shape[0], device=xq.device) % tokens
     y = integer.dequantize_accumulator(integer.int_matmul(xq, wq), x_scale[tok], x_zero_point[tok], w_scale,
                                        w_colsum, bias).to(out_dtype)
+    if softplus:
+        y = F.softplus(y.float() if delta_bias is None else y.float() + delta_bias).to(out_dtype)
     if quant is None:
         return y
     q_start, q_cols, inv_smooth, inv_scale, zero_point, bits = quant
@@ -397,6 +439,29 @@ def int8_linear_ref(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tenso
 
 
 def int8_linear_fake(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True):
+    return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
+
+
+def int8_linear_softplus(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor,
+                         w_colsum: Tensor, bias: Optional[Tensor], delta_bias: Optional[Tensor], out_dtype: torch.dtype,
+                         autotune: bool = True) -> Tensor:
+    """:func:`int8_linear` whose epilogue stores ``softplus(y + delta_bias)`` (y as rounded to ``out_dtype``;
+    delta_bias (N,) float or None): dt_proj's output as the scan computes its delta from it
+    (``delta_softplus=True``), with the scan kernels' softplus. Returns (..., L, N) ``out_dtype``."""
+    return _int8_linear(_launch_int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune, softplus=(delta_bias,))
+
+
+def int8_linear_softplus_ref(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor,
+                             w_colsum: Tensor, bias: Optional[Tensor], delta_bias: Optional[Tensor],
+                             out_dtype: torch.dtype, autotune: bool = True) -> Tensor:
+    """Pure-PyTorch specification of :func:`int8_linear_softplus` (torch's softplus, as the scan reference)."""
+    return _int8_linear(_launch_reference, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune, softplus=(delta_bias,))
+
+
+def int8_linear_softplus_fake(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, delta_bias, out_dtype,
+                              autotune=True):
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
 
 

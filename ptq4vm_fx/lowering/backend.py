@@ -47,7 +47,8 @@ from .match import is_custom_op, op_namespace
 from .options import FUSIONS, REWRITES, BackendOptions
 
 QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.int8_linear, torch.ops.ptq4vm.vq_linear)
-GEMMS = (torch.ops.ptq4vm.int8_linear, fused_ops.FUSED_OPS.int8_linear_quantize)
+GEMMS = (torch.ops.ptq4vm.int8_linear, fused_ops.FUSED_OPS.int8_linear_quantize,
+         fused_ops.FUSED_OPS.int8_linear_softplus)
 
 
 def has_quantized_ops(gm: GraphModule) -> bool:

@@ -9,6 +9,8 @@ from ptq4vm_fx.kernels.int8_linear import (
     int8_linear_quantize,
     int8_linear_quantize_ref,
     int8_linear_ref,
+    int8_linear_softplus,
+    int8_linear_softplus_ref,
 )
 from ptq4vm_fx.quant import integer
 
@@ -310,3 +312,57 @@ def test_quantized_columns_round_ties_to_even(device):
     assert y_ref[0, :, 0].tolist() == [0.5, 1.5, 2.5, -0.5, -1.5, 3.5]
     assert yq_ref[0, :, 0].tolist() == [0, 2, 2, 0, -2, 4]
     assert torch.equal(yq.cpu(), yq_ref) and torch.equal(y.cpu(), y_ref)
+
+
+# --------------------------------------------------------------------------------------------
+# int8_linear_softplus: the scan's softplus(delta + delta_bias) in the epilogue
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delta_bias", [True, False])
+def test_softplus_epilogue_is_the_scans_delta(device, delta_bias):
+    """dt_proj's GEMM with the softplus in its epilogue, then the scan without one, equals the plain GEMM then
+    the scan with its softplus and delta_bias, bit for bit (both kernels; one softplus device function)."""
+    from ptq4vm_fx.kernels.selective_scan import selective_scan
+
+    batch, L, D, N = 2, 5, 33, 4
+    args = _make(batch, L, 12, D, seed=11)
+    g = torch.Generator().manual_seed(12)
+    dbias = torch.randn(D, generator=g) * 3 if delta_bias else None
+    u, B, C = torch.randn(batch, D, L, generator=g), torch.randn(batch, N, L, generator=g), torch.randn(
+        batch, N, L, generator=g)
+    A = -torch.rand(D, N, generator=g) - 0.1
+    dev = _to((u, A, B, C, dbias), device)
+    plain = int8_linear(*_to(args, device), torch.float32).transpose(1, 2)
+    fused = int8_linear_softplus(*_to(args, device), dev[4], torch.float32)
+    assert fused.dtype == torch.float32 and fused.shape == (batch, L, D)
+    before = selective_scan(dev[0], plain, dev[1], dev[2], dev[3], None, None, dev[4], True)
+    after = selective_scan(dev[0], fused.transpose(1, 2), dev[1], dev[2], dev[3], None, None, None, False)
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_softplus_epilogue_matches_ref(device, out_dtype):
+    """Against the reference (torch's softplus of the output as rounded, plus delta_bias): the kernel's
+    softplus is a few ulp from torch's (docs/design.md section 3.3), exact above 20; y spans both sides."""
+    args = list(_make(3, 7, 33, 44, seed=5))
+    args[6] = args[6] * 15  # bias: outputs on both sides of 0 and of 20 (atol: results below 1e-30)
+    dbias = torch.linspace(-2, 2, 44)
+    y = int8_linear_softplus(*_to(args, device), dbias.to(device), out_dtype).cpu()
+    y_ref = int8_linear_softplus_ref(*args, dbias, out_dtype)
+    assert y.dtype == out_dtype and (y_ref > 20).any() and (y_ref < 1e-3).any()
+    if out_dtype == torch.float32:
+        torch.testing.assert_close(y, y_ref, rtol=6e-6, atol=1e-30)  # (3e-7 + 1e-7 |x|) |ref| at |x| <= 50
+        assert torch.equal(y[y_ref > 20], y_ref[y_ref > 20])
+    else:  # one rounding to half apart at most
+        torch.testing.assert_close(y.float(), y_ref.float(), rtol=1e-2, atol=1e-30)
+
+
+def test_softplus_epilogue_bad_inputs():
+    args = _make(1, 3, 12, 8)
+    with pytest.raises(ValueError, match="delta_bias"):
+        int8_linear_softplus(*args, torch.zeros(7), torch.float32)
+    with pytest.raises(ValueError, match="not combined"):
+        int8_linear_module._launch_reference(args[0].reshape(3, 12), args[3], args[5], args[4], args[1], args[2],
+                                             args[6], 3, torch.float32, inv_scale=torch.ones(3),
+                                             zero_point=torch.zeros(3, dtype=torch.int32), softplus=True)

@@ -51,6 +51,8 @@ def sample_args(op, batch, seed=0):
     g = _gen(seed + 100)
     if op is ops.int8_linear:
         return (*_linear_args(batch, seed), torch.float32)
+    if op is fused_ops.int8_linear_softplus:  # dt_proj with the scan's delta_bias and softplus
+        return (*_linear_args(batch, seed), torch.randn(N, generator=g), torch.float32)
     if op is fused_ops.int8_linear_quantize:  # dt_proj's input: the first columns of x_proj's output
         return (*_linear_args(batch, seed), torch.float32, 0, C, *_qparams(C, seed, amax=0.5), 8)
     if op is ops.quantize_per_token:
@@ -73,9 +75,9 @@ def sample_args(op, batch, seed=0):
     return (*args, *_qparams(D, seed, amax=1.0), 8)
 
 
-ALL_OPS = [ops.quantize_per_token, ops.int8_linear, fused_ops.int8_linear_quantize, fused_ops.add_rmsnorm_quantize,
-           fused_ops.conv1d_silu_quantize, fused_ops.conv1d_silu, fused_ops.bidirectional_scan,
-           fused_ops.bidirectional_scan_quantize]
+ALL_OPS = [ops.quantize_per_token, ops.int8_linear, fused_ops.int8_linear_quantize, fused_ops.int8_linear_softplus,
+           fused_ops.add_rmsnorm_quantize, fused_ops.conv1d_silu_quantize, fused_ops.conv1d_silu,
+           fused_ops.bidirectional_scan, fused_ops.bidirectional_scan_quantize]
 
 
 def test_every_op_has_its_kernel_registered():

@@ -58,7 +58,8 @@ def test_trained_vim_on_triton_kernels_matches_eager_int8(float_model, digits, d
     gm, example_inputs = dynamo_graph(qmodel, images)
     depth = len(float_model.layers)
     counts = lower_graph(gm)
-    assert counts == {k: v * depth // 2 for k, v in EXPECTED.items()}  # EXPECTED is for two blocks
+    expected = dict(EXPECTED, linear_softplus=0) if dtype == torch.float16 else EXPECTED  # fp16 delta: no softplus
+    assert counts == {k: v * depth // 2 for k, v in expected.items()}  # EXPECTED is for two blocks
     # the fused ops and the remaining ptq4vm ops (in_proj / dt_proj / out_proj GEMMs) all run their kernels
     assert _run_triton_kernels(gm) >= sum(counts.values()) - counts["bidirectional_scan"]
     assert _custom_ops_left(gm) == []

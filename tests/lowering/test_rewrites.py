@@ -70,7 +70,8 @@ def test_a_float_linear_is_not_fused(dropped, rewrite, fresh_counters):
     model = quantize(tiny_vim(), linears=linears)
     counts, expect, got, gm = _lowered(model, images(2))
     assert counts[rewrite] == 0
-    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") + counts["linear_quantize"] == 2 * len(linears)
+    fused_gemms = counts["linear_quantize"] + counts["linear_softplus"]
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") + fused_gemms == 2 * len(linears)
     assert counts["bidirectional_scan"] == 2
     # the float conv fusion takes only the convs its quantizing form left: those feeding a float x_proj
     assert counts["conv1d_silu"] == (4 if rewrite == "conv1d_silu_quantize" else 0)
@@ -126,7 +127,7 @@ def test_dynamic_scales_are_not_fused_with_a_reason(fresh_counters):
     """Per-row dynamic quantization: no fused kernel takes its scales (the counters say why); the
     ptq4vm ops stay, and run their own kernels, which take per-row scales (the float fusions fire)."""
     counts, expect, got, gm = _lowered(quantize(tiny_vim(), method="dynamic"), images(2))
-    assert counts == dict(NONE, **FLOAT_EXPECTED)
+    assert counts == dict(NONE, **FLOAT_EXPECTED, linear_softplus=4)  # the GEMM takes per-row scales
     reason = "dynamic (per-row) activation scales"
     assert fresh_counters.skipped_counters() == {
         f"add_rmsnorm_quantize: {reason}": 2,
@@ -134,7 +135,7 @@ def test_dynamic_scales_are_not_fused_with_a_reason(fresh_counters):
         f"scan_quantize: {reason}": 2,
         f"linear_quantize: {reason}": 4,
     }
-    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") == 12
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") == 12 - 4
     assert_agrees(got, expect)
 
 
@@ -143,7 +144,7 @@ def test_summed_but_not_averaged_scans_are_not_fused(fresh_counters):
     assert counts["bidirectional_scan"] == counts["scan_quantize"] == 0
     # out_proj's input is quantized on its own (the quantize op's kernel)
     assert _ops_left(gm, "ptq4vm").count("ptq4vm.quantize_per_token") == 2
-    assert counts["linear_quantize"] == 4
+    assert counts["linear_quantize"] == counts["linear_softplus"] == 4  # the softplus of each single scan
     assert fresh_counters.skipped_counters() == {
         "bidirectional_scan: the two directions are summed but not averaged": 2}
     assert_agrees(got, expect)
@@ -152,12 +153,16 @@ def test_summed_but_not_averaged_scans_are_not_fused(fresh_counters):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_a_vim_in_half_precision_lowers_completely(qvim, dtype, fresh_counters):
     """``qmodel.to(fp16 / bf16)``: norms, convs and scans run in half on an fp32 residual. Every
-    rewrite still fires, and the fused ops round where the model's ops round: same logits."""
+    rewrite but the softplus one still fires, and the fused ops round where the model's ops round: same
+    logits. dt_proj stores delta in half, where the scan takes its softplus in fp32: the softplus stays."""
     model = copy.deepcopy(qvim).to(dtype)
     counts, expect, got, gm = _lowered(model, images(3).to(dtype))
-    assert counts == EXPECTED
-    assert _ops_left(gm, "ptq4vm") == ["ptq4vm.int8_linear"] * GEMMS_LEFT
-    assert fresh_counters.skipped_counters() == {}
+    assert counts == dict(EXPECTED, linear_softplus=0)
+    assert _ops_left(gm, "ptq4vm") == ["ptq4vm.int8_linear"] * (GEMMS_LEFT + 4)
+    name = str(dtype).removeprefix("torch.")
+    assert fresh_counters.skipped_counters() == {
+        f"linear_softplus: dt_proj's output is {name}: softplus(delta) stored in it would be rounded where the "
+        "scan keeps fp32": 2}
     assert got.dtype == dtype
     assert_agrees(got, expect, min_sqnr_db=80.0)
 
