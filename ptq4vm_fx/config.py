@@ -57,8 +57,25 @@ VQ_OPTIONS = {
 # The options each stage of a method reads: an option of a stage the method does not run does nothing.
 STAGE_OPTIONS = {
     "smooth": ("alpha",),
-    "grid_search": ("grid_candidates", "grid_norm", "grid_samples"),
-    "jlss": ("jlss_epochs", "jlss_batch_size", "jlss_lr", "jlss_weight_decay", "seed"),
+    "grid_search": ("grid_candidates", "grid_norm", "grid_samples", "grid_inputs", "act_search"),
+    "jlss": ("jlss_epochs", "jlss_batch_size", "jlss_lr", "jlss_weight_decay", "jlss_grad_clip", "jlss_param",
+             "jlss_loss", "jlss_shuffle", "jlss_inputs", "seed", "recipe"),
+}
+# The choices of the string options (docs/design.md section 5).
+CHOICES = {
+    "grid_inputs": ("quantized", "float"),  # the block's inputs and producers in the search: quantized model's / float
+    "act_search": ("zero", "midpoint", "both"),  # activation ranges shrunk toward zero, the midpoint, or both
+    "jlss_param": ("log", "linear"),  # JLSS trains log(m), log(s) or m, s themselves (the official code)
+    "jlss_loss": ("cosine", "mse", "cosine+mse"),
+    "jlss_inputs": ("quantized", "float"),  # the quantized block's inputs: the quantized model's / float model's
+    "recipe": ("default", "official"),
+}
+# What recipe "official" sets besides the family's settings (ModelFamily.official_jlss): the public
+# PTQ4VM code's (docs/design.md section 5 lists each with its file and line).
+OFFICIAL = {
+    "grid_candidates": 100, "grid_norm": 2.4, "grid_samples": 256, "grid_inputs": "float", "act_search": "midpoint",
+    "jlss_weight_decay": 1e-5, "jlss_grad_clip": 2.0, "jlss_param": "linear", "jlss_loss": "cosine",
+    "jlss_shuffle": False, "jlss_inputs": "quantized",
 }
 _STAGE_INDEX = {"smooth": 1, "grid_search": 2, "jlss": 3}
 
@@ -71,7 +88,13 @@ class QuantConfig:
     name component); None takes the model family's (``ModelFamily.alpha``: 0.5 for Vim;
     ``ModelFamily.linears``) when :func:`ptq4vm_fx.prepare` resolves the config for the model
     (:meth:`for_family`). JLSS trains step sizes and smoothing scales block by block for
-    ``jlss_epochs`` passes over the calibration set.
+    ``jlss_epochs`` passes over the calibration set in batches of ``jlss_batch_size``, AdamW at
+    ``jlss_lr`` (one rate, or (weight steps, activation steps, smoothing scales)), weight decay
+    ``jlss_weight_decay``, gradient norm clipped at ``jlss_grad_clip`` (None: not clipped); ``jlss_param``,
+    ``jlss_loss``, ``jlss_shuffle``, ``jlss_inputs``, ``grid_inputs``, ``act_search``: :data:`CHOICES`
+    (docs/design.md section 5). ``recipe="official"`` takes the public PTQ4VM code's settings
+    (:data:`OFFICIAL` and the family's ``official_jlss``) in :meth:`for_family`; its fields cannot
+    be set too.
 
     The weight methods (``rtn``, ``vq_kmeans``, ``vq_convex``, ``vimvq``) take 1..8 weight bits and
     ``act_bits`` 16 (weights only); the VQ methods also take 2..8 (per-token static activations,
@@ -89,11 +112,19 @@ class QuantConfig:
     grid_candidates: int = 100
     grid_norm: float = 2.4
     grid_samples: int = 256
+    grid_inputs: str = "quantized"
+    act_search: str = "zero"
     jlss_epochs: int = 10
     jlss_batch_size: int = 16
-    jlss_lr: float = 2e-3
+    jlss_lr: float | tuple[float, float, float] = 2e-3
     jlss_weight_decay: float = 0.0
+    jlss_grad_clip: float | None = None
+    jlss_param: str = "log"
+    jlss_loss: str = "cosine"
+    jlss_shuffle: bool = True
+    jlss_inputs: str = "quantized"
     seed: int = 0
+    recipe: str = "default"
     vq: VQConfig | None = None
     preset: str = field(default="", compare=False)
 
@@ -111,6 +142,16 @@ class QuantConfig:
             object.__setattr__(self, "linears", tuple(self.linears))
         if self.grid_candidates < 1 or self.grid_samples < 1 or self.jlss_epochs < 0 or self.jlss_batch_size < 1:
             raise InputError("grid_candidates, grid_samples, jlss_batch_size must be >= 1 and jlss_epochs >= 0")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise InputError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        if isinstance(self.jlss_lr, (list, tuple)):
+            object.__setattr__(self, "jlss_lr", tuple(float(lr) for lr in self.jlss_lr))
+        if any(lr <= 0 for lr in self.jlss_lrs) or len(self.jlss_lrs) != 3:
+            raise InputError(f"jlss_lr must be a positive rate or three (weight steps, activation steps, smoothing "
+                             f"scales), got {self.jlss_lr!r}")
+        if self.jlss_grad_clip is not None and self.jlss_grad_clip <= 0:
+            raise InputError(f"jlss_grad_clip must be positive or None, got {self.jlss_grad_clip}")
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         changed = [name for name in unused_options(self.method, self.act_bits)
                    if getattr(self, name) != defaults[name]]
@@ -161,6 +202,11 @@ class QuantConfig:
         return METHODS[self.method][3] and self.jlss_epochs > 0
 
     @property
+    def jlss_lrs(self) -> tuple[float, float, float]:
+        """JLSS's learning rates of (weight steps, activation steps, smoothing scales)."""
+        return self.jlss_lr if isinstance(self.jlss_lr, tuple) else (self.jlss_lr,) * 3
+
+    @property
     def name(self) -> str:
         return f"{self.method}-w{self.weight_bits}a{self.act_bits}"
 
@@ -174,7 +220,23 @@ class QuantConfig:
             raise InputError(f"linears {unknown} are not quantizable linears of a {family.name} model; "
                              f"choose from {', '.join(family.linears)}")
         alpha = self.alpha if self.alpha is not None or not self.smooth else family.alpha
-        return dataclasses.replace(self, linears=tuple(linears), alpha=alpha)
+        return dataclasses.replace(self, **{"linears": tuple(linears), "alpha": alpha, **self._recipe(family)})
+
+    def _recipe(self, family) -> dict:
+        """The fields recipe "official" sets for ``family`` (none for "default"); a field set to
+        another value than its default and the recipe's is refused."""
+        if self.recipe == "default":
+            return {}
+        if family.official_jlss is None:
+            raise InputError(f"recipe official: the public PTQ4VM code has no settings for {family.name} models "
+                             "(it has Vim's and VMamba's); use recipe default")
+        settings = {**OFFICIAL, **family.official_jlss, "alpha": family.alpha}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, value in settings.items():
+            if getattr(self, name) not in (defaults[name], value):
+                raise InputError(f"recipe official sets {name} ({value!r} for {family.name}); to change it, "
+                                 "use recipe default and set every option")
+        return settings
 
     def to_dict(self) -> dict:
         """Plain values; ``vq`` as VQConfig's dict."""
@@ -187,8 +249,9 @@ class QuantConfig:
         if unknown:
             raise InputError(f"unknown QuantConfig fields: {sorted(unknown)}")
         d = dict(d)
-        if d.get("linears") is not None:
-            d["linears"] = tuple(d["linears"])
+        for name in ("linears", "jlss_lr"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         if isinstance(d.get("vq"), dict):
             d["vq"] = VQConfig.from_dict(d["vq"])
         return cls(**d)

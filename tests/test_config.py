@@ -134,3 +134,36 @@ def test_weight_bits_and_codebooks_are_checked_in_the_constructor():
     with pytest.raises(InputError, match="incremental=False is method vq_convex"):
         QuantConfig(method="vimvq", weight_bits=2, act_bits=16, vq=QuantConfig.preset_config(
             "w2a16", "vq_convex").vq)
+
+
+def test_recipe_official_takes_the_official_settings_per_family():
+    from ptq4vm_fx.config import OFFICIAL
+    from ptq4vm_fx.models.localmamba import VSSM_FAMILY
+    from ptq4vm_fx.models.vmamba import FAMILY as VMAMBA
+
+    for family, epochs, batch, lrs, alpha in ((VIM, 100, 256, (5e-4, 5e-4, 1e-2), 0.5),
+                                              (VMAMBA, 50, 32, (1e-4, 1e-4, 1e-4), 0.65)):
+        config = QuantConfig.preset_config("w4a4", recipe="official").for_family(family)
+        assert (config.jlss_epochs, config.jlss_batch_size, config.jlss_lrs, config.alpha) == (epochs, batch, lrs, alpha)
+        assert all(getattr(config, name) == value for name, value in OFFICIAL.items())
+        assert QuantConfig.from_dict(config.to_dict()).for_family(family) == config
+    assert QuantConfig.preset_config("w4a4").for_family(VIM).jlss_epochs == 10  # the default recipe changes nothing
+    with pytest.raises(InputError, match="recipe official sets jlss_epochs"):
+        QuantConfig.preset_config("w4a4", recipe="official", jlss_epochs=5).for_family(VIM)
+    with pytest.raises(InputError, match="no settings for local_vssm models"):
+        QuantConfig.preset_config("w4a4", recipe="official").for_family(VSSM_FAMILY)
+    with pytest.raises(InputError, match="option recipe does nothing for method 'pts_smooth'"):
+        QuantConfig.preset_config("w4a4", "pts_smooth", recipe="official")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(act_search="middle"), "act_search must be one of zero, midpoint, both"),
+    (dict(jlss_loss="l1"), "jlss_loss must be one of"),
+    (dict(jlss_lr=(1e-3, 1e-3)), "jlss_lr must be a positive rate or three"),
+    (dict(jlss_lr=-1.0), "jlss_lr must be a positive rate"),
+    (dict(jlss_grad_clip=0.0), "jlss_grad_clip must be positive"),
+])
+def test_jlss_options_are_checked(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        QuantConfig(**kwargs)
+    assert QuantConfig.from_dict(QuantConfig(jlss_lr=[1e-3, 2e-3, 3e-3]).to_dict()).jlss_lrs == (1e-3, 2e-3, 3e-3)

@@ -28,7 +28,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .. import distributed
-from ..config import METHODS, PRESETS, PTQ_METHODS, WEIGHT_METHODS
+from ..config import CHOICES, METHODS, PRESETS, PTQ_METHODS, WEIGHT_METHODS
 from ..data.bundled import BUNDLED_MODELS, MODEL_NAME
 from ..errors import InputError
 from ..models.family import check_overrides
@@ -103,6 +103,9 @@ def _calibration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-images", type=_count(1), default=256, help="calibration images (default 256)")
     p.add_argument("--json", help="write the metrics as JSON here")
     p.add_argument("--device", default="cpu", help="where calibration, JLSS and evaluation run: cpu (default) or cuda")
+    p.add_argument("--recipe", choices=list(CHOICES["recipe"]), default="default",
+                   help="ptq4vm's settings: default (this project's), or official (the public PTQ4VM code's: "
+                        "docs/design.md section 5)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ from .selection import quantize_setup
 def run(args) -> int:
     check_output_file(args.output, "--output")
     check_output_file(args.json, "--json")
-    config = QuantConfig.preset_config(args.preset or default_preset(args.method), args.method)
+    recipe = {} if args.recipe == "default" else {"recipe": args.recipe}  # refused for a method without JLSS
+    config = QuantConfig.preset_config(args.preset or default_preset(args.method), args.method, **recipe)
     setup = quantize_setup(args)
     qmodel, result = quantize_and_evaluate(
         setup.model, setup.calib, setup.loader, config, batch_size=args.batch_size, eval_images=setup.eval_images

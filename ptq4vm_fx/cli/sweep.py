@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from ..config import PRESETS, QuantConfig, compatible
+from ..config import PRESETS, QuantConfig, compatible, unused_options
 from ..errors import InputError
 from ..evaluate import evaluate
 from ..pipeline import Result, quantize_and_evaluate
@@ -24,11 +24,16 @@ def table(results: list[Result]) -> str:
                                    "peak RSS MiB"], tablefmt="github")
 
 
+def _recipe(recipe: str, method: str, preset: str) -> dict:
+    """The recipe option for the methods that read it (--recipe official changes ptq4vm only)."""
+    return {} if recipe == "default" or "recipe" in unused_options(method, PRESETS[preset][1]) else {"recipe": recipe}
+
+
 def run(args) -> int:
     check_output_file(args.json, "--json")
     presets = args.presets or list(dict.fromkeys(p for m in args.methods for p in PRESETS if compatible(p, m)))
-    configs = [QuantConfig.preset_config(preset, method) for preset in presets for method in args.methods
-               if compatible(preset, method)]
+    configs = [QuantConfig.preset_config(preset, method, **_recipe(args.recipe, method, preset))
+               for preset in presets for method in args.methods if compatible(preset, method)]
     if not configs:
         raise InputError(f"no method of {', '.join(args.methods)} takes preset {', '.join(presets)}")
     setup = quantize_setup(args)

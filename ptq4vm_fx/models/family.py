@@ -39,7 +39,9 @@ class ModelFamily:
     itself (Vim: its position embedding), else capture guards the captured graph at its size;
     channel_dim: the channel dim of a block's output (JLSS's cosine is taken over it);
     canonicalize(block): a family's rewrite of a captured block graph into the form the passes read
-    (call_module ``nn.Linear`` on (..., tokens, channels)), or None.
+    (call_module ``nn.Linear`` on (..., tokens, channels)), or None; official_jlss: the QuantConfig
+    fields (JLSS epochs, batch, learning rates) the public PTQ4VM code runs this family with (recipe
+    "official", docs/design.md section 5), or None where that code has no settings for it.
     """
 
     name: str
@@ -57,6 +59,7 @@ class ModelFamily:
     model_checks_size: bool = False
     channel_dim: int = -1
     canonicalize: Callable[[torch.fx.GraphModule], None] | None = None
+    official_jlss: dict | None = None
 
     def build(self, config: dict) -> nn.Module:
         """The float model of a recorded configuration (``model.config``)."""

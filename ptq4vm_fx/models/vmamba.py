@@ -486,4 +486,7 @@ FAMILY = register_family(ModelFamily(
     image_size=lambda model: (model.config["imgsize"], model.config["imgsize"]),
     channel_dim=1,  # blocks map (batch, C, H, W) -> (batch, C, H, W)
     canonicalize=canonicalize,
+    # the official PTQ4VM code's VMamba command (VMamba/README.md, "JLSS"): --epochs 50 --train-batch 32
+    # --lr-w 1e-4 --lr-a 1e-4 --lr-s 1e-4
+    official_jlss={"jlss_epochs": 50, "jlss_batch_size": 32, "jlss_lr": (1e-4, 1e-4, 1e-4)},
 ))  # fmt: skip

@@ -81,4 +81,7 @@ FAMILY = register_family(ModelFamily(
     scan_orders=("tokens 0..L-1 (forward branch)", "tokens L-1..0 (backward branch, reverse=True)"),
     image_size=lambda model: tuple(model.patch_embed.img_size),
     model_checks_size=True,
+    # the official PTQ4VM code's Vim command (README.md, "JLSS"): --epochs 100 --batch-size 256 --train-batch 256
+    # --lr-w 5e-4 --lr-a 5e-4 --lr-s 1e-2 (weight steps, activation steps, smoothing scales)
+    official_jlss={"jlss_epochs": 100, "jlss_batch_size": 256, "jlss_lr": (5e-4, 5e-4, 1e-2)},
 ))

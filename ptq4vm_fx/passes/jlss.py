@@ -1,14 +1,16 @@
 """Pass: PTQ4VM stages 2 and 3, block by block (docs/design.md section 5).
 
 For block i, the target is the float block's output on its inputs in the float model; the quantized
-block is fed its inputs in the model whose earlier blocks are already quantized (each found by running
-the captured model up to the block: the stem, and VMamba's downsampling between stages, run as
-captured). A block takes any positional tensors ((hidden, residual) in Vim, a feature map in VMamba)
-and its first output (its only one, or Vim's hidden) is compared. Stage 2 grid-searches every weight
-row's and every token's clipping range (in graph order, so each linear sees the quantized producers
-before it). Stage 3 trains log step sizes and log smoothing scales with AdamW, weights frozen and
-zero points fixed, on ``1 - cos(y_fp, y_q)`` over channels (the family's ``channel_dim``), per
-token, averaged.
+block is fed its inputs in the model whose earlier blocks are already quantized (``jlss_inputs``
+"quantized"; "float": the float model's), each found by running the captured model up to the block
+(the stem, and VMamba's downsampling between stages, run as captured). A block takes any positional
+tensors ((hidden, residual) in Vim, a feature map in VMamba) and its first output (its only one, or
+Vim's hidden) is compared. Stage 2 grid-searches every weight row's and every token's clipping range
+(``grid_inputs`` "quantized": on the quantized block inputs, in graph order, so each linear sees the
+quantized producers before it; "float": on the float model's block inputs with the whole block in
+float, as the official code). Stage 3 trains the step sizes and smoothing scales (their logs, or
+themselves with ``jlss_param`` "linear") with AdamW, weights frozen and zero points fixed, on ``1 -
+cos(y_fp, y_q)`` over channels (the family's ``channel_dim``), per token, averaged (``jlss_loss``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from ..capture import blocks
 from ..config import QuantConfig
@@ -134,18 +137,23 @@ def fake_quant_nodes(block: torch.fx.GraphModule) -> list[str]:
 @torch.no_grad()
 def grid_search_block(block: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], config: QuantConfig,
                       batch_size: int) -> None:
-    """Stage 2 on one block, in graph order, from ``config.grid_samples`` calibration samples."""
+    """Stage 2 on one block, in graph order, from ``config.grid_samples`` calibration samples; with
+    ``grid_inputs`` "float" every linear's input is the float block's (quantization off meanwhile)."""
     inputs = tuple(t[: config.grid_samples] for t in inputs)
-    for target in fake_quant_nodes(block):
-        fq: FakeQuantLinear = block.get_submodule(target)
+    fqs = {target: block.get_submodule(target) for target in fake_quant_nodes(block)}
+    for target, fq in fqs.items():
         fq.log_w_scale.copy_(torch.log(search_weight_scale(
             fq.effective_weight(), config.weight_bits, config.grid_candidates, config.grid_norm)))
         if fq.dynamic:
             continue
+        for other in fqs.values():
+            other.quant_enabled = config.grid_inputs == "quantized"
         x = _linear_input(block, target, inputs, batch_size)
+        for other in fqs.values():
+            other.quant_enabled = True
         scale, zero_point = search_token_qparams(
             x.reshape(-1, *x.shape[-2:]), fq.inv_smooth, config.act_bits, config.grid_candidates,
-            config.grid_norm, per_token=config.granularity == "per_token")
+            config.grid_norm, per_token=config.granularity == "per_token", shrink=config.act_search)
         fq.log_act_scale.copy_(torch.log(scale))
         fq.act_zero_point.copy_(zero_point)
 
@@ -156,6 +164,32 @@ def cosine_loss(y_q: torch.Tensor, y_fp: torch.Tensor, dim: int = -1) -> torch.T
     return (1 - F.cosine_similarity(y_q.float(), y_fp.float(), dim=dim, eps=1e-8)).mean()
 
 
+def jlss_loss(y_q: torch.Tensor, y_fp: torch.Tensor, kind: str, dim: int = -1) -> torch.Tensor:
+    """``kind`` "cosine" (:func:`cosine_loss`), "mse" (mean squared error over the float output's mean
+    square: scale-free, as 1 - cos is) or "cosine+mse" (their sum)."""
+    cos = cosine_loss(y_q, y_fp, dim) if kind != "mse" else 0.0
+    if kind == "cosine":
+        return cos
+    y_fp = y_fp.float()
+    return cos + F.mse_loss(y_q.float(), y_fp) / y_fp.square().mean().clamp(min=1e-12)
+
+
+class _Log(torch.nn.Module):
+    """The parametrization of a log-parameter trained as its exponential (``jlss_param`` "linear"):
+    the optimizer steps the value itself (clamped above 0 to keep its log finite)."""
+
+    def forward(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.log(value.clamp(min=1e-12))
+
+    def right_inverse(self, log_value: torch.Tensor) -> torch.Tensor:
+        return torch.exp(log_value)
+
+
+def _trained(fq: FakeQuantLinear) -> list[tuple[str, int]]:
+    """(log-parameter name, learning-rate group: 0 weight steps, 1 activation steps, 2 smoothing)."""
+    return [("log_w_scale", 0), ("log_smooth", 2)] + ([] if fq.dynamic else [("log_act_scale", 1)])
+
+
 def train_block(block: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], target, config: QuantConfig,
                 desc: str, dim: int = -1) -> list[float]:
     """Stage 3 on one block; returns the mean loss of each epoch."""
@@ -163,29 +197,41 @@ def train_block(block: torch.fx.GraphModule, inputs: tuple[torch.Tensor, ...], t
     frozen = [p for p in block.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    params = []
+    groups = [[], [], []]
     for fq in fqs:
-        params += [fq.log_smooth, fq.log_w_scale] + ([] if fq.dynamic else [fq.log_act_scale])
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=config.jlss_lr, weight_decay=config.jlss_weight_decay)
+        for name, group in _trained(fq):
+            if config.jlss_param == "linear":
+                parametrize.register_parametrization(fq, name, _Log())
+                param = getattr(fq.parametrizations, name).original
+            else:
+                param = getattr(fq, name)
+            groups[group].append(param.requires_grad_(True))
+    params = [p for group in groups for p in group]
+    opt = torch.optim.AdamW([{"params": g, "lr": lr} for g, lr in zip(groups, config.jlss_lrs) if g],
+                            weight_decay=config.jlss_weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     history = []
     bar = progress(range(config.jlss_epochs), desc=desc)
     for _ in bar:
         total, batches = 0.0, 0
-        for idx in torch.randperm(target.shape[0], generator=gen).split(config.jlss_batch_size):
-            loss = cosine_loss(main_output(block(*(t[idx] for t in inputs))), target[idx], dim)
+        order = torch.randperm(target.shape[0], generator=gen) if config.jlss_shuffle else torch.arange(target.shape[0])
+        for idx in order.split(config.jlss_batch_size):
+            loss = jlss_loss(main_output(block(*(t[idx] for t in inputs))), target[idx], config.jlss_loss, dim)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if config.jlss_grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.jlss_grad_clip)
             opt.step()
             total, batches = total + loss.item(), batches + 1
         history.append(total / batches)
         bar.set_postfix(loss=f"{history[-1]:.2e}")
     for p in frozen:
         p.requires_grad_(True)
-    for p in params:
-        p.requires_grad_(False)
+    for fq in fqs:
+        for name, _ in _trained(fq):
+            if config.jlss_param == "linear":
+                parametrize.remove_parametrizations(fq, name)
+            getattr(fq, name).requires_grad_(False)
     return history
 
 
@@ -197,10 +243,12 @@ def run_jlss(qgm: torch.fx.GraphModule, fgm: torch.fx.GraphModule, images: torch
     stats = {}
     float_inputs, quant_inputs = BlockReplay(fgm, images, batch_size), BlockReplay(qgm, images, batch_size)
     for name, qblock in progress(blocks(qgm), desc="JLSS blocks"):
-        target = _run_block(fgm.get_submodule(name), float_inputs.inputs_of(name), batch_size)
-        inputs = quant_inputs.inputs_of(name)
+        fp_inputs = float_inputs.inputs_of(name)
+        target = _run_block(fgm.get_submodule(name), fp_inputs, batch_size)
+        q_inputs = quant_inputs.inputs_of(name)
         if config.grid_search:
-            grid_search_block(qblock, inputs, config, batch_size)
+            grid_search_block(qblock, fp_inputs if config.grid_inputs == "float" else q_inputs, config, batch_size)
+        inputs = fp_inputs if config.jlss_inputs == "float" else q_inputs
         with torch.no_grad():
             before = cosine_loss(_run_block(qblock, inputs, batch_size), target, dim).item()
         history = []

@@ -1,7 +1,10 @@
 """Clipping-range grid search (PTQ4VM stage 2): minimise the Lp error of the quantized tensor.
 
 Each row (weights) or token (activations) picks, among ``candidates`` shrink factors of its full
-range, the one with the least ``sum |x - q(x)|^p``.
+range, the one with the least ``sum |x - q(x)|^p``. An activation range [lo, hi] shrinks toward zero
+(``r * [lo, hi]``, r = 1, 1 - 1/candidates, ...), toward its midpoint (``[lo + a (hi - lo), hi - a (hi -
+lo)]``, a = 1/candidates, 2/candidates, ... below 1/2, as the official PTQ4VM code: never the full
+range), or both.
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ def _ratios(candidates: int) -> list[float]:
     return [1.0 - i / candidates for i in range(candidates)]
 
 
+def _act_ranges(lo: Tensor, hi: Tensor, candidates: int, shrink: str) -> list[tuple[Tensor, Tensor]]:
+    """The candidate ranges of ``shrink`` ("zero", "midpoint" or "both": module docstring)."""
+    toward_zero = [(lo * r, hi * r) for r in _ratios(candidates)]
+    width = hi - lo
+    toward_mid = [(lo + width * (i / candidates), hi - width * (i / candidates))
+                  for i in range(1, candidates) if 2 * i < candidates]
+    return {"zero": toward_zero, "midpoint": toward_mid, "both": toward_zero + toward_mid}[shrink]
+
+
 @torch.no_grad()
 def search_weight_scale(w: Tensor, bits: int, candidates: int = 100, p: float = 2.4) -> Tensor:
     """w (O, C) -> per-row scale (O,) minimising the row's Lp quantization error."""
@@ -38,17 +50,19 @@ def search_weight_scale(w: Tensor, bits: int, candidates: int = 100, p: float = 
 
 @torch.no_grad()
 def search_token_qparams(
-    x: Tensor, inv_smooth: Tensor, bits: int, candidates: int = 100, p: float = 2.4, per_token: bool = True
+    x: Tensor, inv_smooth: Tensor, bits: int, candidates: int = 100, p: float = 2.4, per_token: bool = True,
+    shrink: str = "zero",
 ) -> tuple[Tensor, Tensor]:
-    """x (N, L, C) samples -> (scale, signed zero point), each (L,), minimising each token's Lp error.
+    """x (N, L, C) samples -> (scale, signed zero point), each (L,), minimising each token's Lp error
+    among the ranges ``shrink`` gives (module docstring).
 
     With ``per_token=False`` one range for all tokens (returned broadcast to (L,))."""
     v = x.float() * inv_smooth
     dims = (0, 2) if per_token else (0, 1, 2)
     lo, hi = v.amin(dims), v.amax(dims)
     length = x.shape[1]
-    candidate_qparams = [tuple(t.expand(length) for t in act_qparams(lo * r, hi * r, bits))
-                         for r in _ratios(candidates)]
+    candidate_qparams = [tuple(t.expand(length) for t in act_qparams(c_lo, c_hi, bits))
+                         for c_lo, c_hi in _act_ranges(lo, hi, candidates, shrink)]
     errors = v.new_empty(len(candidate_qparams), length)  # (candidates, L)
     work = torch.empty_like(v)
     step = max(1, _CHUNK_FLOATS // (v.shape[0] * v.shape[2]))

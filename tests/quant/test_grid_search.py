@@ -72,3 +72,21 @@ def test_token_search_by_token_slices_is_the_plain_search(monkeypatch, per_token
     got = search_token_qparams(x, inv_smooth, 4, per_token=per_token)
     expected = _plain_token_search(x, inv_smooth, 4, per_token)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_midpoint_search_shrinks_both_ends_and_both_takes_the_better():
+    """"midpoint" ranges are [lo + a w, hi - a w] for a < 1/2, never the full range (as the official code);
+    "both" keeps, per token, the lower error of the two searches."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 4, 32, generator=g) + torch.tensor([0.0, 3.0, -2.0, 0.5])[None, :, None]
+    ones = torch.ones(32)
+    err = lambda s, z: (fake_quant_act(x, ones, s, z, 4) - x).abs().pow(2.4).sum((0, 2))  # noqa: E731
+    lo, hi = x.amin((0, 2)), x.amax((0, 2))
+    full_scale, _ = act_qparams(lo, hi, 4)
+    results = {shrink: search_token_qparams(x, ones, 4, shrink=shrink) for shrink in ("zero", "midpoint", "both")}
+    assert torch.all(results["midpoint"][0] < full_scale)
+    candidates = [act_qparams(lo + (hi - lo) * i / 100, hi - (hi - lo) * i / 100, 4) for i in range(1, 50)]
+    best = torch.stack([err(s.expand(4), z.expand(4)) for s, z in candidates]).amin(0)
+    assert torch.equal(err(*results["midpoint"]), best)
+    expected = torch.minimum(err(*results["zero"]), err(*results["midpoint"]))
+    assert torch.equal(err(*results["both"]), expected)

@@ -1,0 +1,206 @@
+"""PTQ4VM's levers one at a time: block inputs, JLSS epochs, learning rates, loss, activation-range search.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/ablate_jlss.py digits --variants default epochs=0 ... \
+        --presets w8a8 w6a6 w4a8 w4a4 --json ablation.json
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/ablate_jlss.py vim-t --depth 2 --images 32 --eval-images 16 \
+        --variants default official --presets w4a4 --json ablation_vimt.json
+    .venv/bin/python scripts/ablate_jlss.py table ablation.json ablation_vimt.json --readme README.md
+
+``digits``: the bundled digits Vim (``ptq4vm sweep``'s model, calibration images and test set); each
+variant x preset is quantized and evaluated as ``ptq4vm quantize`` does it: top-1, logits SQNR against the
+float model and the calibration seconds. ``vim-t``: ``timm.create_model("vim_tiny_patch16_224",
+depth=--depth)`` with random weights (seed 0) at 224 px, ``--images`` calibration images and
+``--eval-images`` others, all drawn from N(0, 1) (seed 1): logits SQNR and calibration seconds only (random
+weights classify nothing). Each result is appended to ``--json`` as soon as it is measured (a list of
+records; an interrupted run keeps what it finished). ``table`` writes the records as README tables
+between ``<!-- ablation:begin NAME -->`` and ``<!-- ablation:end NAME -->`` (NAME: the model).
+
+A variant is a name from :data:`VARIANTS`: the default config with one lever changed (the lever's
+QuantConfig options), ``official`` (``recipe="official"``) or ``dynamic`` (the method, for reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+_FLOAT = {"grid_inputs": "float", "jlss_inputs": "float"}
+_OFFICIAL_LR = {"jlss_param": "linear", "jlss_lr": (5e-4, 5e-4, 1e-2)}
+# name -> (what it changes, in words; the QuantConfig options, or a method name)
+VARIANTS = {
+    "default": ("this project's defaults", {}),
+    "dynamic": ("method dynamic (per-token ranges at run time; reference)", "dynamic"),
+    "official": ("recipe official (the public PTQ4VM code's settings)", {"recipe": "official"}),
+    "inputs=float": ("grid search and JLSS on the float model's block inputs", _FLOAT),
+    "grid_inputs=float": ("grid search on the float model's block inputs, float producers (official)",
+                          {"grid_inputs": "float"}),
+    "epochs=0": ("grid search only, no JLSS", {"jlss_epochs": 0}),
+    "epochs=30": ("30 JLSS epochs", {"jlss_epochs": 30}),
+    "epochs=50": ("50 JLSS epochs", {"jlss_epochs": 50}),
+    "epochs=100": ("100 JLSS epochs", {"jlss_epochs": 100}),
+    "lr=5e-4": ("JLSS learning rate 5e-4 (log parameters)", {"jlss_lr": 5e-4}),
+    "lr=1e-2": ("JLSS learning rate 1e-2 (log parameters)", {"jlss_lr": 1e-2}),
+    "lr=official": ("the official rates on the parameters themselves (5e-4, 5e-4, 1e-2)", _OFFICIAL_LR),
+    "loss=mse": ("loss: normalized MSE", {"jlss_loss": "mse"}),
+    "loss=cosine+mse": ("loss: 1 - cos + normalized MSE", {"jlss_loss": "cosine+mse"}),
+    "search=midpoint": ("activation ranges shrunk toward the midpoint (official)", {"act_search": "midpoint"}),
+    "search=both": ("activation ranges shrunk toward zero and toward the midpoint", {"act_search": "both"}),
+    "seed=1": ("another JLSS batch order (seed 1): the run-to-run spread", {"seed": 1}),
+}
+
+
+def _variant(spec: str) -> tuple[str, dict | str]:
+    """A VARIANTS name, or several joined by "+" (their options merged), or "k=v,k=v" options."""
+    if spec in VARIANTS:
+        return spec, VARIANTS[spec][1]
+    if "+" in spec and all(part in VARIANTS for part in spec.split("+")):
+        merged = {}
+        for part in spec.split("+"):
+            merged.update(VARIANTS[part][1])
+        return spec, merged
+    raise SystemExit(f"unknown variant {spec!r}; choose from {', '.join(VARIANTS)} (or join them with +)")
+
+
+def _config(preset: str, options: dict | str):
+    from ptq4vm_fx import QuantConfig
+
+    if isinstance(options, str):
+        return QuantConfig.preset_config(preset, options)
+    return QuantConfig.preset_config(preset, "ptq4vm", **options)
+
+
+def _append(path: str, record: dict) -> None:
+    p = Path(path)
+    records = json.loads(p.read_text()) if p.exists() else []
+    p.write_text(json.dumps(records + [record], indent=1) + "\n")
+
+
+def run_digits(args) -> None:
+    from ptq4vm_fx.cli import build_parser
+    from ptq4vm_fx.cli.selection import quantize_setup
+    from ptq4vm_fx.evaluate import evaluate
+    from ptq4vm_fx.pipeline import quantize_and_evaluate
+    from ptq4vm_fx.progress import set_quiet
+
+    set_quiet(True)
+    cli_args = build_parser().parse_args(["sweep", "--model", args.model])
+    cli_args.model_kwargs = {}
+    setup = quantize_setup(cli_args)
+    float_eval = evaluate(setup.model, setup.loader, device=setup.device, total=setup.eval_images)
+    for spec in args.variants:
+        name, options = _variant(spec)
+        for preset in args.presets:
+            config = _config(preset, options)
+            _, r = quantize_and_evaluate(setup.model, setup.calib, setup.loader, config, float_eval)
+            record = {"model": args.model, "variant": name, "preset": preset, "top1": r.quant_top1,
+                      "float_top1": r.float_top1, "sqnr_db": r.sqnr_db, "seconds": r.calibration_seconds,
+                      "calib_images": r.calib_images, "eval_images": r.eval_images}
+            _append(args.json, record)
+            print(f"{name:24s} {preset}: top-1 {r.quant_top1:.2f} SQNR {r.sqnr_db:.2f} dB "
+                  f"{r.calibration_seconds:.1f} s", flush=True)
+
+
+def run_vim_t(args) -> None:
+    import timm
+
+    import ptq4vm_fx
+    from ptq4vm_fx.evaluate import sqnr_db
+    from ptq4vm_fx.progress import set_quiet
+
+    set_quiet(True)
+    torch.manual_seed(0)
+    model = timm.create_model("vim_tiny_patch16_224", depth=args.depth).eval()
+    images = torch.randn(args.images + args.eval_images, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    calib, test = images[: args.images], images[args.images:]
+    with torch.no_grad():
+        reference = model(test)
+    name_of_model = f"vim_t_depth{args.depth}"
+    for spec in args.variants:
+        name, options = _variant(spec)
+        for preset in args.presets:
+            config = _config(preset, options)
+            start = time.perf_counter()
+            prepared = ptq4vm_fx.prepare(model, calib[:1], config)
+            with torch.no_grad():
+                for batch in calib.split(64):
+                    prepared(batch)
+            qmodel = ptq4vm_fx.convert(prepared)
+            seconds = time.perf_counter() - start
+            with torch.no_grad():
+                sqnr = sqnr_db(reference, qmodel(test))
+            record = {"model": name_of_model, "variant": name, "preset": preset, "top1": None, "sqnr_db": sqnr,
+                      "seconds": seconds, "calib_images": args.images, "eval_images": args.eval_images}
+            _append(args.json, record)
+            print(f"{name:24s} {preset}: SQNR {sqnr:.2f} dB {seconds:.1f} s", flush=True)
+
+
+def _cell(records: list[dict], with_top1: bool) -> str:
+    """Mean over repeated records of one variant x preset."""
+    sqnr = sum(r["sqnr_db"] for r in records) / len(records)
+    seconds = sum(r["seconds"] for r in records) / len(records)
+    top1 = f"{sum(r['top1'] for r in records) / len(records):.2f} / " if with_top1 else ""
+    return f"{top1}{sqnr:.1f} / {seconds:.0f} s"
+
+
+def table(records: list[dict], model: str) -> str:
+    """Markdown: a row per variant (first-seen order), a column per preset."""
+    rows = [r for r in records if r["model"] == model]
+    presets = list(dict.fromkeys(r["preset"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    with_top1 = rows[0]["top1"] is not None
+    what = "top-1 % / logits SQNR dB / calibration s" if with_top1 else "logits SQNR dB / calibration s"
+    lines = [f"| variant ({what}) | what it changes | " + " | ".join(p.upper() for p in presets) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in presets) + " |"]
+    for v in variants:
+        words = VARIANTS[v][0] if v in VARIANTS else " + ".join(VARIANTS[p][0] for p in v.split("+"))
+        cells = []
+        for p in presets:
+            got = [r for r in rows if r["variant"] == v and r["preset"] == p]
+            cells.append(_cell(got, with_top1) if got else "-")
+        lines.append(f"| `{v}` | {words} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(args) -> None:
+    records = [r for path in args.json for r in json.loads(Path(path).read_text())]
+    readme = Path(args.readme)
+    text = readme.read_text()
+    for model in dict.fromkeys(r["model"] for r in records):
+        begin, end = f"<!-- ablation:begin {model} -->", f"<!-- ablation:end {model} -->"
+        if begin not in text:
+            print(table(records, model) + "\n")
+            continue
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{table(records, model)}\n{end}",
+                      text, flags=re.S)
+    readme.write_text(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("digits")
+    d.add_argument("--model", default="vim_digits")
+    v = sub.add_parser("vim-t")
+    v.add_argument("--depth", type=int, default=2)
+    v.add_argument("--images", type=int, default=32)
+    v.add_argument("--eval-images", type=int, default=16)
+    for p in (d, v):
+        p.add_argument("--variants", nargs="+", default=["default"])
+        p.add_argument("--presets", nargs="+", default=["w8a8", "w6a6", "w4a8", "w4a4"])
+        p.add_argument("--json", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("json", nargs="+")
+    t.add_argument("--readme", default=str(Path(__file__).resolve().parents[1] / "README.md"))
+    args = parser.parse_args(argv)
+    {"digits": run_digits, "vim-t": run_vim_t, "table": write_tables}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
