@@ -49,6 +49,7 @@ from triton.compiler import ASTSource  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptq4vm_fx.kernels import int8_linear as gemm  # noqa: E402
+from ptq4vm_fx.kernels import segmented_scan as segmented  # noqa: E402
 from ptq4vm_fx.kernels import selective_scan as scan  # noqa: E402
 from ptq4vm_fx.models.zoo import VIM_CONFIGS  # noqa: E402
 
@@ -62,7 +63,10 @@ UNIT_STRIDES = {
 POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32"}
 # pointers that stay fp32 whatever the activations' dtype: A, D, delta_bias, the quantization parameters
 FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbias_ptr", "dbf_ptr", "dbb_ptr",
-                 "inv_smooth_ptr", "inv_scale_ptr")
+                 "inv_smooth_ptr", "inv_scale_ptr", "carry_ptr")
+# the small-batch scan (kernels/segmented_scan.py): its GPU launch (16 segments of 8 channels) at Vim-S, batch 1
+SEGMENTED = "_segmented_scan_kernel"
+SEGMENTED_LAUNCH = segmented.segment_config(1, 768, 16, 197)
 # 32-bit sizes and strides that are not multiples of 16 in the Vim-S launch
 NOT_DIVISIBLE = ("L", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb", "s_cfl", "s_bbb", "s_bbl", "s_cbb",
                  "s_cbl")
@@ -85,25 +89,26 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
     launch, whose dt_proj GEMM applies the softplus); returns Triton's compiled kernel."""
     if maxnreg == -1:
         maxnreg = scan.bidirectional_maxnreg(block_d, num_warps) if name == "_bidirectional_scan_kernel" else None
-    fn = getattr(scan, name)
+    fn = getattr(segmented if name == SEGMENTED else scan, name)
     signature, constants, attrs = {}, {}, {}
     for i, arg in enumerate(fn.arg_names):
         if arg.endswith("_ptr"):
             signature[arg] = POINTER_TYPES.get(arg, "*fp32" if arg in FP32_POINTERS else f"*{dtype}")
             if not fn.params[i].do_not_specialize_on_alignment:  # as the launch specializes it
                 attrs[(i,)] = [["tt.divisibility", 16]]
-        elif arg in ("Dm", "N", "L") or arg.startswith("s_"):
+        elif arg in ("Dm", "N", "L", "T") or arg.startswith("s_"):
             signature[arg] = "i32"
-            if arg not in NOT_DIVISIBLE:
+            if arg not in NOT_DIVISIBLE + ("T",):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif arg in ("qmin", "qmax"):
             signature[arg] = "fp32"
         else:  # constexpr flags and block sizes
-            values = {"BLOCK_D": block_d, "BLOCK_N": block_n, "BC_ALIGN": vim_s_bc_align(dtype)}
+            values = {"BLOCK_D": block_d, "BLOCK_N": block_n, "BC_ALIGN": vim_s_bc_align(dtype),
+                      "SEGMENTS": SEGMENTED_LAUNCH[1]}
             constants[arg] = values.get(arg, arg not in ("REVERSE", "STORE_OUT", "HAS_DBIAS", "HAS_DBF", "HAS_DBB"))
             signature[arg] = "constexpr"
     constants.update(dict.fromkeys(off, False))
-    for arg in UNIT_STRIDES[name]:
+    for arg in UNIT_STRIDES.get(name, UNIT_STRIDES["_selective_scan_kernel"]):  # the segmented scan's too
         constants[arg], signature[arg] = 1, "constexpr"
         attrs.pop((fn.arg_names.index(arg),), None)
     return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
@@ -236,9 +241,26 @@ def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtyp
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     out = {key: ptx.count(op) for key, op in COUNTED.items()}
     out.update(resources(cubin))
-    out.update(loop_stats(cubin, block_n * block_d * DIRECTIONS[name] // (32 * num_warps)))
+    out.update(loop_stats(cubin, block_n * block_d * DIRECTIONS.get(name, 1) // (32 * num_warps)))
     if out["registers"] is not None:
         out["waves"] = waves(out["registers"], block_d, num_warps)
+    return out
+
+
+def segmented_stats(arch: int, dtype: str = "fp32") -> dict:
+    """:func:`stats` of the small-batch scan's GPU launch (SEGMENTED_LAUNCH; the same flags as the single-direction
+    scan's), its longest loop the emitting pass (the first pass is the same step without C, z and the store), and
+    its programs at Vim-S / Vim-B batch 1 and 8."""
+    block_d, segments, block_n, warps = SEGMENTED_LAUNCH
+    out = stats(SEGMENTED, block_d, block_n, warps, arch, dtype)
+    out["elements_per_step"] = segments * block_n * block_d // (32 * warps)
+    if out["step_instructions"] is not None:  # per element of the launch's tile, not of the script's block
+        out["sass_per_element"] = out["step_instructions"][1] / out["elements_per_step"]
+        out["mufu_per_element"] = out["mufu_per_step"] / out["elements_per_step"]
+    out["launch"] = {"block_d": block_d, "segments": segments, "num_warps": warps}
+    out.pop("waves", None)
+    out["programs"] = {f"{model}/b{batch}": batch * -(-2 * VIM_CONFIGS[model]["embed_dim"] // block_d)
+                       for model in ("vim_small_patch16_224", "vim_base_patch16_224") for batch in (1, 8)}
     return out
 
 
@@ -310,6 +332,7 @@ def main():
         "_bidirectional_scan_kernel", args.block_d, args.block_n, args.warps, args.arch, args.dtype,
         args.maxnreg or None, off=("SOFTPLUS",))
     result["_int8_linear_kernel dt_proj softplus"] = gemm_stats(args.arch, "fp32", N=768, K=24, softplus=True)
+    result[SEGMENTED] = segmented_stats(args.arch, args.dtype)
     text = json.dumps(result, indent=1)
     if args.json is not None:
         args.json.write_text(text + "\n")

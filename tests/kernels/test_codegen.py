@@ -144,3 +144,25 @@ def test_channels_split_over_threads_need_few_shuffles():
     for kernel, directions in DIRECTIONS.items():
         assert counts[kernel]["shfl"] == 2 * directions
         assert counts[kernel]["ld_shared"] == 0
+
+
+def test_softplus_in_dt_proj_shortens_the_bidirectional_step(one_channel_per_thread):
+    """The lowered fp32 Vim's launch (SOFTPLUS off: dt_proj's GEMM epilogue applies it): 4 fewer MUFU a step
+    (an exp2 and a reciprocal per direction), 1.125 per element, a shorter step, no spill; the GEMM's epilogue
+    holds the exp2s instead."""
+    counts = one_channel_per_thread[1]
+    full, fused = counts["_bidirectional_scan_kernel"], counts["_bidirectional_scan_kernel softplus in dt_proj"]
+    assert fused["mufu_per_step"] == full["mufu_per_step"] - 4 and fused["mufu_per_element"] == 36 / 32
+    assert fused["step_instructions"][1] < full["step_instructions"][1] - 30
+    assert fused["stack_bytes"] == fused["local_memory_instructions"] == 0
+    assert counts["_int8_linear_kernel dt_proj softplus"]["ex2"] > 0 == counts["_int8_linear_kernel"]["ex2"]
+
+
+def test_the_small_batch_scan_carries_segments_without_spilling(one_channel_per_thread):
+    """kernels/segmented_scan.py's GPU launch: the associative scan over segments held by other threads
+    (shuffles), the carry through its scratch (barrier), no spill, one exp2 per state and token plus softplus
+    and SiLU (1.25 MUFU per element, as the one-pass scan)."""
+    counts = one_channel_per_thread[1]["_segmented_scan_kernel"]
+    assert counts["shfl"] > 0 and counts["bar_sync"] > 0
+    assert counts["stack_bytes"] == counts["local_memory_instructions"] == 0
+    assert counts["mufu_per_element"] == 1.25

@@ -1,0 +1,183 @@
+"""The selective scan for small batches: tokens split into segments scanned side by side.
+
+At batch 1-8 the one-program-per-(sample, channel block) scan (``selective_scan.py``) has too few
+programs to fill a GPU, and each walks all L tokens one after another: its time is L sequential
+steps' latency. Here a program owns one sample, BLOCK_D channels and SEGMENTS segments of
+T = ceil(L / SEGMENTS) consecutive tokens (in scan order: ``reverse`` scans t = L-1 .. 0), its state an
+(SEGMENTS, N, BLOCK_D) register tile, and makes three passes:
+
+1. each segment scans its tokens from a zero state: its end state E_s; and its decay over the
+   segment, P_s = exp(A * sum of the segment's dt) (per state and channel);
+2. the segments' true start states: with the combine (a1, x1), (a2, x2) -> (a1 a2, a2 x1 + x2) (two
+   affine maps h -> a h + x applied in order), ``tl.associative_scan`` over the segment axis gives the
+   state at each segment's end from h = 0 at the first token; segment s starts from segment s-1's
+   (shifted through a small scratch buffer, SEGMENTS x N x BLOCK_D fp32 a program);
+3. each segment rescans its tokens from its true start state and emits y_t.
+
+Every token step costs the same as the one-pass scan's (loads, softplus, one exp2 per state); passes 1
+and 3 make it twice, in L / SEGMENTS sequential steps instead of L. The math per token is the reference
+recurrence (``ptq4vm_fx.scan``); a segment's start state differs from the sequential scan's by fp32
+rounding only (exp of a sum for the product of exps, a tree of products for their chain). Padding steps
+past the last token have dt = 0 (decay 1, no input): they change no state.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..scan import channel_major, token_major_empty
+from ._common import _round_to, _silu, _softplus, check_devices, f32, interpret_mode, vec
+from .selective_scan import _branch_constants, _check_flag, _check_scan_args, _float, _lanes, _s3
+
+# the largest batch the op's CUDA implementation hands to this kernel (selective_scan.selective_scan)
+MAX_BATCH = 8
+
+
+@triton.jit
+def _combine(a1, x1, a2, x2):
+    """Two affine state maps h -> a1 h + x1, then h -> a2 h + x2, as one."""
+    return a1 * a2, a2 * x1 + x2
+
+
+@triton.jit
+def _segment_inputs(i, L, b, offs_d, mask_d, offs_n, mask_n, dbias,
+                    u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl, B_ptr, s_bb, s_bn, s_bl,
+                    HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr):
+    """Step ``i`` (SEGMENTS,) of each segment, in scan order: (token (SEGMENTS,), in-range mask, u and dt
+    (SEGMENTS, BLOCK_D) fp32, dt after bias and softplus and 0 past the last token, B (SEGMENTS, BLOCK_N) fp32)."""
+    valid = i < L
+    if REVERSE:
+        tok = L - 1 - i
+    else:
+        tok = i
+    tok = tl.where(valid, tok, 0)
+    m = valid[:, None] & mask_d[None, :]
+    u = tl.load(u_ptr + b * s_ub + offs_d[None, :] * s_ud + tok[:, None] * s_ul, mask=m, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * s_tb + offs_d[None, :] * s_td + tok[:, None] * s_tl, mask=m, other=0.0).to(tl.float32)
+    if HAS_DBIAS:
+        dt = dt + dbias[None, :]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(m, dt, 0.0)
+    Bt = tl.load(B_ptr + b * s_bb + offs_n[None, :] * s_bn + tok[:, None] * s_bl,
+                 mask=valid[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+    return tok, valid, u, dt, Bt
+
+
+@triton.jit(do_not_specialize_on_alignment=["A_ptr"])  # A: selective_scan's module docstring
+def _segmented_scan_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, out_ptr, carry_ptr,
+    Dm, N, L, T,
+    s_ub, s_ud, s_ul,
+    s_tb, s_td, s_tl,
+    s_ad, s_an,
+    s_bb, s_bn, s_bl,
+    s_cb, s_cn, s_cl,
+    s_zb, s_zd, s_zl,
+    s_ob, s_od, s_ol,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, SEGMENTS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
+):
+    """The three passes of the module docstring for sample program_id(0), channel block program_id(1).
+    ``carry``: (programs, SEGMENTS, BLOCK_N, BLOCK_D) fp32 scratch."""
+    b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d, mask_d = _lanes(pid_d, BLOCK_D, Dm, EVEN_D)
+    offs_n, mask_n = _lanes(0, BLOCK_N, N, EVEN_N)
+    A2, Dv, dbias = _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_n, mask_n,
+                                      HAS_D, HAS_DBIAS, BLOCK_D)
+    seg = tl.arange(0, SEGMENTS)
+    # 1. each segment from a zero state: its end state and the sum of its dt
+    h = tl.zeros((SEGMENTS, BLOCK_N, BLOCK_D), tl.float32)
+    dt_sum = tl.zeros((SEGMENTS, BLOCK_D), tl.float32)
+    for t in range(T):
+        _, _, u, dt, Bt = _segment_inputs(seg * T + t, L, b, offs_d, mask_d, offs_n, mask_n, dbias,
+                                          u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl, B_ptr, s_bb, s_bn, s_bl,
+                                          HAS_DBIAS, SOFTPLUS, REVERSE)
+        h = tl.exp2(dt[:, None, :] * A2[None, :, :]) * h + Bt[:, :, None] * (dt * u)[:, None, :]
+        dt_sum += dt
+    # 2. the state at each segment's end from a zero state at the first token; segment s starts from s - 1's
+    decay = tl.exp2(dt_sum[:, None, :] * A2[None, :, :])
+    _, h = tl.associative_scan((decay, h), 0, _combine)
+    carry = (carry_ptr + (b * tl.num_programs(1) + pid_d) * (SEGMENTS * BLOCK_N * BLOCK_D)
+             + offs_n[None, :, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, None, :])
+    tl.store(carry + seg[:, None, None] * (BLOCK_N * BLOCK_D), h)
+    tl.debug_barrier()
+    h = tl.load(carry + (seg[:, None, None] - 1) * (BLOCK_N * BLOCK_D), mask=(seg > 0)[:, None, None], other=0.0)
+    # 3. each segment again, from its start state, emitting y
+    dtype = out_ptr.dtype.element_ty
+    for t in range(T):
+        tok, valid, u, dt, Bt = _segment_inputs(seg * T + t, L, b, offs_d, mask_d, offs_n, mask_n, dbias,
+                                                u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl,
+                                                B_ptr, s_bb, s_bn, s_bl, HAS_DBIAS, SOFTPLUS, REVERSE)
+        Ct = tl.load(C_ptr + b * s_cb + offs_n[None, :] * s_cn + tok[:, None] * s_cl,
+                     mask=valid[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        h = tl.exp2(dt[:, None, :] * A2[None, :, :]) * h + Bt[:, :, None] * (dt * u)[:, None, :]
+        y = tl.sum(h * Ct[:, :, None], axis=1)
+        m = valid[:, None] & mask_d[None, :]
+        if HAS_D:
+            y = y + Dv[None, :] * u
+        if HAS_Z:
+            zt = tl.load(z_ptr + b * s_zb + offs_d[None, :] * s_zd + tok[:, None] * s_zl, mask=m, other=0.0)
+            y = y * _silu(zt.to(tl.float32))
+        tl.store(out_ptr + b * s_ob + offs_d[None, :] * s_od + tok[:, None] * s_ol,
+                 _round_to(y, dtype).to(dtype), mask=m)
+
+
+# --------------------------------------------------------------------------------------------
+# Launch configuration
+# --------------------------------------------------------------------------------------------
+
+
+def use_segmented(batch: int) -> bool:
+    """Whether the scan op's CUDA implementation runs this kernel: batches up to :data:`MAX_BATCH` on a GPU.
+    Under the Triton interpreter (whose cost is per program, not latency) the one-pass kernel stays; tests
+    call :func:`segmented_scan` directly."""
+    return batch <= MAX_BATCH and not interpret_mode()
+
+
+def segment_config(batch: int, Dm: int, N: int, L: int) -> tuple[int, int, int, int]:
+    """(BLOCK_D, SEGMENTS, BLOCK_N, num_warps): 16 segments of 8 channels (Vim-S at batch 1: 96 programs of
+    4 warps, 13 tokens a segment at L = 197); the interpreter: 4 segments of the 32-channel block. A first
+    guess, to be swept on a GPU (benchmarks/test_kernels.py times it)."""
+    block_n = triton.next_power_of_2(N)
+    if interpret_mode():
+        return 32, 4, block_n, 1
+    return 8, 16, block_n, 4
+
+
+# --------------------------------------------------------------------------------------------
+# The op's small-batch CUDA implementation
+# --------------------------------------------------------------------------------------------
+
+
+def segmented_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
+    """:func:`ptq4vm_fx.kernels.selective_scan.selective_scan` (same arguments, shapes and result: out
+    (Bsz, Dm, L) in u's dtype, stored token-major) by segments (module docstring)."""
+    A, D, delta_bias = _float(A), f32(D), f32(delta_bias)
+    Bsz, Dm, L, N = _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
+    _check_flag("delta_softplus", delta_softplus)
+    _check_flag("reverse", reverse)
+    check_devices(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    out = token_major_empty(Bsz, Dm, L, u.dtype, u.device)
+    if out.numel() == 0:
+        return out
+    A, D, delta_bias = channel_major(A), vec(D), vec(delta_bias)
+    block_d, segments, block_n, num_warps = segment_config(Bsz, Dm, N, L)
+    grid = (Bsz, triton.cdiv(Dm, block_d))
+    carry = torch.empty((grid[0] * grid[1], segments, block_n, block_d), dtype=torch.float32, device=u.device)
+    _segmented_scan_kernel[grid](
+        u, delta, A, B, C,
+        D if D is not None else A, delta_bias if delta_bias is not None else A,
+        z if z is not None else u, out, carry,
+        Dm, N, L, triton.cdiv(L, segments),
+        *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z), *_s3(out),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        REVERSE=reverse, SEGMENTS=segments,
+        BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+        num_warps=num_warps, num_stages=1,
+    )
+    return out

@@ -1,0 +1,83 @@
+"""The small-batch scan (kernels/segmented_scan.py) against the one scan reference, under the Triton
+interpreter on tiny shapes: both directions, with and without z / D / delta_bias (and softplus), fp32 and
+fp16 inputs, lengths that leave the last segments partly or wholly empty; and the op's dispatch to it."""
+
+import pytest
+import torch
+
+from ptq4vm_fx.kernels import segmented_scan as seg
+from ptq4vm_fx.kernels.selective_scan import selective_scan
+from ptq4vm_fx.scan import selective_scan_ref
+
+
+def _inputs(batch, d, length, n, full, dtype, seed):
+    """(u, delta, A, B, C, D, z, delta_bias, delta_softplus); ``full`` False: no D, z, delta_bias, softplus
+    (delta then positive, as a softplus'd one is)."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, d, length, generator=g).to(dtype)
+    delta = torch.randn(batch, d, length, generator=g) * 0.5 - 1.0
+    delta = (delta if full else delta.abs()).to(dtype)
+    A = -(torch.rand(d, n, generator=g) * 2 + 0.1)
+    B = torch.randn(batch, n, length, generator=g).to(dtype)
+    C = torch.randn(batch, n, length, generator=g).to(dtype)
+    D = torch.randn(d, generator=g) if full else None
+    z = torch.randn(batch, d, length, generator=g).to(dtype) if full else None
+    delta_bias = torch.randn(d, generator=g) * 0.5 if full else None
+    return u, delta, A, B, C, D, z, delta_bias, full
+
+
+def _to(args, device):
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
+
+
+def _assert_rounding_close(got, ref):
+    """Equal to the reference up to fp32 rounding of the state (fp16: of the output's last bit)."""
+    assert got.shape == ref.shape and got.dtype == ref.dtype and got.transpose(1, 2).is_contiguous()  # token-major
+    scale = ref.float().abs().max()
+    bound = 2e-6 if ref.dtype == torch.float32 else 2 ** -10
+    assert (got.float() - ref.float()).abs().max() <= bound * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("full", [True, False])
+@pytest.mark.parametrize("shape", [(1, 33, 13, 4), (2, 8, 5, 16), (1, 40, 1, 3)])
+def test_matches_the_scan_reference(device, dtype, reverse, full, shape):
+    """(batch, D, L, N): 33 channels (a partial block), 13 tokens in 4 segments of 4 (the last one partial),
+    5 tokens (the last segment empty), one token; N = 3 (a partial state block)."""
+    args = _inputs(*shape, full, dtype, seed=sum(shape))
+    got = seg.segmented_scan(*_to(args, device), reverse).cpu()
+    _assert_rounding_close(got, selective_scan_ref(*args, reverse))
+
+
+def test_the_gpu_configuration_and_strided_inputs(device, monkeypatch):
+    """The GPU's launch (16 segments of 8 channels, 4 warps: here 23 tokens in segments of 2) on Vim's
+    layouts: token-major u, delta and z, B and C column slices of one (batch, L, 2N) tensor."""
+    monkeypatch.setattr(seg, "interpret_mode", lambda: False)
+    assert seg.segment_config(2, 24, 16, 23) == (8, 16, 16, 4)
+    u, delta, A, _, _, D, z, delta_bias, _ = _inputs(2, 24, 23, 16, True, torch.float32, seed=3)
+    x_dbl = torch.randn(2, 23, 32, generator=torch.Generator().manual_seed(4))
+    B, C = x_dbl[..., :16].transpose(1, 2), x_dbl[..., 16:].transpose(1, 2)
+    u, delta, z = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (u, delta, z))
+    args = (u, delta, A, B, C, D, z, delta_bias, True)
+    for reverse in (False, True):
+        got = seg.segmented_scan(*_to(args, device), reverse).cpu()
+        _assert_rounding_close(got, selective_scan_ref(*args, reverse))
+
+
+def test_the_op_runs_it_for_small_batches_on_a_gpu(device, monkeypatch):
+    """selective_scan (the op's CUDA implementation) hands batches up to 8 to it on a GPU; under the
+    interpreter, and above 8, the one-pass kernel runs."""
+    calls = []
+    run = seg.segmented_scan
+    monkeypatch.setattr(seg, "segmented_scan", lambda *a: calls.append(a[0].shape[0]) or run(*a))
+    for batch in (1, 9):
+        args = _to(_inputs(batch, 8, 3, 4, True, torch.float32, seed=batch), device)
+        selective_scan(*args, False)
+    assert calls == []  # the interpreter (tests/conftest.py), or a GPU: see below
+    monkeypatch.setattr(seg, "interpret_mode", lambda: False)
+    assert [seg.use_segmented(b) for b in (1, seg.MAX_BATCH, seg.MAX_BATCH + 1)] == [True, True, False]
+    for batch in (1, 9):
+        args = _inputs(batch, 8, 3, 4, True, torch.float32, seed=batch)
+        _assert_rounding_close(selective_scan(*_to(args, device), False).cpu(), selective_scan_ref(*args, False))
+    assert calls == [1]
