@@ -8,7 +8,7 @@ the work of each Vim kernel is counted by the ``*_work`` functions below. Pure P
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 # Per SM and clock on sm_80 / sm_90 (CUDA C Programming Guide, arithmetic instruction throughput):
 MUFU_PER_CLK_SM = 16  # special-function results: ex2, lg2, rcp, rsqrt, sin, cos, tanh
@@ -53,6 +53,10 @@ class Work:
     int8: float = 0.0
     fp16: float = 0.0
     nbytes: float = 0.0
+
+    def __add__(self, other: Work) -> Work:
+        """Two kernels' work, run one after the other (the floor of the sum bounds the pair's time)."""
+        return Work(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
 
 def floor_ms(work: Work, gpu: Gpu) -> dict:
@@ -104,20 +108,23 @@ def with_floor(work: Work, gpu: Gpu, measured_ms: float) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def scan_work(batch: int, d_inner: int, tokens: int, d_state: int, act_bytes: int, out_bytes: int = 1) -> Work:
+def scan_work(batch: int, d_inner: int, tokens: int, d_state: int, act_bytes: int, out_bytes: int = 1,
+              directions: int = 2, softplus: bool = True) -> Work:
     """The bidirectional scan (both directions, their average, ``out_bytes`` per output element: 1 for
-    the int8 codes of the quantize epilogue, the float output's size otherwise).
+    the int8 codes of the quantize epilogue, the float output's size otherwise), or with ``directions`` 1
+    a single-direction scan.
 
     Per (b, d, t) and direction, over its N states: ``exp(dt A)`` (one MUFU each), then 4 FP32 ops
     (dt * A, dA * h, + B (dt u), + h C: FMUL, FMUL, FFMA, FFMA). Per (b, d, t): softplus per direction
-    (an exp and a log or reciprocal: 2 MUFU each) and SiLU(z) once for both (an exp and a reciprocal).
-    Bytes: u, delta, B, C per direction and z in the activations' dtype, A (D, N), D and delta_bias (D,)
-    per direction in fp32, the output once."""
+    (an exp and a log or reciprocal: 2 MUFU each; none with ``softplus`` False, dt_proj's epilogue took it)
+    and SiLU(z) once for both (an exp and a reciprocal). Bytes: u, delta, B, C per direction and z in the
+    activations' dtype, A (D, N), D and delta_bias (D,) per direction in fp32, the output once."""
     bdl = batch * d_inner * tokens
-    elements = bdl * d_state * 2
-    activations = 2 * 2 * bdl + 2 * 2 * batch * d_state * tokens + bdl
-    reads = act_bytes * activations + 4 * 2 * (d_inner * d_state + 2 * d_inner)
-    return Work(mufu=elements + 6 * bdl, fp32=4 * elements, nbytes=reads + out_bytes * bdl)
+    elements = bdl * d_state * directions
+    activations = directions * 2 * bdl + directions * 2 * batch * d_state * tokens + bdl
+    reads = act_bytes * activations + 4 * directions * (d_inner * d_state + 2 * d_inner)
+    mufu = elements + ((2 * directions if softplus else 0) + 2) * bdl
+    return Work(mufu=mufu, fp32=4 * elements, nbytes=reads + out_bytes * bdl)
 
 
 def linear_work(m: int, n: int, k: int, out_bytes: int, int8: bool = True, codes: int = 0) -> Work:

@@ -11,19 +11,27 @@
   out_proj in one kernel) against the reference scan (ptq4vm_fx.ops, twice, as the eager model runs
   it) and against an FP16 scan (the Triton single-direction kernel on fp16 inputs, twice, plus the
   average: what the FP16 official-style baseline runs).
+* dt_proj's softplus: the two dt_proj GEMMs with the scan's softplus in their epilogue
+  (ptq4vm_fused::int8_linear_softplus) and the bidirectional scan without it (the lowered fp32 Vim),
+  against the plain GEMMs and the scan applying softplus(delta + delta_bias) itself.
+* Small batches (1-8): one scan direction on the segmented kernel (kernels/segmented_scan.py, what the
+  op runs there) against the one-pass kernel at the same batch.
 
 Every record carries its floor (benchmarks/floors.py: MUFU, FP32 pipe, tensor cores, HBM bytes at the
 measured copy bandwidth) and the fraction of it the kernel reached.
 """
 
+from unittest import mock
+
 import pytest
 import torch
 
 from ptq4vm_fx import scan
+from ptq4vm_fx.kernels import segmented_scan
 from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
 from ptq4vm_fx.lowering import fused_ops
 
-from .floors import linear_work, scan_work, with_floor
+from .floors import Work, linear_work, scan_work, with_floor
 from .shapes import MODELS, vim_shape
 from .timing import median_ms
 
@@ -231,3 +239,78 @@ def test_bidirectional_scan(model, batch, record, benchmark, gpu):
     record("bidirectional_scan", f"{shape.short}/b{batch}", times, "bidirectional_scan",
            ("reference", "fp16_two_pass"), achieved_gbs=gbs, copy_gbs=gpu.copy_gbs,
            copy_bandwidth_fraction=gbs / gpu.copy_gbs, **with_floor(work, gpu, times["bidirectional_scan"]))
+
+
+# --------------------------------------------------------------------------------------------
+# dt_proj's softplus in its GEMM epilogue (the lowered fp32 Vim)
+# --------------------------------------------------------------------------------------------
+
+
+def dt_softplus_calls(model: str, batch: int, device="cuda") -> tuple:
+    """(in_gemm, in_scan): the two dt_proj GEMMs (fp32 outputs) and the bidirectional scan + quantize, with the
+    softplus(delta + delta_bias) in the GEMMs' epilogue (the scan without it) or in the scan."""
+    p = linear_problem(model, "dt_proj", batch, device)
+    fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32, device)
+    gemm = (p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"])
+
+    def in_gemm():
+        dt_f = fused_ops.int8_linear_softplus(*gemm, fwd[6], torch.float32).transpose(1, 2)
+        dt_b = fused_ops.int8_linear_softplus(*gemm, bwd[6], torch.float32).transpose(1, 2)
+        return fused_ops.bidirectional_scan_quantize(fwd[0], dt_f, *fwd[2:6], None, bwd[0], dt_b, *bwd[2:6], None,
+                                                     z, False, *qparams, False)
+
+    def in_scan():
+        dt_f = torch.ops.ptq4vm.int8_linear(*gemm, torch.float32).transpose(1, 2)
+        dt_b = torch.ops.ptq4vm.int8_linear(*gemm, torch.float32).transpose(1, 2)
+        return fused_ops.bidirectional_scan_quantize(fwd[0], dt_f, *fwd[2:], bwd[0], dt_b, *bwd[2:], z, True,
+                                                     *qparams, False)
+
+    return in_gemm, in_scan
+
+
+@pytest.mark.parametrize("batch", [1, 128])
+@pytest.mark.parametrize("model", MODELS)
+def test_dt_proj_softplus(model, batch, record, benchmark, gpu):
+    in_gemm, in_scan = dt_softplus_calls(model, batch)
+    # the same codes but where the GEMM's softplus (no FMA contraction) and the scan's round an ulp apart
+    codes, codes_ref = in_gemm()[1], in_scan()[1]
+    assert (codes.int() - codes_ref.int()).abs().max() <= 1 and (codes != codes_ref).float().mean() < 1e-3
+    times = {"softplus_in_gemm": graphed_ms(in_gemm), "softplus_in_scan": graphed_ms(in_scan)}
+    benchmark.extra_info.update(times_ms=times)
+    benchmark.pedantic(synced(in_gemm), rounds=50, warmup_rounds=5)
+    shape = vim_shape(model)
+    m, (k, n) = batch * shape.tokens, shape.linear("dt_proj")
+    gemms = linear_work(m, n, k, out_bytes=4) + linear_work(m, n, k, out_bytes=4)
+    work = gemms + Work(mufu=2 * 2 * m * n) + scan_work(batch, shape.d_inner, shape.tokens, shape.d_state,
+                                                         act_bytes=4, softplus=False)
+    record("dt_proj_softplus", f"{shape.short}/b{batch}", times, "softplus_in_gemm", ("softplus_in_scan",),
+           **with_floor(work, gpu, times["softplus_in_gemm"]))
+
+
+# --------------------------------------------------------------------------------------------
+# small batches: the segmented scan
+# --------------------------------------------------------------------------------------------
+
+
+def one_pass_scan(*args):
+    """The one-pass scan kernel at any batch (the op hands batches up to 8 to the segmented one)."""
+    with mock.patch.object(segmented_scan, "MAX_BATCH", 0):
+        return triton_scan(*args)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 8])
+@pytest.mark.parametrize("model", MODELS)
+def test_small_batch_scan(model, batch, record, benchmark, gpu):
+    fwd, _, z, _ = scan_problem(model, batch, torch.float32)
+    args = (*fwd[:6], z, fwd[6], True, False)
+    out = segmented_scan.segmented_scan(*args)
+    torch.testing.assert_close(out, one_pass_scan(*args), rtol=1e-4, atol=1e-5)
+    assert torch.equal(triton_scan(*args), out)  # what the op runs at this batch
+    times = {"segmented_scan": graphed_ms(lambda: segmented_scan.segmented_scan(*args)),
+             "one_pass_scan": graphed_ms(lambda: one_pass_scan(*args))}
+    benchmark.extra_info.update(times_ms=times)
+    benchmark.pedantic(synced(lambda: segmented_scan.segmented_scan(*args)), rounds=50, warmup_rounds=5)
+    shape = vim_shape(model)
+    work = scan_work(batch, shape.d_inner, shape.tokens, shape.d_state, act_bytes=4, out_bytes=4, directions=1)
+    record("small_batch_scan", f"{shape.short}/b{batch}", times, "segmented_scan", ("one_pass_scan",),
+           **with_floor(work, gpu, times["segmented_scan"]))

@@ -25,7 +25,10 @@ from .quant.linear import QUANTIZED_LINEARS
 from .quant.vq_linear import VQ_LINEARS
 
 FORMAT_PREFIX = "ptq4vm_fx.quantized/"
-FORMAT = FORMAT_PREFIX + "2"  # 2: the quantized modules are recorded; 1 re-derived them from the config
+# 3: VMamba's and LocalVSSM's per-direction x_proj / dt_proj take the row-major tokens (their scans read them
+# through order maps), so their per-token scales are in that order; 2 held them in each direction's scan
+# order (padded windows included). 2: the quantized modules are recorded; 1 re-derived them from the config
+FORMAT = FORMAT_PREFIX + "3"
 _STAGES = ("quantized", "simulated")
 _WHAT = "a ptq4vm_fx quantized model file"
 # the recorded kinds; each declares its constructor arguments and their types (INIT_ARGS)

@@ -21,7 +21,9 @@ The launch is specialized as Triton specializes the wrappers' launch for Vim-S a
 activations stored token-major (unit stride along channels), B and C with unit stride along the
 state axis, A channel-major, D and N that fill their blocks, the bidirectional scan storing only
 the codes (STORE_OUT off: Vim reads its float output only through out_proj's quantizer), D, z,
-softplus and the smoothed quantize on, no delta_bias (dt_proj keeps its bias); 32-bit sizes and
+softplus and the smoothed quantize on, no delta_bias (dt_proj keeps its bias); the ordered scan
+(VMamba's cross scan, LocalVSSM's directions) with the same flags as a direction that adds into the sum
+(ACCUMULATE on) and reads and writes through one order map (no scatter map); 32-bit sizes and
 strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16 marked so (all
 but L and B / C's strides along tokens and batch: x_proj's output has 56 columns), B / C row offsets
 as the launch proves them aligned (selective_scan.bc_row_align), and the bidirectional scan's
@@ -59,8 +61,9 @@ UNIT_STRIDES = {
     "_selective_scan_kernel": ("s_ud", "s_td", "s_zd", "s_od", "s_bn", "s_cn", "s_ad"),
     "_bidirectional_scan_kernel": ("s_ufd", "s_tfd", "s_ubd", "s_tbd", "s_zd", "s_ad", "s_od", "s_qd",
                                    "s_bfn", "s_cfn", "s_bbn", "s_cbn", "s_afd", "s_abd"),
+    "_ordered_scan_kernel": ("s_ud", "s_td", "s_zd", "s_od", "s_bn", "s_cn", "s_ad"),
 }
-POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32"}
+POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32", "order_ptr": "*i32", "scatter_ptr": "*i32"}
 # pointers that stay fp32 whatever the activations' dtype: A, D, delta_bias, the quantization parameters
 FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbias_ptr", "dbf_ptr", "dbb_ptr",
                  "inv_smooth_ptr", "inv_scale_ptr", "carry_ptr")
@@ -68,11 +71,11 @@ FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbia
 SEGMENTED = "_segmented_scan_kernel"
 SEGMENTED_LAUNCH = segmented.segment_config(1, 768, 16, 197)
 # 32-bit sizes and strides that are not multiples of 16 in the Vim-S launch
-NOT_DIVISIBLE = ("L", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb", "s_cfl", "s_bbb", "s_bbl", "s_cbb",
+NOT_DIVISIBLE = ("L", "S", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb", "s_cfl", "s_bbb", "s_bbl", "s_cbb",
                  "s_cbl")
 COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
            "ex2": "ex2.approx", "ex2_subnormal": "ex2.approx.f32", "ld_global": "ld.global", "st_global": "st.global"}
-DIRECTIONS = {"_selective_scan_kernel": 1, "_bidirectional_scan_kernel": 2}
+DIRECTIONS = {"_selective_scan_kernel": 1, "_bidirectional_scan_kernel": 2, "_ordered_scan_kernel": 1}
 # An H100 SXM SM (sm_90): 65536 registers, allocated per warp in units of 256; at most 64 warps and 32
 # programs (CTAs) resident
 H100_SMS, REGISTERS_PER_SM, REGISTER_UNIT, MAX_WARPS_PER_SM, MAX_PROGRAMS_PER_SM = 132, 65536, 256, 64, 32
@@ -96,7 +99,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
             signature[arg] = POINTER_TYPES.get(arg, "*fp32" if arg in FP32_POINTERS else f"*{dtype}")
             if not fn.params[i].do_not_specialize_on_alignment:  # as the launch specializes it
                 attrs[(i,)] = [["tt.divisibility", 16]]
-        elif arg in ("Dm", "N", "L", "T") or arg.startswith("s_"):
+        elif arg in ("Dm", "N", "L", "S", "T") or arg.startswith("s_"):
             signature[arg] = "i32"
             if arg not in NOT_DIVISIBLE + ("T",):
                 attrs[(i,)] = [["tt.divisibility", 16]]
@@ -105,7 +108,8 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
         else:  # constexpr flags and block sizes
             values = {"BLOCK_D": block_d, "BLOCK_N": block_n, "BC_ALIGN": vim_s_bc_align(dtype),
                       "SEGMENTS": SEGMENTED_LAUNCH[1]}
-            constants[arg] = values.get(arg, arg not in ("REVERSE", "STORE_OUT", "HAS_DBIAS", "HAS_DBF", "HAS_DBB"))
+            constants[arg] = values.get(arg, arg not in ("REVERSE", "STORE_OUT", "HAS_DBIAS", "HAS_DBF", "HAS_DBB",
+                                                         "HAS_SCATTER"))
             signature[arg] = "constexpr"
     constants.update(dict.fromkeys(off, False))
     for arg in UNIT_STRIDES.get(name, UNIT_STRIDES["_selective_scan_kernel"]):  # the segmented scan's too

@@ -284,7 +284,7 @@ def _ordered_scan_kernel(
     s_zb, s_zd, s_zl,
     s_ob, s_od, s_ol,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SCATTER: tl.constexpr, ACCUMULATE: tl.constexpr,
+    HAS_SCATTER: tl.constexpr, ACCUMULATE: tl.constexpr, BC_ALIGN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """One direction of :func:`ordered_scan`: step i reads token ``order[i]`` of the natural-order inputs
@@ -299,16 +299,18 @@ def _ordered_scan_kernel(
                                       HAS_D, HAS_DBIAS, BLOCK_D)
     dtype = out_ptr.dtype.element_ty
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    t = tl.load(order_ptr).to(tl.int64)
+    t = tl.load(order_ptr)
     u, dt = _ordered_inputs(t, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
     for i in range(S):
         # the next step's token and channel inputs, loaded a step ahead (the last step reloads its own)
-        t_next = tl.load(order_ptr + tl.minimum(i + 1, S - 1)).to(tl.int64)
+        t_next = tl.load(order_ptr + tl.minimum(i + 1, S - 1))
         u_next, dt_next = _ordered_inputs(t_next, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
         valid = t >= 0
         tc = tl.maximum(t, 0)
-        Bt = tl.load(B_ptr + b * s_bb + tc * s_bl + offs_n * s_bn, mask=mask_n & valid, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + b * s_cb + tc * s_cl + offs_n * s_cn, mask=mask_n & valid, other=0.0).to(tl.float32)
+        row_b = tl.multiple_of(b * s_bb + tc * s_bl, BC_ALIGN)
+        row_c = tl.multiple_of(b * s_cb + tc * s_cl, BC_ALIGN)
+        Bt = tl.load(B_ptr + row_b + offs_n * s_bn, mask=mask_n & valid, other=0.0).to(tl.float32)
+        Ct = tl.load(C_ptr + row_c + offs_n * s_cn, mask=mask_n & valid, other=0.0).to(tl.float32)
         if HAS_DBIAS:
             dt = dt + dbias
         if SOFTPLUS:
@@ -322,7 +324,7 @@ def _ordered_scan_kernel(
             zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + tc * s_zl, mask=mask_d & valid, other=0.0)
             y = y * _silu(zt.to(tl.float32))
         if HAS_SCATTER:
-            p = tl.load(scatter_ptr + i).to(tl.int64)
+            p = tl.load(scatter_ptr + i)
         else:
             p = t
         keep = mask_d & (p >= 0)
@@ -611,6 +613,8 @@ def _launch_ordered_scan(u, deltas, A, Bs, Cs, D=None, z=None, delta_bias=None, 
             *_s3(u), *_s3(deltas[k]), A.stride(1), A.stride(2), *_s3(Bs[k]), *_s3(Cs[k]), *_s3(z), *_s3(out),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_SCATTER=scatter is not None, ACCUMULATE=k > 0,
+            BC_ALIGN=bc_row_align(Bs[k].element_size(), Bs[k].stride(0), Bs[k].stride(2), Cs[k].stride(0),
+                                  Cs[k].stride(2)),
             BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
             num_warps=num_warps, num_stages=2,
         )

@@ -77,11 +77,12 @@ def lower_graph(gm: GraphModule, fusions: Iterable[str] = FUSIONS, tune_gemm: bo
     ``tune_gemm`` False, the INT8 GEMMs they produce take fixed tiles instead of tuning them.
 
     Returns the number of times each was applied; the counters in :mod:`.report` add them up, and
-    count the ``ptq4vm::vq_linear`` calls the graph hands to Inductor (no rewrite takes them: the op
-    runs the VQ GEMM kernel on CUDA itself)."""
+    count the ``ptq4vm::vq_linear`` and ``ptq4vm::ordered_scan`` calls the graph hands to Inductor (no
+    rewrite takes them: each op runs its kernel on CUDA itself)."""
     enabled = BackendOptions(fusions=tuple(fusions)).fusions
     applied = {name: REWRITES[name](gm) for name in enabled}
     report.vq_linears(sum(is_custom_op(n, torch.ops.ptq4vm.vq_linear) for n in gm.graph.nodes))
+    report.ordered_scans(sum(is_custom_op(n, torch.ops.ptq4vm.ordered_scan) for n in gm.graph.nodes))
     if not tune_gemm:
         for node in gm.graph.nodes:
             if any(is_custom_op(node, op) for op in GEMMS):

@@ -74,3 +74,16 @@ def test_end_to_end_floor_is_the_sum_of_the_kernels_floors():
     # two convs / x_projs / dt_projs a block: twice one launch's floor
     one_conv = floor_ms(Work(mufu=2 * BDL, fp32=4 * BDL, nbytes=9 * BDL), H100)["floor_ms"]
     assert total["per_kernel_ms"]["conv1d_silu x2"] == pytest.approx(24 * 2 * one_conv)
+
+
+def test_scan_work_of_one_direction_and_without_softplus():
+    """A single-direction scan (the small-batch kernel's benchmark) and the scan whose softplus dt_proj's
+    GEMM took: Vim-S b1; and two kernels' work adds up field by field."""
+    bdl = 768 * 197
+    one = scan_work(1, 768, 197, 16, act_bytes=4, out_bytes=4, directions=1)
+    # 16 decays + softplus (2) + SiLU (2) per (b, d, t); u, delta, z, B, C (16 each) fp32; A, D, delta_bias; y fp32
+    assert one.mufu == 16 * bdl + 4 * bdl and one.fp32 == 4 * 16 * bdl
+    assert one.nbytes == 4 * (3 * bdl + 2 * 16 * 197) + 4 * (768 * 16 + 2 * 768) + 4 * bdl
+    both = scan_work(1, 768, 197, 16, act_bytes=4)
+    assert scan_work(1, 768, 197, 16, act_bytes=4, softplus=False).mufu == both.mufu - 4 * bdl
+    assert one + both == Work(one.mufu + both.mufu, one.fp32 + both.fp32, 0, 0, one.nbytes + both.nbytes)

@@ -35,6 +35,7 @@ import timm
 import torch
 import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 import ptq4vm_fx  # noqa: F401  (registers the models with timm)
 from ptq4vm_fx.errors import InputError
@@ -256,11 +257,17 @@ def test_image_sizes(figures):
 
 @pytest.mark.parametrize("tag", ["vssm", "vim_mid"])
 def test_fx_trace_matches_eager(figures, tag):
-    """One scan node per direction per block; the traced graph equals eager (LocalVSSM at another size too)."""
+    """One scan node per direction per block (LocalVSSM: ordered scans, no padded, transposed or flipped copy of
+    the map); the traced graph equals eager (LocalVSSM at another size too)."""
     model = official_model(figures, tag)
     gm = torch.fx.symbolic_trace(model)
-    scans = [n for n in gm.graph.nodes if n.op == "call_function" and "selective_scan" in str(n.target)]
-    assert len(scans) == sum(len(d) for d in CONFIGS[tag][1]["directions"])
+    scans = [str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "_scan" in str(n.target)]
+    kind = "ptq4vm.ordered_scan" if tag == "vssm" else "ptq4vm.selective_scan"
+    assert scans == [kind] * sum(len(d) for d in CONFIGS[tag][1]["directions"])
+    if tag == "vssm":  # a mixer's graph: no padded, flipped or transposed copy of the map
+        mixer = torch.fx.symbolic_trace(model.layers[0].blocks[0].op)
+        assert not any(n.target in (F.pad, "flip") or (n.target == "transpose" and n.args[1:] == (2, 3))
+                       for n in mixer.graph.nodes)
     x = figures[f"{tag}.input"]
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)

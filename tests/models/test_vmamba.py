@@ -28,9 +28,11 @@ import pytest
 import timm
 import torch
 import torch.fx
+import torch.nn.functional as F
 
 import ptq4vm_fx  # noqa: F401  (registers the models with timm)
 from ptq4vm_fx.errors import InputError
+from ptq4vm_fx.scan import selective_scan_ref
 from ptq4vm_fx.models.vmamba import VMAMBA_CONFIGS, VSSM, LayerNorm2d, Linear2d, VSSBlock
 
 DATA = Path(__file__).parent / "data"
@@ -173,22 +175,39 @@ def test_bad_image_batch_is_refused():
         model(torch.randn(2, 1, 32, 32))
 
 
-def test_reverse_scan_directions_are_the_flipped_ones(figures):
-    """Directions 2 and 3 (reverse scans on the unflipped order) equal the official flip -> scan -> flip."""
+def test_cross_scan_reads_the_orders_the_official_copies_hold(figures):
+    """SS2D's one ordered scan equals the official cross scan on copies: the row-major tokens, the transposed
+    map's, each scanned forward and flipped -> scanned -> flipped back, the column outputs transposed back,
+    the four summed (a non-square map, so rows and columns cannot be confused)."""
     op = official_model(figures, "s4").layers[0].blocks[0].op
-    u = torch.randn(2, op.d_inner, 15)
+    x = torch.randn(2, op.d_inner, 3, 5)
+    N, R, D = op.d_state, op.dt_rank, op.d_inner
+
+    def direction(u, k, flip):
+        u = u.flip(-1) if flip else u
+        x_dbl = F.linear(u.transpose(1, 2), op.x_proj_weight[k])
+        delta = F.linear(x_dbl[..., :R], op.dt_projs_weight[k]).transpose(1, 2)
+        A = -torch.exp(op.A_logs.view(4, D, N)[k])
+        y = selective_scan_ref(u, delta, A, x_dbl[..., R : R + N].transpose(1, 2), x_dbl[..., R + N :].transpose(1, 2),
+                               op.Ds.view(4, D)[k], None, op.dt_projs_bias[k], True)
+        return y.flip(-1) if flip else y
+
+    rows, cols = x.flatten(2), x.transpose(2, 3).flatten(2)
     with torch.no_grad():
-        direct = op._direction(u, 2, True)
-        flipped = op._direction(u.flip(-1), 2, False).flip(-1)
-    torch.testing.assert_close(direct, flipped, rtol=1e-5, atol=1e-6)
+        y_rows = direction(rows, 0, False) + direction(rows, 2, True)
+        y_cols = direction(cols, 1, False) + direction(cols, 3, True)
+        expect = y_rows.unflatten(2, (3, 5)) + y_cols.unflatten(2, (5, 3)).transpose(2, 3)
+        torch.testing.assert_close(op.cross_scan(x), expect, rtol=1e-5, atol=1e-6)
 
 
 def test_fx_trace_matches_eager(figures):
     """ptq4vm_fx.capture.capture takes Vim only, so this checks torch.fx.symbolic_trace directly."""
     model = official_model(figures, "s1")
     gm = torch.fx.symbolic_trace(model)
-    scans = [n for n in gm.graph.nodes if n.op == "call_function" and "selective_scan" in str(n.target)]
-    assert len(scans) == 4 * sum(CONFIGS["s1"]["depths"])
+    scans = [n for n in gm.graph.nodes if n.op == "call_function" and "scan" in str(n.target)]
+    assert [str(n.target) for n in scans] == ["ptq4vm.ordered_scan"] * sum(CONFIGS["s1"]["depths"])  # per block
+    assert not any(n.target == "flip" or (n.target == "transpose" and n.args[1:] == (2, 3))
+                   for n in gm.graph.nodes)  # no flipped or transposed copy of the scanned map
     x = torch.randn(3, 3, 24, 40)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)

@@ -142,12 +142,12 @@ def _compiled(qmodel):
 
 
 def test_the_backend_lowers_vmamba(prepared):
-    """x_proj's epilogue quantizes dt_proj's input (4 directions x 2 blocks); a direction pair is summed
-    with no average, which the bidirectional kernel does not compute (named as skipped); no norm is an
-    RMSNorm and no conv a conv1d, so nothing else matches."""
+    """x_proj's epilogue quantizes dt_proj's input (4 directions x 2 blocks); each block's cross scan is one
+    ordered scan (counted: its kernel sums the four directions); no norm is an RMSNorm and no conv a
+    conv1d, so nothing else matches, and no scan pair is left for the bidirectional kernel."""
     applied, skipped = _compiled(ptq4vm_fx.convert(prepared))
-    assert applied == {"linear_quantize": 8, "graphs_lowered": 1}
-    assert skipped == {"bidirectional_scan: the two directions are summed but not averaged": 4}
+    assert applied == {"linear_quantize": 8, "ordered_scan": 2, "graphs_lowered": 1}
+    assert skipped == {}
 
 
 def test_dynamic_scales_are_left_to_the_reference_ops():
