@@ -16,10 +16,14 @@ loads with ``strict=True``:
 Directions (the official ``MultiScan``): ``h`` (row-major), ``v`` (column-major), ``w<k>`` (k x k windows
 in row-major order, row-major inside each window; the map is zero-padded at the bottom/right to
 multiples of k first and the padded tokens are scanned too, as officially), each optionally ``_flip``
-(scanned backwards). A flipped direction is one ``torch.ops.ptq4vm.selective_scan`` call with
-``reverse=True`` on the unflipped order (LocalVim: with the anticausal conv1d, as Vim's backward
-branch), which equals the official flip -> scan -> flip back exactly, padded tokens included; no
-activation is flipped or gathered in the graph (token orders are pads, reshapes and permutes).
+(scanned backwards). LocalVSSM scans each direction with one ``torch.ops.ptq4vm.ordered_scan`` call
+that reads the map's row-major tokens through the direction's order map (models/orders.py; a padded
+token read as the official zero) and writes each output where the official merge puts it: no
+activation is padded, transposed, flipped or gathered in its graph. LocalVim's conv1d runs in scan
+order, so its directions keep the materialized orders (pads, reshapes and permutes; a flipped
+direction is one ``torch.ops.ptq4vm.selective_scan`` call with ``reverse=True`` and the anticausal
+conv1d, as Vim's backward branch). Both equal the official flip -> scan -> flip back exactly, padded
+tokens included.
 The official merge of ``v`` / ``v_flip`` reads the column-major output back as if it were laid out
 (H, W) (``rearrange('b d (h w) -> b d (w h)')``): the inverse of the scan only for square maps. It is
 reproduced as is (LocalVim's z gate too stays in each scan's token order, as officially), so
@@ -64,11 +68,14 @@ from .arguments import choice, no_checkpointing, positive_int, refuse_unknown, s
 from .canonical import split_grouped_linears, token_major_linears
 from .checkpoint import CheckedLoading
 from .family import ModelFamily, constructor_keys, model_overrides, named_model, register_family, register_with_timm
+from .orders import token_orders, token_scatters
 from .vim import Block as VimBlock
 from .vim import RMSNorm
 from .vmamba import check_image_batch
 
 torch.fx.wrap("check_image_batch")  # fx.wrap patches the name in this module's globals, so wrap it here too
+torch.fx.wrap("token_orders")  # the order maps (models/orders.py): one opaque call, built once per size
+torch.fx.wrap("token_scatters")
 
 __all__ = ["LocalVSSM", "LocalVim", "MultiScan", "BiAttn", "LOCALMAMBA_CONFIGS", "create_localmamba"]
 
@@ -267,28 +274,30 @@ class SS2D(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.multi_scan = MultiScanVSSM(D, directions, where)
 
-    def _direction(self, u: torch.Tensor, k: int) -> torch.Tensor:
-        """Scan direction k over u (batch, D, L) in its token order -> (batch, D, L)."""
-        N, R = self.d_state, self.dt_rank
+    def _direction(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Direction k over the map x (batch, D, H, W) -> its output merged to row-major tokens (batch, D, H W):
+        one ``ptq4vm::ordered_scan`` reading the row-major tokens through the direction's order and writing
+        each output where the official merge puts it (no padded, transposed or flipped copy; a padded
+        token is read as the zero the official padding holds). x_proj_k and dt_proj_k are per-token maps:
+        they run on the H W row-major tokens (a padded token's x_proj and dt_proj outputs are 0)."""
+        N, R, D = self.d_state, self.dt_rank, self.d_inner
+        u = x.flatten(2)  # (batch, D, H W)
         x_dbl = F.linear(u.transpose(1, 2), self.x_proj_weight[k])  # (batch, L, R + 2N)
         delta = F.linear(x_dbl[..., :R], self.dt_projs_weight[k]).transpose(1, 2)  # (batch, D, L)
         B = x_dbl[..., R : R + N].transpose(1, 2)  # (batch, N, L)
         C = x_dbl[..., R + N :].transpose(1, 2)
-        A = channel_major(-torch.exp(self.A_logs.view(-1, self.d_inner, N)[k].float()))  # (D, N)
-        D_skip = self.Ds.view(-1, self.d_inner)[k].float()
-        delta_bias = self.dt_projs_bias[k].float()
-        reverse = self.multi_scan.directions[k].flip
-        return torch.ops.ptq4vm.selective_scan(u, delta, A, B, C, D_skip, None, delta_bias, True, reverse)
+        A = channel_major(-torch.exp(self.A_logs.view(-1, D, N)[k : k + 1].float()))  # (1, D, N)
+        D_skip = self.Ds.view(-1, D)[k : k + 1].float()
+        delta_bias = self.dt_projs_bias[k : k + 1].float()
+        spec = (tuple(self.multi_scan.directions[k]),)
+        scatter = token_scatters(x, spec) if spec[0][0] == "v" else None  # the official merge of "v"
+        return torch.ops.ptq4vm.ordered_scan(u, [delta], A, [B], [C], D_skip, None, delta_bias,
+                                             token_orders(x, spec), scatter, True)
 
     def cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, D, H, W) -> sum over directions of BiAttn(direction output), (batch, H W, D)."""
-        height, width = x.shape[2], x.shape[3]
         ms = self.multi_scan
-        ys = [
-            ms.attn(ms.merge(self._direction(ms.scan(x, k), k), k, height, width).transpose(1, 2))
-            for k in range(len(ms.directions))
-        ]
-        return torch.stack(ys).sum(0)
+        return torch.stack([ms.attn(self._direction(x, k).transpose(1, 2)) for k in range(len(ms.directions))]).sum(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)

@@ -12,12 +12,14 @@ code at 2ed52ea asserts on its ``"core"`` scan backend, so no official model of 
 
 Layout: feature maps are (batch, C, H, W) throughout; ``in_proj``, ``out_proj``, ``fc1`` and
 ``fc2`` are :class:`Linear2d` (a 1x1 conv holding an (out, in) weight, as the official
-``Linear2d`` stores it). Each SS2D direction k calls ``torch.ops.ptq4vm.selective_scan`` once:
-directions 0/1 scan the row-major / column-major token order forward, directions 2/3 scan the
-same orders with ``reverse=True``, which equals the official flip -> scan -> flip back exactly,
-so no flip appears in the graph. ``x_proj_weight[k]`` and ``dt_projs_weight[k]`` are applied as
-``F.linear`` on the token-major (batch, L, C) view. Forward has no data-dependent control flow:
-``torch.fx.symbolic_trace`` captures it with one scan node per direction per block.
+``Linear2d`` stores it). SS2D's cross scan is one ``torch.ops.ptq4vm.ordered_scan`` call: directions
+0/1 scan the row-major / column-major token order forward, directions 2/3 the same orders backwards
+(models/orders.py maps; the official flip -> scan -> flip back and transpose -> merge exactly), each
+reading the row-major tokens through its order, the four outputs summed in the op, so no flip,
+transpose or merge copy appears in the graph. ``x_proj_weight[k]`` and ``dt_projs_weight[k]`` are
+applied as ``F.linear`` on the row-major token-major (batch, L, C) view (per-token maps: the order
+does not matter to them). Forward has no data-dependent control flow: ``torch.fx.symbolic_trace``
+captures it with one scan node per block.
 
 Importing this module registers the variants PTQ4VM quantizes with timm under their official
 names (``timm.create_model("vmamba_tiny_s1l8")``); keyword arguments override the configuration.
@@ -40,14 +42,17 @@ from timm.layers import DropPath, trunc_normal_
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from ..errors import InputError
+from ..scan import channel_major
 from .arguments import choice, no_checkpointing, positive_int, refuse_unknown, ssm_conv_size, stage_widths
 from .canonical import plain_layer_norm, split_grouped_linears, token_major_linears
 from .checkpoint import CheckedLoading
 from .family import ModelFamily, constructor_keys, model_overrides, named_model, register_family, register_with_timm
+from .orders import token_orders
 
 __all__ = ["VSSM", "VMAMBA_CONFIGS", "create_vmamba"]
 
 K_GROUP = 4  # scan directions: row-major, column-major, and both reversed
+CROSS_SCAN = (("h", 0, False), ("v", 0, False), ("h", 0, True), ("v", 0, True))  # models/orders.py directions
 _ACT_LAYERS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 _CROSS_SCAN_TYPES = ("v05", "v04", "v3")
 FORWARD_TYPES = tuple(f"{base}{suffix}" for base in _CROSS_SCAN_TYPES for suffix in ("_noz", ""))
@@ -65,6 +70,7 @@ def check_image_batch(x: torch.Tensor, in_chans: int, patch: int = 1) -> torch.T
 
 
 torch.fx.wrap("check_image_batch")
+torch.fx.wrap("token_orders")  # the order maps: one opaque call in a traced graph, built once per size
 
 
 class Linear2d(nn.Module):
@@ -156,26 +162,24 @@ class SS2D(nn.Module):
         dt = dt.clamp(min=dt_init_floor)
         self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
-    def _direction(self, u: torch.Tensor, k: int, reverse: bool) -> torch.Tensor:
-        """Scan direction k over u (batch, D, L) in that direction's token order -> (batch, D, L)."""
-        N, R = self.d_state, self.dt_rank
-        x_dbl = F.linear(u.transpose(1, 2), self.x_proj_weight[k])  # (batch, L, R + 2N)
-        delta = F.linear(x_dbl[..., :R], self.dt_projs_weight[k]).transpose(1, 2)  # (batch, D, L)
-        B = x_dbl[..., R : R + N].transpose(1, 2)  # (batch, N, L)
-        C = x_dbl[..., R + N :].transpose(1, 2)
-        A = -torch.exp(self.A_logs.view(K_GROUP, self.d_inner, N)[k].float())  # (D, N)
-        D_skip = self.Ds.view(K_GROUP, self.d_inner)[k].float()
-        delta_bias = self.dt_projs_bias[k].float()
-        return torch.ops.ptq4vm.selective_scan(u, delta, A, B, C, D_skip, None, delta_bias, True, reverse)
-
     def cross_scan(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, D, H, W) -> the sum of the 4 directions' outputs, (batch, D, H, W)."""
+        """(batch, D, H, W) -> the sum of the 4 directions' outputs, (batch, D, H, W): one
+        ``ptq4vm::ordered_scan`` reading the row-major tokens through each direction's order (no transposed
+        or flipped copy). x_proj_k and dt_proj_k are per-token maps, so they run on the row-major tokens for
+        every direction."""
         height, width = x.shape[2], x.shape[3]
-        rows = x.flatten(2)  # (batch, D, H W): token h W + w
-        cols = x.transpose(2, 3).flatten(2)  # (batch, D, W H): token w H + h
-        y_rows = self._direction(rows, 0, False) + self._direction(rows, 2, True)
-        y_cols = self._direction(cols, 1, False) + self._direction(cols, 3, True)
-        return y_rows.unflatten(2, (height, width)) + y_cols.unflatten(2, (width, height)).transpose(2, 3)
+        N, R, D = self.d_state, self.dt_rank, self.d_inner
+        u = x.flatten(2)  # (batch, D, H W): token h W + w
+        deltas, Bs, Cs = [], [], []
+        for k in range(K_GROUP):
+            x_dbl = F.linear(u.transpose(1, 2), self.x_proj_weight[k])  # (batch, L, R + 2N)
+            deltas.append(F.linear(x_dbl[..., :R], self.dt_projs_weight[k]).transpose(1, 2))  # (batch, D, L)
+            Bs.append(x_dbl[..., R : R + N].transpose(1, 2))  # (batch, N, L)
+            Cs.append(x_dbl[..., R + N :].transpose(1, 2))
+        A = channel_major(-torch.exp(self.A_logs.view(K_GROUP, D, N).float()))  # (K, D, N)
+        y = torch.ops.ptq4vm.ordered_scan(u, deltas, A, Bs, Cs, self.Ds.view(K_GROUP, D).float(), None,
+                                          self.dt_projs_bias.float(), token_orders(x, CROSS_SCAN), None, True)
+        return y.unflatten(2, (height, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(x)
@@ -481,8 +485,8 @@ FAMILY = register_family(ModelFamily(
     fold_norms=(nn.LayerNorm,),
     linears=("in_proj", "out_proj", "fc1", "fc2", "x_proj_[0-9]*", "dt_proj_[0-9]*"),  # per direction
     alpha=0.65,  # PTQ4VM's VMamba code
-    scan_orders=("row-major tokens (direction 0)", "column-major tokens (1)",
-                 "row-major reversed (2: reverse=True)", "column-major reversed (3: reverse=True)"),
+    scan_orders=("row-major tokens (direction 0)", "column-major tokens (1)", "row-major reversed (2)",
+                 "column-major reversed (3); one ordered scan sums the four"),
     image_size=lambda model: (model.config["imgsize"], model.config["imgsize"]),
     channel_dim=1,  # blocks map (batch, C, H, W) -> (batch, C, H, W)
     canonicalize=canonicalize,
