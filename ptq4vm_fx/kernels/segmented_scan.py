@@ -4,7 +4,8 @@ At batch 1-8 the one-program-per-(sample, channel block) scan (``selective_scan.
 programs to fill a GPU, and each walks all L tokens one after another: its time is L sequential
 steps' latency. Here a program owns one sample, BLOCK_D channels and SEGMENTS segments of
 T = ceil(L / SEGMENTS) consecutive tokens (in scan order: ``reverse`` scans t = L-1 .. 0), its state an
-(SEGMENTS, N, BLOCK_D) register tile, and makes three passes:
+(N, SEGMENTS, BLOCK_D) register tile (states outermost: the emitting step compiles to 213 SASS instructions
+on sm_90 where (SEGMENTS, N, BLOCK_D) gave 319; scripts/kernel_codegen.py), and makes three passes:
 
 1. each segment scans its tokens from a zero state: its end state E_s; and its decay over the
    segment, P_s = exp(A * sum of the segment's dt) (per state and channel);
@@ -46,7 +47,7 @@ def _segment_inputs(i, L, b, offs_d, mask_d, offs_n, mask_n, dbias,
                     u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl, B_ptr, s_bb, s_bn, s_bl,
                     HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr):
     """Step ``i`` (SEGMENTS,) of each segment, in scan order: (token (SEGMENTS,), in-range mask, u and dt
-    (SEGMENTS, BLOCK_D) fp32, dt after bias and softplus and 0 past the last token, B (SEGMENTS, BLOCK_N) fp32)."""
+    (SEGMENTS, BLOCK_D) fp32, dt after bias and softplus and 0 past the last token, B (BLOCK_N, SEGMENTS) fp32)."""
     valid = i < L
     if REVERSE:
         tok = L - 1 - i
@@ -61,8 +62,8 @@ def _segment_inputs(i, L, b, offs_d, mask_d, offs_n, mask_n, dbias,
     if SOFTPLUS:
         dt = _softplus(dt)
     dt = tl.where(m, dt, 0.0)
-    Bt = tl.load(B_ptr + b * s_bb + offs_n[None, :] * s_bn + tok[:, None] * s_bl,
-                 mask=valid[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + b * s_bb + offs_n[:, None] * s_bn + tok[None, :] * s_bl,
+                 mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)
     return tok, valid, u, dt, Bt
 
 
@@ -82,7 +83,7 @@ def _segmented_scan_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """The three passes of the module docstring for sample program_id(0), channel block program_id(1).
-    ``carry``: (programs, SEGMENTS, BLOCK_N, BLOCK_D) fp32 scratch."""
+    The state tile is (BLOCK_N, SEGMENTS, BLOCK_D); ``carry``: (programs, BLOCK_N, SEGMENTS, BLOCK_D) fp32 scratch."""
     b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d, mask_d = _lanes(pid_d, BLOCK_D, Dm, EVEN_D)
@@ -91,32 +92,32 @@ def _segmented_scan_kernel(
                                       HAS_D, HAS_DBIAS, BLOCK_D)
     seg = tl.arange(0, SEGMENTS)
     # 1. each segment from a zero state: its end state and the sum of its dt
-    h = tl.zeros((SEGMENTS, BLOCK_N, BLOCK_D), tl.float32)
+    h = tl.zeros((BLOCK_N, SEGMENTS, BLOCK_D), tl.float32)
     dt_sum = tl.zeros((SEGMENTS, BLOCK_D), tl.float32)
     for t in range(T):
         _, _, u, dt, Bt = _segment_inputs(seg * T + t, L, b, offs_d, mask_d, offs_n, mask_n, dbias,
                                           u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl, B_ptr, s_bb, s_bn, s_bl,
                                           HAS_DBIAS, SOFTPLUS, REVERSE)
-        h = tl.exp2(dt[:, None, :] * A2[None, :, :]) * h + Bt[:, :, None] * (dt * u)[:, None, :]
+        h = tl.exp2(dt[None, :, :] * A2[:, None, :]) * h + Bt[:, :, None] * (dt * u)[None, :, :]
         dt_sum += dt
     # 2. the state at each segment's end from a zero state at the first token; segment s starts from s - 1's
-    decay = tl.exp2(dt_sum[:, None, :] * A2[None, :, :])
-    _, h = tl.associative_scan((decay, h), 0, _combine)
-    carry = (carry_ptr + (b * tl.num_programs(1) + pid_d) * (SEGMENTS * BLOCK_N * BLOCK_D)
-             + offs_n[None, :, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, None, :])
-    tl.store(carry + seg[:, None, None] * (BLOCK_N * BLOCK_D), h)
+    decay = tl.exp2(dt_sum[None, :, :] * A2[:, None, :])
+    _, h = tl.associative_scan((decay, h), 1, _combine)
+    carry = (carry_ptr + (b * tl.num_programs(1) + pid_d) * (BLOCK_N * SEGMENTS * BLOCK_D)
+             + offs_n[:, None, None] * (SEGMENTS * BLOCK_D) + tl.arange(0, BLOCK_D)[None, None, :])
+    tl.store(carry + seg[None, :, None] * BLOCK_D, h)
     tl.debug_barrier()
-    h = tl.load(carry + (seg[:, None, None] - 1) * (BLOCK_N * BLOCK_D), mask=(seg > 0)[:, None, None], other=0.0)
+    h = tl.load(carry + (seg[None, :, None] - 1) * BLOCK_D, mask=(seg > 0)[None, :, None], other=0.0)
     # 3. each segment again, from its start state, emitting y
     dtype = out_ptr.dtype.element_ty
     for t in range(T):
         tok, valid, u, dt, Bt = _segment_inputs(seg * T + t, L, b, offs_d, mask_d, offs_n, mask_n, dbias,
                                                 u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl,
                                                 B_ptr, s_bb, s_bn, s_bl, HAS_DBIAS, SOFTPLUS, REVERSE)
-        Ct = tl.load(C_ptr + b * s_cb + offs_n[None, :] * s_cn + tok[:, None] * s_cl,
-                     mask=valid[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        h = tl.exp2(dt[:, None, :] * A2[None, :, :]) * h + Bt[:, :, None] * (dt * u)[:, None, :]
-        y = tl.sum(h * Ct[:, :, None], axis=1)
+        Ct = tl.load(C_ptr + b * s_cb + offs_n[:, None] * s_cn + tok[None, :] * s_cl,
+                     mask=mask_n[:, None] & valid[None, :], other=0.0).to(tl.float32)
+        h = tl.exp2(dt[None, :, :] * A2[:, None, :]) * h + Bt[:, :, None] * (dt * u)[None, :, :]
+        y = tl.sum(h * Ct[:, :, None], axis=0)
         m = valid[:, None] & mask_d[None, :]
         if HAS_D:
             y = y + Dv[None, :] * u
@@ -168,7 +169,7 @@ def segmented_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     A, D, delta_bias = channel_major(A), vec(D), vec(delta_bias)
     block_d, segments, block_n, num_warps = segment_config(Bsz, Dm, N, L)
     grid = (Bsz, triton.cdiv(Dm, block_d))
-    carry = torch.empty((grid[0] * grid[1], segments, block_n, block_d), dtype=torch.float32, device=u.device)
+    carry = torch.empty((grid[0] * grid[1], block_n, segments, block_d), dtype=torch.float32, device=u.device)
     _segmented_scan_kernel[grid](
         u, delta, A, B, C,
         D if D is not None else A, delta_bias if delta_bias is not None else A,
