@@ -70,7 +70,7 @@ from .checkpoint import CheckedLoading
 from .family import ModelFamily, constructor_keys, model_overrides, named_model, register_family, register_with_timm
 from .orders import token_orders, token_scatters
 from .vim import Block as VimBlock
-from .vim import RMSNorm
+from .vim import RMSNorm, dt_bias_init, s4d_real_a_log
 from .vmamba import check_image_batch
 
 torch.fx.wrap("check_image_batch")  # fx.wrap patches the name in this module's globals, so wrap it here too
@@ -265,10 +265,8 @@ class SS2D(nn.Module):
             self.A_logs = nn.Parameter(torch.randn(K * D, N))
         else:  # Mamba's dt init (softplus(dt_projs_bias) log-uniform in [dt_min, dt_max]) and S4D-real A
             self.dt_projs_weight = nn.Parameter(torch.empty(K, D, R).uniform_(-(R**-0.5), R**-0.5))
-            dt = torch.exp(torch.rand(K, D) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-            dt = dt.clamp(min=dt_init_floor)
-            self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-            self.A_logs = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(K * D, 1))
+            self.dt_projs_bias = nn.Parameter(dt_bias_init((K, D), dt_min, dt_max, dt_init_floor))
+            self.A_logs = nn.Parameter(s4d_real_a_log(K * D, N))
         self.Ds = nn.Parameter(torch.ones(K * D))
         self.out_proj = nn.Linear(D, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -524,7 +522,7 @@ class MultiMamba(nn.Module):
         self.use_middle_cls_token = use_middle_cls_token
         self.in_proj = nn.Linear(d_model, 2 * D, bias=bias)
         self.multi_scan = MultiScan(directions, where)
-        A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(D, 1)
+        A_log = s4d_real_a_log(D, d_state)
         for i in range(len(directions)):
             setattr(self, f"A_log_{i}", nn.Parameter(A_log.clone()))
             conv = nn.Conv1d(D, D, d_conv, groups=D, padding=d_conv - 1, bias=conv_bias)

@@ -81,13 +81,24 @@ class RMSNorm(nn.Module):
         return y.to(self.weight.dtype)
 
 
-def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4):
+def s4d_real_a_log(rows: int, d_state: int) -> torch.Tensor:
+    """Mamba's S4D-real A as log A: log 1, ..., log d_state in each of ``rows`` rows; (rows, d_state) fp32."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(rows, 1)
+
+
+def dt_bias_init(shape, dt_min=1e-3, dt_max=0.1, dt_init_floor=1e-4) -> torch.Tensor:
+    """Mamba's dt_proj bias: the inverse softplus of dt drawn log-uniform in [dt_min, dt_max] (at least
+    dt_init_floor), so softplus(bias) starts there; ``shape`` fp32 (VMamba and LocalVSSM use it too)."""
+    dt = torch.exp(torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int):
     std = dt_rank**-0.5
     nn.init.uniform_(dt_proj.weight, -std, std)
-    dt = torch.exp(torch.rand(dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_init_floor)
     with torch.no_grad():
-        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        dt_proj.bias.copy_(dt_bias_init(dt_proj.out_features))
 
 
 class Mamba(nn.Module):
@@ -101,7 +112,7 @@ class Mamba(nn.Module):
         self.if_divide_out = if_divide_out
         d_inner = self.d_inner
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
+        A_log = s4d_real_a_log(d_inner, d_state)
         for suffix in ("", "_b"):
             conv = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=True)
             x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)

@@ -48,6 +48,7 @@ from .canonical import plain_layer_norm, split_grouped_linears, token_major_line
 from .checkpoint import CheckedLoading
 from .family import ModelFamily, constructor_keys, model_overrides, named_model, register_family, register_with_timm
 from .orders import token_orders
+from .vim import dt_bias_init, s4d_real_a_log
 
 __all__ = ["VSSM", "VMAMBA_CONFIGS", "create_vmamba"]
 
@@ -155,12 +156,10 @@ class SS2D(nn.Module):
         self.out_proj = Linear2d(D, self.d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # Mamba's S4D-real A, unit D and dt init (softplus(dt_projs_bias) log-uniform in [dt_min, dt_max])
-        self.A_logs = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(K_GROUP * D, 1))
+        self.A_logs = nn.Parameter(s4d_real_a_log(K_GROUP * D, N))
         self.Ds = nn.Parameter(torch.ones(K_GROUP * D))
         self.dt_projs_weight = nn.Parameter(torch.empty(K_GROUP, D, R).uniform_(-(R**-0.5), R**-0.5))
-        dt = torch.exp(torch.rand(K_GROUP, D) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_projs_bias = nn.Parameter(dt_bias_init((K_GROUP, D), dt_min, dt_max, dt_init_floor))
 
     def cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, D, H, W) -> the sum of the 4 directions' outputs, (batch, D, H, W): one
