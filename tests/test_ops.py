@@ -21,6 +21,13 @@ def naive_scan(u, delta, A, B, C, D, z, delta_bias, softplus):
     return (torch.stack(ys, -1) + D[:, None] * u) * F.silu(z)
 
 
+def definition(args, reverse: bool):
+    """naive_scan on scan_args-ordered ``args`` (softplus on), scanning from the last token for ``reverse``."""
+    flip = (lambda t: t.flip(-1)) if reverse else (lambda t: t)
+    u, dl, A, B, C, D, z, db = args
+    return flip(naive_scan(flip(u), flip(dl), A, flip(B), flip(C), D, flip(z), db, True))
+
+
 def scan_args(batch=2, d=5, n=4, length=7, dtype=torch.float64):
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
@@ -32,11 +39,9 @@ def scan_args(batch=2, d=5, n=4, length=7, dtype=torch.float64):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_matches_definition_with_gradients(length, reverse):
     args = scan_args(length=length)
-    flip = (lambda t: t.flip(-1)) if reverse else (lambda t: t)
     a_ref = [t.clone().requires_grad_() for t in args]
     a_new = [t.clone().requires_grad_() for t in args]
-    u, dl, A, B, C, D, z, db = a_ref
-    y_ref = flip(naive_scan(flip(u), flip(dl), A, flip(B), flip(C), D, flip(z), db, True))
+    y_ref = definition(a_ref, reverse)
     y_new = scan.selective_scan_ref(*a_new, True, reverse)
     torch.testing.assert_close(y_new.double(), y_ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(y_ref)
@@ -152,11 +157,9 @@ def test_scan_backward_across_chunks_matches_definition(reverse):
     chunks and a partial one, against the definition; the forward without grad is the same run."""
     length = 2 * scan._CHUNK + 3
     args = scan_args(length=length)
-    flip = (lambda t: t.flip(-1)) if reverse else (lambda t: t)
     a_ref = [t.clone().requires_grad_() for t in args]
     a_new = [t.float().requires_grad_() for t in args]
-    u, dl, A, B, C, D, z, db = a_ref
-    y_ref = flip(naive_scan(flip(u), flip(dl), A, flip(B), flip(C), D, flip(z), db, True))
+    y_ref = definition(a_ref, reverse)
     y_new = scan.selective_scan_ref(*a_new, True, reverse)
     torch.testing.assert_close(y_new.double(), y_ref, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
