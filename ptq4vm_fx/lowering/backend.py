@@ -38,6 +38,7 @@ from .. import ops, scan  # ops registers torch.ops.ptq4vm
 from ..kernels import _common
 from ..kernels import int8_linear as _gemm
 from ..kernels import quantize as _quantize
+from ..kernels import segmented_scan as _segmented
 from ..kernels import selective_scan as _scan_kernels
 from ..kernels import vq_linear as _vq
 from ..progress import hide_cuda_home_notice
@@ -67,7 +68,7 @@ def ops_fingerprint() -> str:
     """"ptq4vm-<16 hex digits>": a hash of the sources of the ptq4vm and ptq4vm_fused ops (their
     definitions, the kernel modules that implement them, the numerics and the scan reference)."""
     digest = hashlib.sha256()
-    for module in (ops, fused_ops, integer, scan, _gemm, _quantize, _scan_kernels, _vq, _common):
+    for module in (ops, fused_ops, integer, scan, _gemm, _quantize, _scan_kernels, _segmented, _vq, _common):
         digest.update(Path(module.__file__).read_bytes())
     return "ptq4vm-" + digest.hexdigest()[:16]
 
