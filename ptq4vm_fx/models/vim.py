@@ -24,6 +24,7 @@ from timm.layers import DropPath, to_2tuple, trunc_normal_
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from ..errors import InputError
 from ..scan import channel_major
+from .checkpoint import CheckedLoading
 
 
 def check_image_size(x: torch.Tensor, height: int, width: int, channels: int) -> torch.Tensor:
@@ -171,10 +172,11 @@ class Block(nn.Module):
         return self.mixer(hidden_states), residual
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(CheckedLoading, nn.Module):
     """Vim classifier: (batch, channels, H, W) -> logits (batch, num_classes).
 
     ``config`` holds the constructor arguments, so a quantized model can be rebuilt on load.
+    ``load_state_dict(strict=True)`` refuses a key or shape mismatch with an InputError.
     """
 
     def __init__(
