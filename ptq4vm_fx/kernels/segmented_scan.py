@@ -28,9 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..scan import channel_major, token_major_empty
-from ._common import _round_to, _silu, _softplus, check_devices, f32, interpret_mode, vec
-from .selective_scan import _branch_constants, _check_flag, _check_scan_args, _float, _lanes, _s3
+from ._common import _round_to, _silu, _softplus, interpret_mode
+from .selective_scan import _branch_constants, _lanes, _s3
 
 # the largest batch the op's CUDA implementation hands to this kernel (selective_scan.selective_scan)
 MAX_BATCH = 8
@@ -136,7 +135,7 @@ def _segmented_scan_kernel(
 def use_segmented(batch: int) -> bool:
     """Whether the scan op's CUDA implementation runs this kernel: batches up to :data:`MAX_BATCH` on a GPU.
     Under the Triton interpreter (whose cost is per program, not latency) the one-pass kernel stays; tests
-    call :func:`segmented_scan` directly."""
+    patch this function to run the segmented one."""
     return batch <= MAX_BATCH and not interpret_mode()
 
 
@@ -151,22 +150,16 @@ def segment_config(batch: int, Dm: int, N: int, L: int) -> tuple[int, int, int, 
 
 
 # --------------------------------------------------------------------------------------------
-# The op's small-batch CUDA implementation
+# The launch (the op's CUDA implementation, selective_scan.selective_scan, calls it at small batches)
 # --------------------------------------------------------------------------------------------
 
 
-def segmented_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
-    """:func:`ptq4vm_fx.kernels.selective_scan.selective_scan` (same arguments, shapes and result: out
-    (Bsz, Dm, L) in u's dtype, stored token-major) by segments (module docstring)."""
-    A, D, delta_bias = _float(A), f32(D), f32(delta_bias)
-    Bsz, Dm, L, N = _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
-    _check_flag("delta_softplus", delta_softplus)
-    _check_flag("reverse", reverse)
-    check_devices(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    out = token_major_empty(Bsz, Dm, L, u.dtype, u.device)
-    if out.numel() == 0:
-        return out
-    A, D, delta_bias = channel_major(A), vec(D), vec(delta_bias)
+def launch_segmented_scan(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    """Fill ``out`` with :func:`ptq4vm_fx.kernels.selective_scan.selective_scan`'s result by segments (module
+    docstring); returns it. Called by that function, which has checked the arguments and prepared them as its
+    own kernel takes them: ``out`` (Bsz, Dm, L) token-major in u's dtype, not empty; A (Dm, N) fp32
+    channel-major; D, delta_bias (Dm,) contiguous fp32 or None; u, delta, z, B, C any strides."""
+    (Bsz, Dm, L), N = u.shape, A.shape[1]
     block_d, segments, block_n, num_warps = segment_config(Bsz, Dm, N, L)
     grid = (Bsz, triton.cdiv(Dm, block_d))
     carry = torch.empty((grid[0] * grid[1], block_n, segments, block_d), dtype=torch.float32, device=u.device)

@@ -444,12 +444,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
     Batches of 1 to 8 on a GPU run the segmented kernel (``kernels/segmented_scan.py``).
     """
-    from .segmented_scan import segmented_scan, use_segmented  # (that module imports this one)
+    from .segmented_scan import launch_segmented_scan, use_segmented  # (that module imports this one)
 
     A, D, delta_bias = _float(A), f32(D), f32(delta_bias)
     Bsz, Dm, L, N = _check_scan_args("", u, delta, A, B, C, D, z, delta_bias)
-    if use_segmented(Bsz):  # latency bound: segments of tokens side by side
-        return segmented_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     _check_flag("delta_softplus", delta_softplus)
     _check_flag("reverse", reverse)
     check_devices(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
@@ -457,6 +455,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if out.numel() == 0:
         return out
     A, D, delta_bias = channel_major(A), vec(D), vec(delta_bias)
+    if use_segmented(Bsz):  # latency bound: segments of tokens side by side
+        return launch_segmented_scan(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
     grid = (Bsz, triton.cdiv(Dm, block_d))
     _selective_scan_kernel[grid](

@@ -1,6 +1,8 @@
 """The small-batch scan (kernels/segmented_scan.py) against the one scan reference, under the Triton
 interpreter on tiny shapes: both directions, with and without z / D / delta_bias (and softplus), fp32 and
-fp16 inputs, lengths that leave the last segments partly or wholly empty; and the op's dispatch to it."""
+fp16 inputs, lengths that leave the last segments partly or wholly empty; and the op's choice of it. The op's
+CUDA implementation (selective_scan) runs it where use_segmented says so: on a GPU at batches up to 8; the
+tests say so under the interpreter too."""
 
 import pytest
 import torch
@@ -30,6 +32,17 @@ def _to(args, device):
     return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
 
 
+@pytest.fixture
+def segmented(monkeypatch):
+    """selective_scan (the op's CUDA implementation) running the segmented kernel at any batch; counts its
+    launches."""
+    launches = []
+    launch = seg.launch_segmented_scan
+    monkeypatch.setattr(seg, "use_segmented", lambda batch: True)
+    monkeypatch.setattr(seg, "launch_segmented_scan", lambda *a: launches.append(a[1].shape[0]) or launch(*a))
+    return launches
+
+
 def _assert_rounding_close(got, ref):
     """Equal to the reference up to fp32 rounding of the state (fp16: of the output's last bit)."""
     assert got.shape == ref.shape and got.dtype == ref.dtype and got.transpose(1, 2).is_contiguous()  # token-major
@@ -42,15 +55,16 @@ def _assert_rounding_close(got, ref):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("full", [True, False])
 @pytest.mark.parametrize("shape", [(1, 33, 13, 4), (2, 8, 5, 16), (1, 40, 1, 3)])
-def test_matches_the_scan_reference(device, dtype, reverse, full, shape):
+def test_matches_the_scan_reference(device, segmented, dtype, reverse, full, shape):
     """(batch, D, L, N): 33 channels (a partial block), 13 tokens in 4 segments of 4 (the last one partial),
     5 tokens (the last segment empty), one token; N = 3 (a partial state block)."""
     args = _inputs(*shape, full, dtype, seed=sum(shape))
-    got = seg.segmented_scan(*_to(args, device), reverse).cpu()
+    got = selective_scan(*_to(args, device), reverse).cpu()
+    assert segmented == [shape[0]]
     _assert_rounding_close(got, selective_scan_ref(*args, reverse))
 
 
-def test_the_gpu_configuration_and_strided_inputs(device, monkeypatch):
+def test_the_gpu_configuration_and_strided_inputs(device, segmented, monkeypatch):
     """The GPU's launch (16 segments of 8 channels, 4 warps: here 23 tokens in segments of 2) on Vim's
     layouts: token-major u, delta and z, B and C column slices of one (batch, L, 2N) tensor."""
     monkeypatch.setattr(seg, "interpret_mode", lambda: False)
@@ -61,23 +75,24 @@ def test_the_gpu_configuration_and_strided_inputs(device, monkeypatch):
     u, delta, z = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (u, delta, z))
     args = (u, delta, A, B, C, D, z, delta_bias, True)
     for reverse in (False, True):
-        got = seg.segmented_scan(*_to(args, device), reverse).cpu()
+        got = selective_scan(*_to(args, device), reverse).cpu()
         _assert_rounding_close(got, selective_scan_ref(*args, reverse))
+    assert segmented == [2, 2]
 
 
 def test_the_op_runs_it_for_small_batches_on_a_gpu(device, monkeypatch):
-    """selective_scan (the op's CUDA implementation) hands batches up to 8 to it on a GPU; under the
-    interpreter, and above 8, the one-pass kernel runs."""
-    calls = []
-    run = seg.segmented_scan
-    monkeypatch.setattr(seg, "segmented_scan", lambda *a: calls.append(a[0].shape[0]) or run(*a))
+    """use_segmented: batches up to 8 on a GPU; under the interpreter (tests/conftest.py) never, so the
+    one-pass kernel keeps its tests. selective_scan follows it."""
+    launches = []
+    launch = seg.launch_segmented_scan
+    monkeypatch.setattr(seg, "launch_segmented_scan", lambda *a: launches.append(a[1].shape[0]) or launch(*a))
     for batch in (1, 9):
         args = _to(_inputs(batch, 8, 3, 4, True, torch.float32, seed=batch), device)
         selective_scan(*args, False)
-    assert calls == []  # the interpreter (tests/conftest.py), or a GPU: see below
+    assert launches == [] and not seg.use_segmented(1)
     monkeypatch.setattr(seg, "interpret_mode", lambda: False)
     assert [seg.use_segmented(b) for b in (1, seg.MAX_BATCH, seg.MAX_BATCH + 1)] == [True, True, False]
     for batch in (1, 9):
         args = _inputs(batch, 8, 3, 4, True, torch.float32, seed=batch)
         _assert_rounding_close(selective_scan(*_to(args, device), False).cpu(), selective_scan_ref(*args, False))
-    assert calls == [1]
+    assert launches == [1]
