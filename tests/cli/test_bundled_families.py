@@ -117,7 +117,8 @@ def test_eval_reads_images_at_the_size_the_quantized_file_records(image_folder, 
     224 of its data config): eval resizes the folder's images to the size the file records."""
     torch.manual_seed(0)
     model = create_model("local_vssm_tiny", depths=[1], dims=8, num_classes=3, directions=[["h", "w7_flip"]]).eval()
-    prepared = ptq4vm_fx.prepare(model, torch.randn(1, 3, 16, 16), ptq4vm_fx.QuantConfig.preset_config("w8a8", "minmax"))
+    config = ptq4vm_fx.QuantConfig.preset_config("w8a8", "minmax")
+    prepared = ptq4vm_fx.prepare(model, torch.randn(1, 3, 16, 16), config)
     with torch.no_grad():
         prepared(torch.randn(4, 3, 16, 16))
     ptq4vm_fx.save(ptq4vm_fx.convert(prepared), tmp_path / "q.pt")
