@@ -28,6 +28,8 @@ def float_model(name: str, checkpoint: str | None, overrides: dict) -> nn.Module
     """The float model ``name`` with ``overrides`` and the weights in ``checkpoint`` (the bundled
     weights for a bundled model when no checkpoint is given)."""
     check_overrides(name, overrides)  # an unknown name too
+    if overrides:
+        reference_model(name, overrides)  # a value the model refuses (forward_type='v2') is named first
     if checkpoint is not None:
         return load_checkpoint(create_model(name, **overrides), checkpoint).eval()
     if name not in BUNDLED_MODELS:
