@@ -12,8 +12,14 @@ float model and the calibration seconds. ``vim-t``: ``timm.create_model("vim_tin
 depth=--depth)`` with random weights (seed 0) at 224 px, ``--images`` calibration images and
 ``--eval-images`` others, all drawn from N(0, 1) (seed 1): logits SQNR and calibration seconds only (random
 weights classify nothing). Each result is appended to ``--json`` as soon as it is measured (a list of
-records; an interrupted run keeps what it finished). ``table`` writes the records as README tables
-between ``<!-- ablation:begin NAME -->`` and ``<!-- ablation:end NAME -->`` (NAME: the model).
+records; an interrupted run keeps what it finished).
+
+``diagnose``: where the static-dynamic gap lies on the bundled model: the default PTQ4VM model of each
+preset, simulated (``convert(simulate=True)``), with one linear name at a time (every block's) switched to
+per-token dynamic ranges, then all of them; top-1 and logits SQNR of each (no recalibration: the same
+scales and smoothing otherwise). ``table`` writes the records as README tables
+between ``<!-- ablation:begin NAME -->`` and ``<!-- ablation:end NAME -->`` (NAME: the model, or "MODEL
+diagnose"), or prints those the README lacks.
 
 A variant is a name from :data:`VARIANTS`: the default config with one lever changed (the lever's
 QuantConfig options), ``official`` (``recipe="official"``) or ``dynamic`` (the method, for reference).
@@ -51,6 +57,8 @@ VARIANTS = {
     "loss=cosine+mse": ("loss: 1 - cos + normalized MSE", {"jlss_loss": "cosine+mse"}),
     "search=midpoint": ("activation ranges shrunk toward the midpoint (official)", {"act_search": "midpoint"}),
     "search=both": ("activation ranges shrunk toward zero and toward the midpoint", {"act_search": "both"}),
+    "norm=2": ("grid search error norm p = 2 (default 2.4)", {"grid_norm": 2.0}),
+    "norm=4": ("grid search error norm p = 4", {"grid_norm": 4.0}),
     "seed=1": ("another JLSS batch order (seed 1): the run-to-run spread", {"seed": 1}),
 }
 
@@ -81,18 +89,25 @@ def _append(path: str, record: dict) -> None:
     p.write_text(json.dumps(records + [record], indent=1) + "\n")
 
 
-def run_digits(args) -> None:
+def _bundled(model: str):
+    """``ptq4vm sweep``'s setup for the bundled ``model`` (calibration images, test batches) and its float
+    evaluation."""
     from ptq4vm_fx.cli import build_parser
     from ptq4vm_fx.cli.selection import quantize_setup
     from ptq4vm_fx.evaluate import evaluate
-    from ptq4vm_fx.pipeline import quantize_and_evaluate
     from ptq4vm_fx.progress import set_quiet
 
     set_quiet(True)
-    cli_args = build_parser().parse_args(["sweep", "--model", args.model])
+    cli_args = build_parser().parse_args(["sweep", "--model", model])
     cli_args.model_kwargs = {}
     setup = quantize_setup(cli_args)
-    float_eval = evaluate(setup.model, setup.loader, device=setup.device, total=setup.eval_images)
+    return setup, evaluate(setup.model, setup.loader, device=setup.device, total=setup.eval_images)
+
+
+def run_digits(args) -> None:
+    from ptq4vm_fx.pipeline import quantize_and_evaluate
+
+    setup, float_eval = _bundled(args.model)
     for spec in args.variants:
         name, options = _variant(spec)
         for preset in args.presets:
@@ -140,25 +155,61 @@ def run_vim_t(args) -> None:
             print(f"{name:24s} {preset}: SQNR {sqnr:.2f} dB {seconds:.1f} s", flush=True)
 
 
+def run_diagnose(args) -> None:
+    import ptq4vm_fx
+    from ptq4vm_fx.capture import blocks
+    from ptq4vm_fx.evaluate import evaluate, logits_sqnr_db
+    from ptq4vm_fx.passes.jlss import fake_quant_nodes
+
+    setup, float_eval = _bundled(args.model)
+    for preset in args.presets:
+        prepared = ptq4vm_fx.prepare(setup.model, setup.calib[:1], _config(preset, {}))
+        with torch.no_grad():
+            for batch in setup.calib.split(64):
+                prepared(batch)
+        sim = ptq4vm_fx.convert(prepared, simulate=True)
+        fqs = [(t, block.get_submodule(t)) for _, block in blocks(sim) for t in fake_quant_nodes(block)]
+        names = list(dict.fromkeys(t for t, _ in fqs))
+        for switched in [[], *([n] for n in names), names]:
+            for t, fq in fqs:
+                fq.dynamic = t in switched
+            q = evaluate(sim, setup.loader, device=setup.device, total=setup.eval_images)
+            label = "none" if not switched else "all" if len(switched) > 1 else switched[0]
+            record = {"model": args.model, "variant": f"dynamic@{label}", "preset": preset, "top1": q.top1,
+                      "sqnr_db": logits_sqnr_db(float_eval, q), "seconds": None}
+            _append(args.json, record)
+            print(f"{preset} dynamic at {label:10s}: top-1 {q.top1:.2f} SQNR {record['sqnr_db']:.2f} dB", flush=True)
+
+
 def _cell(records: list[dict], with_top1: bool) -> str:
-    """Mean over repeated records of one variant x preset."""
+    """Mean over repeated records of one variant x preset (no seconds for a diagnosis)."""
     sqnr = sum(r["sqnr_db"] for r in records) / len(records)
-    seconds = sum(r["seconds"] for r in records) / len(records)
     top1 = f"{sum(r['top1'] for r in records) / len(records):.2f} / " if with_top1 else ""
-    return f"{top1}{sqnr:.1f} / {seconds:.0f} s"
+    if records[0]["seconds"] is None:
+        return f"{top1}{sqnr:.1f}"
+    return f"{top1}{sqnr:.1f} / {sum(r['seconds'] for r in records) / len(records):.0f} s"
 
 
-def table(records: list[dict], model: str) -> str:
+def _block(record: dict) -> str:
+    """The README block of a record: its model's, or "MODEL diagnose" for a diagnosis."""
+    return record["model"] + (" diagnose" if record["seconds"] is None else "")
+
+
+def table(records: list[dict], block: str) -> str:
     """Markdown: a row per variant (first-seen order), a column per preset."""
-    rows = [r for r in records if r["model"] == model]
+    rows = [r for r in records if _block(r) == block]
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     with_top1 = rows[0]["top1"] is not None
-    what = "top-1 % / logits SQNR dB / calibration s" if with_top1 else "logits SQNR dB / calibration s"
+    what = ("top-1 % / " if with_top1 else "") + "logits SQNR dB" + (" / calibration s" if rows[0]["seconds"] else "")
     lines = [f"| variant ({what}) | what it changes | " + " | ".join(p.upper() for p in presets) + " |",
              "| --- | --- | " + " | ".join("---" for _ in presets) + " |"]
     for v in variants:
-        words = VARIANTS[v][0] if v in VARIANTS else " + ".join(VARIANTS[p][0] for p in v.split("+"))
+        if v.startswith("dynamic@"):
+            where = {"none": "no linear (the default PTQ4VM model)", "all": "every linear"}.get(v[8:], f"`{v[8:]}`")
+            words = f"per-token dynamic ranges at {where}, in every block"
+        else:
+            words = VARIANTS[v][0] if v in VARIANTS else " + ".join(VARIANTS[p][0] for p in v.split("+"))
         cells = []
         for p in presets:
             got = [r for r in rows if r["variant"] == v and r["preset"] == p]
@@ -171,13 +222,13 @@ def write_tables(args) -> None:
     records = [r for path in args.json for r in json.loads(Path(path).read_text())]
     readme = Path(args.readme)
     text = readme.read_text()
-    for model in dict.fromkeys(r["model"] for r in records):
-        begin, end = f"<!-- ablation:begin {model} -->", f"<!-- ablation:end {model} -->"
+    for name in dict.fromkeys(map(_block, records)):
+        begin, end = f"<!-- ablation:begin {name} -->", f"<!-- ablation:end {name} -->"
         if begin not in text:
-            print(table(records, model) + "\n")
+            print(table(records, name) + "\n")
             continue
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{table(records, model)}\n{end}",
-                      text, flags=re.S)
+        block = f"{begin}\n{table(records, name)}\n{end}"
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _, block=block: block, text, flags=re.S)
     readme.write_text(text)
 
 
@@ -194,11 +245,15 @@ def main(argv=None) -> int:
         p.add_argument("--variants", nargs="+", default=["default"])
         p.add_argument("--presets", nargs="+", default=["w8a8", "w6a6", "w4a8", "w4a4"])
         p.add_argument("--json", required=True)
+    g = sub.add_parser("diagnose")
+    g.add_argument("--model", default="vim_digits")
+    g.add_argument("--presets", nargs="+", default=["w4a4"])
+    g.add_argument("--json", required=True)
     t = sub.add_parser("table")
     t.add_argument("json", nargs="+")
     t.add_argument("--readme", default=str(Path(__file__).resolve().parents[1] / "README.md"))
     args = parser.parse_args(argv)
-    {"digits": run_digits, "vim-t": run_vim_t, "table": write_tables}[args.command](args)
+    {"digits": run_digits, "vim-t": run_vim_t, "diagnose": run_diagnose, "table": write_tables}[args.command](args)
     return 0
 
 

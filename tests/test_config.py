@@ -144,7 +144,8 @@ def test_recipe_official_takes_the_official_settings_per_family():
     for family, epochs, batch, lrs, alpha in ((VIM, 100, 256, (5e-4, 5e-4, 1e-2), 0.5),
                                               (VMAMBA, 50, 32, (1e-4, 1e-4, 1e-4), 0.65)):
         config = QuantConfig.preset_config("w4a4", recipe="official").for_family(family)
-        assert (config.jlss_epochs, config.jlss_batch_size, config.jlss_lrs, config.alpha) == (epochs, batch, lrs, alpha)
+        got = (config.jlss_epochs, config.jlss_batch_size, config.jlss_lrs, config.alpha)
+        assert got == (epochs, batch, lrs, alpha)
         assert all(getattr(config, name) == value for name, value in OFFICIAL.items())
         assert QuantConfig.from_dict(config.to_dict()).for_family(family) == config
     assert QuantConfig.preset_config("w4a4").for_family(VIM).jlss_epochs == 10  # the default recipe changes nothing
