@@ -56,3 +56,28 @@ def test_a_scan_without_softplus_is_left_alone(qvim, fresh_counters):
     assert lower_graph(gm, ["linear_softplus"]) == {"linear_softplus": 0}
     assert fresh_counters.skipped_counters() == {}
     assert not any(is_custom_op(n, FUSED) for n in gm.graph.nodes)
+
+
+def test_a_delta_bias_computed_after_dt_proj_moves_the_fused_gemm(qvim, fresh_counters):
+    """A scan whose delta_bias is computed after dt_proj (VMamba's ``dt_projs_bias.float()``): the fused GEMM
+    goes after it, the transposes between it and the scan with it; the graph computes what it did."""
+    gm, example_inputs = dynamo_graph(qvim, images(2))
+    node, packet = _scans(gm)[0]
+    names = [a.name for a in packet.default._schema.arguments]
+    skip = node.args[names.index("D")]  # computed right before the scan, after dt_proj
+    with gm.graph.inserting_before(node):
+        bias = gm.graph.call_function(torch.mul, (skip, 0.25))
+    example = skip.meta["example_value"]
+    with example.fake_mode:
+        bias.meta["example_value"] = example * 0.25
+    node.update_arg(names.index("delta_bias"), bias)
+    gm.recompile()
+    with torch.no_grad():
+        expect = gm(*example_inputs)[0]
+    assert lower_graph(gm, ["linear_softplus"]) == {"linear_softplus": 4}
+    assert fresh_counters.skipped_counters() == {}
+    fused = next(n for n in gm.graph.nodes if is_custom_op(n, FUSED) and bias in n.args)
+    order = list(gm.graph.nodes)
+    assert order.index(bias) < order.index(fused) < order.index(node)
+    with torch.no_grad():
+        assert torch.equal(gm(*example_inputs)[0], expect)
