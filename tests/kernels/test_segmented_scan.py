@@ -1,6 +1,6 @@
 """The small-batch scan (kernels/segmented_scan.py) against the one scan reference, under the Triton
-interpreter on tiny shapes: both directions, with and without z / D / delta_bias (and softplus), fp32 and
-fp16 inputs, lengths that leave the last segments partly or wholly empty; and the op's choice of it. The op's
+interpreter on tiny shapes: both directions, with and without z / D / delta_bias (and softplus), fp32,
+fp16 and bf16 inputs, lengths that leave the last segments partly or wholly empty; and the op's choice of it. The op's
 CUDA implementation (selective_scan) runs it where use_segmented says so: on a GPU at batches up to 8; the
 tests say so under the interpreter too."""
 
@@ -47,11 +47,11 @@ def _assert_rounding_close(got, ref):
     """Equal to the reference up to fp32 rounding of the state (fp16: of the output's last bit)."""
     assert got.shape == ref.shape and got.dtype == ref.dtype and got.transpose(1, 2).is_contiguous()  # token-major
     scale = ref.float().abs().max()
-    bound = 2e-6 if ref.dtype == torch.float32 else 2 ** -10
+    bound = {torch.float32: 2e-6, torch.float16: 2 ** -10, torch.bfloat16: 2 ** -7}[ref.dtype]
     assert (got.float() - ref.float()).abs().max() <= bound * scale
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("full", [True, False])
 @pytest.mark.parametrize("shape", [(1, 33, 13, 4), (2, 8, 5, 16), (1, 40, 1, 3)])
