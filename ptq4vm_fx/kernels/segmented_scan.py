@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ._common import _round_to, _silu, _softplus, interpret_mode
-from .selective_scan import _branch_constants, _lanes, _s3
+from .selective_scan import _branch_constants, _emit, _lanes, _s3
 
 # the largest batch the op's CUDA implementation hands to this kernel (selective_scan.selective_scan)
 MAX_BATCH = 8
@@ -127,6 +127,28 @@ def _segmented_scan_kernel(
                  _round_to(y, dtype).to(dtype), mask=m)
 
 
+@triton.jit
+def _average_kernel(yf_ptr, yb_ptr, out_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, zp_ptr, Dm, L,
+                    s_fb, s_fd, s_fl, s_bb, s_bd, s_bl, s_ob, s_od, s_ol, s_qb, s_ql, s_qd, qmin, qmax,
+                    QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr, STORE_OUT: tl.constexpr,
+                    BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    """Token program_id(0) = b * L + t, channel block program_id(1): (y_f + y_b) / 2 of the two directions'
+    outputs (each already rounded to out's dtype), rounded as the bidirectional kernel rounds its sum and
+    half, stored and / or quantized as its epilogue does (selective_scan._emit)."""
+    row = tl.program_id(0)
+    b = (row // L).to(tl.int64)
+    t = row % L
+    offs_d, mask_d = _lanes(tl.program_id(1), BLOCK_D, Dm, EVEN_D)
+    if HAS_SMOOTH:
+        inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
+    else:
+        inv_smooth = tl.full((BLOCK_D,), 1.0, tl.float32)
+    yf = tl.load(yf_ptr + b * s_fb + offs_d * s_fd + t * s_fl, mask=mask_d, other=0.0).to(tl.float32)
+    yb = tl.load(yb_ptr + b * s_bb + offs_d * s_bd + t * s_bl, mask=mask_d, other=0.0).to(tl.float32)
+    _emit(_round_to(yb + yf, out_ptr.dtype.element_ty) * 0.5, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+          q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT, STORE_OUT)
+
+
 # --------------------------------------------------------------------------------------------
 # Launch configuration
 # --------------------------------------------------------------------------------------------
@@ -175,3 +197,27 @@ def launch_segmented_scan(out, u, delta, A, B, C, D, z, delta_bias, delta_softpl
         num_warps=num_warps, num_stages=1,
     )
     return out
+
+
+def launch_segmented_bidirectional(out, xq, acc, forward, backward, z, delta_softplus, inv_smooth, inv_scale,
+                                   zero_point, qmin, qmax):
+    """:func:`ptq4vm_fx.kernels.selective_scan._launch_bidirectional_scan`'s result at small batches: each
+    direction by segments (``acc`` takes the backward one's output, a new buffer the forward one's), then
+    one program per token averages, stores ``out`` (unless it is ``acc``: store_out off) and quantizes into
+    ``xq`` (``inv_scale`` None: no quantization). Called by that function with its prepared arguments:
+    forward / backward = (u, delta, A channel-major fp32, B, C, D, delta_bias); out, acc (Bsz, Dm, L)
+    token-major in u's dtype; xq (Bsz, L, Dm) int8 or None."""
+    y_f = torch.empty_like(acc)
+    u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f = forward
+    u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b = backward
+    launch_segmented_scan(y_f, u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
+    launch_segmented_scan(acc, u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True)
+    (Bsz, Dm, L), quant = acc.shape, inv_scale is not None
+    block_d = min(triton.next_power_of_2(Dm), 256)
+    _average_kernel[(Bsz * L, triton.cdiv(Dm, block_d))](
+        y_f, acc, out, xq if quant else acc, inv_smooth if inv_smooth is not None else y_f,
+        inv_scale if quant else y_f, zero_point if quant else y_f, Dm, L,
+        *_s3(y_f), *_s3(acc), *_s3(out), *(xq.stride() if quant else (0, 0, 0)), qmin, qmax,
+        QUANT=quant, HAS_SMOOTH=inv_smooth is not None, STORE_OUT=out is not acc,
+        BLOCK_D=block_d, EVEN_D=Dm % block_d == 0, num_warps=4,
+    )

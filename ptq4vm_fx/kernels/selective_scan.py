@@ -509,6 +509,8 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                          f"forward branch has {(Bsz, Dm, L, N)}")
     if u_b.dtype != u_f.dtype:
         raise ValueError(f"u_b must have u_f's dtype (the output's), got {u_b.dtype} and {u_f.dtype}")
+    from .segmented_scan import launch_segmented_bidirectional, use_segmented  # (that module imports this one)
+
     _check_flag("delta_softplus", delta_softplus)
     quant = inv_scale is not None
     if quant:
@@ -533,6 +535,11 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     D_f, delta_bias_f, D_b, delta_bias_b = vec(D_f), vec(delta_bias_f), vec(D_b), vec(delta_bias_b)
     inv_smooth, inv_scale, zero_point = vec(inv_smooth), vec(inv_scale), vec(zero_point)
     qmin, qmax = qrange(bits) if quant else (0.0, 0.0)
+    if use_segmented(Bsz):  # latency bound: each direction by segments, then their average
+        launch_segmented_bidirectional(stored, xq, acc, (u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f),
+                                       (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b), z, delta_softplus,
+                                       inv_smooth, inv_scale, zero_point, qmin, qmax)
+        return (out, xq) if quant else out
     dummy = A_f
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
     grid = (Bsz, triton.cdiv(Dm, block_d))

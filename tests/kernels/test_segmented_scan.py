@@ -1,14 +1,21 @@
 """The small-batch scan (kernels/segmented_scan.py) against the one scan reference, under the Triton
 interpreter on tiny shapes: both directions, with and without z / D / delta_bias (and softplus), fp32,
-fp16 and bf16 inputs, lengths that leave the last segments partly or wholly empty; and the op's choice of it. The op's
-CUDA implementation (selective_scan) runs it where use_segmented says so: on a GPU at batches up to 8; the
-tests say so under the interpreter too."""
+fp16 and bf16 inputs, lengths that leave the last segments partly or wholly empty; Vim's bidirectional
+scan (+ quantize) by segments; and the ops' choice of it. The ops' CUDA implementations (selective_scan,
+the bidirectional launch) run it where use_segmented says so: on a GPU at batches up to 8; the tests say
+so under the interpreter too."""
 
 import pytest
 import torch
 
 from ptq4vm_fx.kernels import segmented_scan as seg
-from ptq4vm_fx.kernels.selective_scan import selective_scan
+from ptq4vm_fx.kernels.selective_scan import (
+    bidirectional_scan,
+    bidirectional_scan_quantize,
+    bidirectional_scan_quantize_ref,
+    bidirectional_scan_ref,
+    selective_scan,
+)
 from ptq4vm_fx.scan import selective_scan_ref
 
 
@@ -96,3 +103,38 @@ def test_the_op_runs_it_for_small_batches_on_a_gpu(device, monkeypatch):
         args = _inputs(batch, 8, 3, 4, True, torch.float32, seed=batch)
         _assert_rounding_close(selective_scan(*_to(args, device), False).cpu(), selective_scan_ref(*args, False))
     assert launches == [1]
+
+
+def _branch(batch, d, length, n, dtype, g):
+    """(u, delta, A, B, C, D, delta_bias) of one direction."""
+    return (torch.randn(batch, d, length, generator=g).to(dtype),
+            (torch.randn(batch, d, length, generator=g) * 0.5 - 1.0).to(dtype),
+            -(torch.rand(d, n, generator=g) * 2 + 0.1), torch.randn(batch, n, length, generator=g).to(dtype),
+            torch.randn(batch, n, length, generator=g).to(dtype), torch.randn(d, generator=g),
+            torch.randn(d, generator=g) * 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("store_out", [True, False])
+@pytest.mark.parametrize("shape", [(2, 33, 13, 4), (1, 8, 1, 16)])
+def test_the_bidirectional_op_by_segments(device, segmented, dtype, store_out, shape):
+    """Vim's bidirectional scan + quantize (the op's CUDA implementation) by segments at small batches: each
+    direction segmented, then their average stored and quantized per token, against the reference: the
+    output to rounding, the codes within one step (a rounding at a tie apart at most)."""
+    g = torch.Generator().manual_seed(sum(shape))
+    fwd, bwd = _branch(*shape, dtype, g), _branch(*shape, dtype, g)
+    batch, d, length, _ = shape
+    z = torch.randn(batch, d, length, generator=g).to(dtype)
+    qparams = (torch.rand(d, generator=g) + 0.5, torch.rand(length, generator=g) * 0.05 + 0.01,
+               torch.randint(-5, 6, (length,), generator=g, dtype=torch.int32), 8)
+    args = (*fwd, *bwd, z, True, *qparams, store_out)
+    y, codes = (t.cpu() for t in bidirectional_scan_quantize(*_to(args, device)))
+    y_ref, codes_ref = bidirectional_scan_quantize_ref(*args)
+    assert segmented == [batch, batch]  # one launch per direction
+    assert codes.dtype == torch.int8 and codes.shape == codes_ref.shape
+    assert (codes.int() - codes_ref.int()).abs().max() <= 1 and (codes != codes_ref).float().mean() <= 0.01
+    if store_out:
+        _assert_rounding_close(y, y_ref)
+    else:
+        assert y.numel() == 0
+    _assert_rounding_close(bidirectional_scan(*_to(args[:16], device)).cpu(), bidirectional_scan_ref(*args[:16]))
