@@ -14,8 +14,8 @@
 * dt_proj's softplus: the two dt_proj GEMMs with the scan's softplus in their epilogue
   (ptq4vm_fused::int8_linear_softplus) and the bidirectional scan without it (the lowered fp32 Vim),
   against the plain GEMMs and the scan applying softplus(delta + delta_bias) itself.
-* Small batches (1-8): one scan direction on the segmented kernel (kernels/segmented_scan.py, what the
-  op runs there) against the one-pass kernel at the same batch.
+* Small batches (1-8): one scan direction, and the bidirectional scan + quantize, on the segmented kernel
+  (kernels/segmented_scan.py, what the ops run there) against the one-pass kernels at the same batch.
 
 Every record carries its floor (benchmarks/floors.py: MUFU, FP32 pipe, tensor cores, HBM bytes at the
 measured copy bandwidth) and the fraction of it the kernel reached.
@@ -313,3 +313,29 @@ def test_small_batch_scan(model, batch, record, benchmark, gpu):
     work = scan_work(batch, shape.d_inner, shape.tokens, shape.d_state, act_bytes=4, out_bytes=4, directions=1)
     record("small_batch_scan", f"{shape.short}/b{batch}", times, "segmented_scan", ("one_pass_scan",),
            **with_floor(work, gpu, times["segmented_scan"]))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 8])
+@pytest.mark.parametrize("model", MODELS)
+def test_small_batch_bidirectional_scan(model, batch, record, benchmark, gpu):
+    """As a lowered Vim launches it (fp32 inputs, the codes only): each direction by segments and their average,
+    against the one-pass bidirectional kernel."""
+    assert segmented_scan.use_segmented(batch)
+    fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32)
+
+    def op():
+        return fused_ops.bidirectional_scan_quantize(*fwd, *bwd, z, True, *qparams, False)
+
+    def one_pass():
+        with mock.patch.object(segmented_scan, "MAX_BATCH", 0):
+            return op()
+
+    codes, codes_ref = op()[1], one_pass()[1]
+    assert (codes.int() - codes_ref.int()).abs().max() <= 1 and (codes != codes_ref).float().mean() < 1e-3
+    times = {"segmented": graphed_ms(op), "one_pass": graphed_ms(one_pass)}
+    benchmark.extra_info.update(times_ms=times)
+    benchmark.pedantic(synced(op), rounds=50, warmup_rounds=5)
+    shape = vim_shape(model)
+    work = scan_work(batch, shape.d_inner, shape.tokens, shape.d_state, act_bytes=4, out_bytes=1)
+    record("small_batch_bidirectional_scan", f"{shape.short}/b{batch}", times, "segmented", ("one_pass",),
+           **with_floor(work, gpu, times["segmented"]))
