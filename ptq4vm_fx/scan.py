@@ -238,12 +238,12 @@ def check_order_maps(order: Tensor, scatter: Optional[Tensor], length: int) -> N
             raise ValueError(f"ordered_scan: direction {k} does not write each of the {length} tokens exactly once")
 
 
-def _inverse(scatter_row: Tensor) -> Tensor:
-    """(S,) scan positions -> (L,) int64: the scan step whose output each token receives."""
-    steps = torch.nonzero(scatter_row >= 0).squeeze(1)
-    inverse = torch.empty_like(steps)
-    inverse[scatter_row[steps].long()] = steps
-    return inverse
+def _inverse(scatter_row: Tensor, length: int) -> Tensor:
+    """(S,) scan positions -> (L,) int64: the scan step whose output each token receives (no data-dependent
+    shapes: the -1 steps land in a slot past the end, which is dropped)."""
+    target = torch.where(scatter_row >= 0, scatter_row.long(), length)
+    steps = torch.arange(len(scatter_row), device=scatter_row.device)
+    return steps.new_zeros(length + 1).scatter_(0, target, steps)[:length]
 
 
 def ordered_scan_ref(
@@ -269,7 +269,8 @@ def ordered_scan_ref(
     u's dtype and the directions are summed in order k = 0, 1, ... as ``y_0 + y_1 + ...`` in that dtype.
     Returns (batch, d, L) in u's dtype, stored token-major. Gather, :func:`selective_scan_ref`, scatter."""
     length = u.shape[-1]
-    check_order_maps(order, scatter, length)
+    if torch._guards.detect_fake_mode((order, scatter)) is None:  # traced (a compiled graph's autograd): no values
+        check_order_maps(order, scatter, length)
     scatter = order if scatter is None else scatter
     out = None
     for k in range(order.shape[0]):
@@ -282,6 +283,6 @@ def ordered_scan_ref(
         y = selective_scan_ref(read(u), read(deltas[k]), A[k], read(Bs[k]), read(Cs[k]),
                                None if D is None else D[k], read(z), None if delta_bias is None else delta_bias[k],
                                delta_softplus)
-        y = y.index_select(-1, _inverse(scatter[k]))
+        y = y.index_select(-1, _inverse(scatter[k], length))
         out = y if out is None else out + y
     return token_major(out)

@@ -71,3 +71,43 @@ def test_trained_vim_on_triton_kernels_matches_eager_int8(float_model, digits, d
     with ThreadPoolExecutor(1) as worker:
         got = worker.submit(_forward, gm, example_inputs).result()
     assert_agrees(got.cpu(), expect.cpu())
+
+
+def _tiny_local_vssm():
+    """A random-weight LocalVSSM whose windows need padding (w3 on a 4x4 map) and whose column merge is the
+    official one: (model, calibration images, test images)."""
+    from ..models.test_localmamba_quant import build, images
+
+    return build("vssm"), images(16, seed=2), images(2, seed=3)
+
+
+def _trained_vmamba():
+    """The trained digits VMamba: (model, calibration images, test images)."""
+    from ptq4vm_fx.data.bundled import bundled_digits, bundled_model
+
+    return bundled_model("vmamba_digits"), bundled_digits("calib")[0][:32], bundled_digits("test")[0][:1]
+
+
+@pytest.mark.parametrize("subject", [_trained_vmamba, _tiny_local_vssm], ids=["vmamba_digits", "local_vssm_padded"])
+def test_2d_scans_on_triton_kernels_match_eager_int8(subject, device):
+    """VMamba and LocalVSSM W8A8, lowered: each ordered scan (VMamba's four directions summed per block,
+    LocalVSSM's per direction, padded windows read as zeros, column merges) and every other ptq4vm op on
+    its Triton kernel, against the eager quantized model."""
+    model, calib, images = subject()
+    prepared = ptq4vm_fx.prepare(model, calib[:1], ptq4vm_fx.QuantConfig.preset_config("w8a8", "pts_smooth"))
+    with torch.no_grad():
+        prepared(calib)
+    qmodel = ptq4vm_fx.convert(prepared).to(device)
+    images = images.to(device)
+    gm, example_inputs = dynamo_graph(qmodel, images)
+    lower_graph(gm)
+    scans = [n for n in gm.graph.nodes if n.target in (torch.ops.ptq4vm.ordered_scan, torch.ops.ptq4vm.ordered_scan.default)]
+    per_block = [len(d) for d in model.config["directions"]] if "directions" in model.config else model.config["depths"]
+    assert len(scans) == sum(per_block)  # VMamba: one a block; LocalVSSM: one a direction
+    _run_triton_kernels(gm)
+    assert _custom_ops_left(gm) == []
+    with torch.no_grad():
+        expect = qmodel(images)
+    with ThreadPoolExecutor(1) as worker:
+        got = worker.submit(_forward, gm, example_inputs).result()
+    assert_agrees(got.cpu(), expect.cpu())

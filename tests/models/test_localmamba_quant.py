@@ -210,6 +210,21 @@ def test_the_rewrites_on_local_mamba_graphs(kind, applied, fresh_counters):
         torch.testing.assert_close(gm(*example_inputs)[0], qmodel(x))
 
 
+def test_local_vssm_is_lowered_by_the_backend(fresh_counters):
+    """torch.compile on the CPU == eager; per direction x_proj_i's epilogue quantizes dt_proj_i's input and the
+    scan is one counted ordered scan (padded w3 windows, a column merge), the 2D convs and LayerNorms match
+    no fusion; nothing skipped."""
+    qmodel = ptq4vm_fx.convert(quantize(build("vssm")))
+    torch._dynamo.reset()
+    compiled = torch.compile(qmodel, backend="ptq4vm", fullgraph=True)
+    x = images(6, seed=5)
+    with torch.no_grad():
+        out, ref = compiled(x), qmodel(x)
+    assert sqnr_db(ref, out) >= 40.0 and torch.equal(out.argmax(1), ref.argmax(1))
+    assert fresh_counters.lowering_counters() == {"linear_quantize": 6, "ordered_scan": 6, "graphs_lowered": 1}
+    assert fresh_counters.skipped_counters() == {}
+
+
 @pytest.fixture
 def fresh_counters():
     counters[report.APPLIED].clear()
