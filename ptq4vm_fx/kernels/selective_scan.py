@@ -112,17 +112,22 @@ def _scan_step(
     C_ptr, s_cb, s_cn, s_cl,
     z_ptr, s_zb, s_zd, s_zl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BC_ALIGN: tl.constexpr,
+    BC_ALIGN: tl.constexpr, PADDED: tl.constexpr = False,
 ):
     """One token ``t`` of the recurrence for channels ``offs_d`` of batch ``b``, given the token's u
     and delta (:func:`_channel_inputs`; the kernels load them one token ahead, so that their
     latency overlaps a token step: the recurrence starts from them, while B, C and z are needed
     later in the step): returns the new state h (BLOCK_N, BLOCK_D) fp32 and the gated output y_t
-    (BLOCK_D,) fp32. ``BC_ALIGN``: B and C row offsets are multiples of it (:func:`bc_row_align`)."""
+    (BLOCK_D,) fp32. ``BC_ALIGN``: B and C row offsets are multiples of it (:func:`bc_row_align`).
+    ``PADDED``: t may be -1, a zero-padded token (B, C and z read as zeros; its u and delta come as zeros)."""
+    mask_bc, mask_z = mask_n, mask_d
+    if PADDED:
+        mask_bc, mask_z = mask_n & (t >= 0), mask_d & (t >= 0)
+        t = tl.maximum(t, 0)
     row_b = tl.multiple_of(b * s_bb + t * s_bl, BC_ALIGN)
     row_c = tl.multiple_of(b * s_cb + t * s_cl, BC_ALIGN)
-    Bt = tl.load(B_ptr + row_b + offs_n * s_bn, mask=mask_n, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + row_c + offs_n * s_cn, mask=mask_n, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + row_b + offs_n * s_bn, mask=mask_bc, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + row_c + offs_n * s_cn, mask=mask_bc, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         dt = dt + dbias
     if SOFTPLUS:
@@ -133,7 +138,7 @@ def _scan_step(
     if HAS_D:
         y = y + Dv * u
     if HAS_Z:
-        zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+        zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + t * s_zl, mask=mask_z, other=0.0).to(tl.float32)
         y = y * _silu(zt)
     return h, y
 
@@ -305,24 +310,9 @@ def _ordered_scan_kernel(
         # the next step's token and channel inputs, loaded a step ahead (the last step reloads its own)
         t_next = tl.load(order_ptr + tl.minimum(i + 1, S - 1))
         u_next, dt_next = _ordered_inputs(t_next, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl)
-        valid = t >= 0
-        tc = tl.maximum(t, 0)
-        row_b = tl.multiple_of(b * s_bb + tc * s_bl, BC_ALIGN)
-        row_c = tl.multiple_of(b * s_cb + tc * s_cl, BC_ALIGN)
-        Bt = tl.load(B_ptr + row_b + offs_n * s_bn, mask=mask_n & valid, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + row_c + offs_n * s_cn, mask=mask_n & valid, other=0.0).to(tl.float32)
-        if HAS_DBIAS:
-            dt = dt + dbias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dA = tl.exp2(dt[None, :] * A2)
-        h = dA * h + Bt[:, None] * (dt * u)[None, :]
-        y = tl.sum(h * Ct[:, None], axis=0)
-        if HAS_D:
-            y = y + Dv * u
-        if HAS_Z:
-            zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + tc * s_zl, mask=mask_d & valid, other=0.0)
-            y = y * _silu(zt.to(tl.float32))
+        h, y = _scan_step(h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias, u, dt,
+                          B_ptr, s_bb, s_bn, s_bl, C_ptr, s_cb, s_cn, s_cl, z_ptr, s_zb, s_zd, s_zl,
+                          HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, BC_ALIGN, True)
         if HAS_SCATTER:
             p = tl.load(scatter_ptr + i)
         else:

@@ -45,15 +45,26 @@ def _forward(gm, example_inputs):
         return gm(*example_inputs)[0]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_trained_vim_on_triton_kernels_matches_eager_int8(float_model, digits, device, dtype):
-    calib, images = digits["calib"].images[:64], digits["test"].images[:4]
-    config = ptq4vm_fx.QuantConfig.preset_config("w8a8", "pts_smooth")
-    prepared = ptq4vm_fx.prepare(float_model, calib[:1], config)
+def _w8a8(model, calib, device, dtype=torch.float32):
+    """``model`` quantized W8A8 (pts_smooth) on the calibration images ``calib``, moved to ``device``, ``dtype``."""
+    prepared = ptq4vm_fx.prepare(model, calib[:1], ptq4vm_fx.QuantConfig.preset_config("w8a8", "pts_smooth"))
     with torch.no_grad():
         prepared(calib)
-    qmodel = ptq4vm_fx.convert(prepared).to(device, dtype)
-    images = images.to(device, dtype)
+    return ptq4vm_fx.convert(prepared).to(device, dtype)
+
+
+def _on_kernels(gm, example_inputs):
+    """The logits of ``gm`` run with its ops on their kernels. A fresh thread's shallow stack: under pytest's
+    deep one, CPython 3.11 maps and unmaps a frame-stack chunk on every interpreted Triton op (4x the run
+    time on the CPU)."""
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(_forward, gm, example_inputs).result()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_trained_vim_on_triton_kernels_matches_eager_int8(float_model, digits, device, dtype):
+    qmodel = _w8a8(float_model, digits["calib"].images[:64], device, dtype)
+    images = digits["test"].images[:4].to(device, dtype)
 
     gm, example_inputs = dynamo_graph(qmodel, images)
     depth = len(float_model.layers)
@@ -66,11 +77,7 @@ def test_trained_vim_on_triton_kernels_matches_eager_int8(float_model, digits, d
 
     with torch.no_grad():
         expect = qmodel(images)
-    # A fresh thread's shallow stack: under pytest's deep one, CPython 3.11 maps and unmaps a
-    # frame-stack chunk on every interpreted Triton op (4x the run time on the CPU)
-    with ThreadPoolExecutor(1) as worker:
-        got = worker.submit(_forward, gm, example_inputs).result()
-    assert_agrees(got.cpu(), expect.cpu())
+    assert_agrees(_on_kernels(gm, example_inputs).cpu(), expect.cpu())
 
 
 def _tiny_local_vssm():
@@ -94,10 +101,7 @@ def test_2d_scans_on_triton_kernels_match_eager_int8(subject, device):
     LocalVSSM's per direction, padded windows read as zeros, column merges) and every other ptq4vm op on
     its Triton kernel, against the eager quantized model."""
     model, calib, images = subject()
-    prepared = ptq4vm_fx.prepare(model, calib[:1], ptq4vm_fx.QuantConfig.preset_config("w8a8", "pts_smooth"))
-    with torch.no_grad():
-        prepared(calib)
-    qmodel = ptq4vm_fx.convert(prepared).to(device)
+    qmodel = _w8a8(model, calib, device)
     images = images.to(device)
     gm, example_inputs = dynamo_graph(qmodel, images)
     lower_graph(gm)
@@ -108,6 +112,4 @@ def test_2d_scans_on_triton_kernels_match_eager_int8(subject, device):
     assert _custom_ops_left(gm) == []
     with torch.no_grad():
         expect = qmodel(images)
-    with ThreadPoolExecutor(1) as worker:
-        got = worker.submit(_forward, gm, example_inputs).result()
-    assert_agrees(got.cpu(), expect.cpu())
+    assert_agrees(_on_kernels(gm, example_inputs).cpu(), expect.cpu())
