@@ -30,6 +30,8 @@ from ptq4vm_fx import scan
 from ptq4vm_fx.kernels import segmented_scan
 from ptq4vm_fx.kernels.selective_scan import selective_scan as triton_scan
 from ptq4vm_fx.lowering import fused_ops
+from ptq4vm_fx.models.orders import token_orders
+from ptq4vm_fx.models.vmamba import CROSS_SCAN
 
 from .floors import Work, linear_work, scan_work, with_floor
 from .shapes import MODELS, vim_shape
@@ -339,3 +341,66 @@ def test_small_batch_bidirectional_scan(model, batch, record, benchmark, gpu):
     work = scan_work(batch, shape.d_inner, shape.tokens, shape.d_state, act_bytes=4, out_bytes=1)
     record("small_batch_bidirectional_scan", f"{shape.short}/b{batch}", times, "segmented", ("one_pass",),
            **with_floor(work, gpu, times["segmented"]))
+
+
+# --------------------------------------------------------------------------------------------
+# VMamba's cross scan: one ordered scan against the graph it replaced
+# --------------------------------------------------------------------------------------------
+
+# VMamba-T (vmamba_tiny_s1l8 at 224 px): (side of the map, d_inner, d_state, dt_rank) of stages 1 and 3
+CROSS_SCAN_CASES = {"vmamba_tiny/stage1": (56, 96, 1, 6), "vmamba_tiny/stage3": (14, 384, 1, 24)}
+
+
+def cross_scan_problem(case: str, batch: int, device="cuda") -> tuple:
+    """(u, deltas, A, Bs, Cs, D, delta_bias, order, side) of one SS2D cross scan, fp32: u token-major as the
+    conv leaves it, each direction's delta / B / C as slices of its own x_proj output (natural order)."""
+    side, d, n, r = CROSS_SCAN_CASES[case]
+    length = side * side
+    g = torch.Generator(device=device).manual_seed(0)
+    u = torch.randn(batch, length, d, device=device, generator=g).transpose(1, 2)
+    deltas, Bs, Cs = [], [], []
+    for _ in range(4):
+        x_dbl = torch.randn(batch, length, r + 2 * n, device=device, generator=g)
+        deltas.append((torch.randn(batch, length, d, device=device, generator=g) * 0.5 - 2).transpose(1, 2))
+        Bs.append(x_dbl[..., r:r + n].transpose(1, 2))
+        Cs.append(x_dbl[..., r + n:].transpose(1, 2))
+    A = scan.channel_major(-torch.arange(1, n + 1, device=device, dtype=torch.float32).repeat(4, d, 1))
+    D, delta_bias = torch.ones(4, d, device=device), torch.rand(4, d, device=device, generator=g) * 0.1
+    order = token_orders(torch.empty(1, 1, side, side, device=device), CROSS_SCAN)
+    return u, deltas, A, Bs, Cs, D, delta_bias, order, side
+
+
+def four_scans(u, deltas, A, Bs, Cs, D, delta_bias, side):
+    """What VMamba's graph ran before the ordered scan: a transposed copy of u for the column directions,
+    four single-direction scans (2 and 3 reversed), the pair sums and the column sum added back
+    transposed (its delta / B / C then came from x_proj on the column tokens: the same sizes)."""
+    rows, cols = u, u.unflatten(2, (side, side)).transpose(2, 3).flatten(2)
+    y = [triton_scan(x, deltas[k], A[k], Bs[k], Cs[k], D[k], None, delta_bias[k], True, k >= 2)
+         for k, x in enumerate((rows, cols, rows, cols))]
+    y_rows, y_cols = y[0] + y[2], y[1] + y[3]
+    return y_rows.unflatten(2, (side, side)) + y_cols.unflatten(2, (side, side)).transpose(2, 3)
+
+
+@pytest.mark.parametrize("batch", [1, 32, 128])
+@pytest.mark.parametrize("case", list(CROSS_SCAN_CASES))
+def test_cross_scan(case, batch, record, benchmark, gpu):
+    u, deltas, A, Bs, Cs, D, delta_bias, order, side = cross_scan_problem(case, batch)
+
+    def ordered():
+        return torch.ops.ptq4vm.ordered_scan(u, deltas, A, Bs, Cs, D, None, delta_bias, order, None, True)
+
+    torch.testing.assert_close(ordered(), scan.ordered_scan_ref(u, deltas, A, Bs, Cs, D, None, delta_bias, order, None,
+                                                                True), rtol=1e-3, atol=1e-4)
+    times = {"ordered_scan": graphed_ms(ordered),
+             "four_scans": graphed_ms(lambda: four_scans(u, deltas, A, Bs, Cs, D, delta_bias, side))}
+    benchmark.extra_info.update(times_ms=times)
+    benchmark.pedantic(synced(ordered), rounds=50, warmup_rounds=5)
+    # the least any cross scan does: u once, each direction's delta, B, C once, the sum written once (fp32);
+    # per (b, d, t, state, direction) a decay exp and 4 FP32 ops, a softplus (2 MUFU) per (b, d, t, direction)
+    _, d, n, _ = CROSS_SCAN_CASES[case]
+    bdl = batch * d * side * side
+    elements = 4 * bdl * n
+    work = Work(mufu=elements + 8 * bdl, fp32=4 * elements,
+                nbytes=4 * (2 * bdl + 4 * bdl + 8 * batch * n * side * side) + 4 * 4 * (d * n + 2 * d))
+    record("cross_scan", f"{case}/b{batch}", times, "ordered_scan", ("four_scans",),
+           **with_floor(work, gpu, times["ordered_scan"]))

@@ -17,7 +17,7 @@ for step in $steps; do
   case $step in
     tests) timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider -n 8 ${TESTS:-tests} --maxfail=5 \
              >"$OUT/tests.log" 2>&1 ;;
-    bench-kernels) timeout "${KERNELS_S:-480}" python3 -m pytest -q -p no:cacheprovider benchmarks/test_kernels.py \
+    bench-kernels) timeout "${KERNELS_S:-540}" python3 -m pytest -q -p no:cacheprovider benchmarks/test_kernels.py \
              >"$OUT/bench-kernels.log" 2>&1 ;;
     tune) timeout "${TUNE_S:-200}" python3 scripts/tune_kernels.py --out "$OUT/tune.json" >"$OUT/tune.log" 2>&1 ;;
     bench-e2e) timeout "${E2E_S:-540}" python3 -m pytest -q -p no:cacheprovider benchmarks/test_end_to_end.py \
