@@ -71,8 +71,8 @@ FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbia
 SEGMENTED = "_segmented_scan_kernel"
 SEGMENTED_LAUNCH = segmented.segment_config(1, 768, 16, 197)
 # 32-bit sizes and strides that are not multiples of 16 in the Vim-S launch
-NOT_DIVISIBLE = ("L", "S", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb", "s_cfl", "s_bbb", "s_bbl", "s_cbb",
-                 "s_cbl")
+NOT_DIVISIBLE = ("L", "S", "s_bb", "s_bl", "s_cb", "s_cl", "s_bfb", "s_bfl", "s_cfb", "s_cfl", "s_bbb", "s_bbl",
+                 "s_cbb", "s_cbl")
 COUNTED = {"shfl": "shfl.sync", "bar_sync": "bar.sync", "ld_shared": "ld.shared", "st_shared": "st.shared",
            "ex2": "ex2.approx", "ex2_subnormal": "ex2.approx.f32", "ld_global": "ld.global", "st_global": "st.global"}
 DIRECTIONS = {"_selective_scan_kernel": 1, "_bidirectional_scan_kernel": 2, "_ordered_scan_kernel": 1}

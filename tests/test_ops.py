@@ -193,7 +193,7 @@ def test_ordered_scan_op_forward_and_backward_equal_the_gathered_scans():
     for k in range(order.shape[0]):
         valid, index = order[k] >= 0, order[k].clamp(min=0).long()
 
-        def gathered(t):
+        def gathered(t, valid=valid, index=index):
             return torch.where(valid, t.index_select(-1, index), 0)
 
         y = scan.selective_scan_ref(gathered(u), gathered(deltas[k]), A[k], gathered(Bs[k]), gathered(Cs[k]), D[k],

@@ -38,8 +38,9 @@ def _reads(order: str, window: int, height: int, width: int) -> Tensor:
 
 def _writes(order: str, window: int, height: int, width: int) -> Tensor:
     """(S,) int64: the token each step's output goes to under LocalMamba's merge (-1 where the step reads a
-    padded token): the read token, except for "v", whose official merge reads the column-major output back as if it were an (H, W) map (step
-    a W + b to token b H + a; the inverse of the read order only when H == W)."""
+    padded token): the read token, except for "v", whose official merge reads the column-major output back
+    as if it were an (H, W) map (step a W + b to token b H + a; the inverse of the read order only when
+    H == W)."""
     if order != "v":
         return _reads(order, window, height, width)
     return torch.arange(height * width).view(width, height).t().flatten()

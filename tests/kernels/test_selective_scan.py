@@ -436,7 +436,7 @@ def test_ordered_scan_is_the_single_scan_on_gathered_copies(device, dtype):
     for k in range(2):
         valid, index = order[k] >= 0, order[k].clamp(min=0).long()
 
-        def gathered(t):
+        def gathered(t, valid=valid, index=index):
             return torch.where(valid, t.index_select(-1, index), 0)
 
         y = selective_scan(gathered(u), gathered(deltas[k]), A[k], gathered(Bs[k]), gathered(Cs[k]), D[k], gathered(z),

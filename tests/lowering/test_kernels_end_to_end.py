@@ -105,7 +105,8 @@ def test_2d_scans_on_triton_kernels_match_eager_int8(subject, device):
     images = images.to(device)
     gm, example_inputs = dynamo_graph(qmodel, images)
     lower_graph(gm)
-    scans = [n for n in gm.graph.nodes if n.target in (torch.ops.ptq4vm.ordered_scan, torch.ops.ptq4vm.ordered_scan.default)]
+    ordered = (torch.ops.ptq4vm.ordered_scan, torch.ops.ptq4vm.ordered_scan.default)
+    scans = [n for n in gm.graph.nodes if n.target in ordered]
     per_block = [len(d) for d in model.config["directions"]] if "directions" in model.config else model.config["depths"]
     assert len(scans) == sum(per_block)  # VMamba: one a block; LocalVSSM: one a direction
     _run_triton_kernels(gm)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 import ptq4vm_fx  # noqa: F401  (registers the models with timm)
 from ptq4vm_fx.errors import InputError
-from ptq4vm_fx.scan import selective_scan_ref
 from ptq4vm_fx.models.vmamba import VMAMBA_CONFIGS, VSSM, LayerNorm2d, Linear2d, VSSBlock
+from ptq4vm_fx.scan import selective_scan_ref
 
 DATA = Path(__file__).parent / "data"
 _BASE = dict(patch_size=4, in_chans=3, num_classes=10, ssm_act_layer="silu", ssm_conv=3, ssm_drop_rate=0.0,
