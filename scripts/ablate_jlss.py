@@ -17,7 +17,9 @@ records; an interrupted run keeps what it finished).
 ``diagnose``: where the static-dynamic gap lies on the bundled model: the default PTQ4VM model of each
 preset, simulated (``convert(simulate=True)``), with one linear name at a time (every block's) switched to
 per-token dynamic ranges, then all of them; top-1 and logits SQNR of each (no recalibration: the same
-scales and smoothing otherwise). ``table`` writes the records as README tables
+scales and smoothing otherwise), and the default model calibrated on the test images themselves (the best a
+static range fit to the scored images does); prints how out_proj's input rows spread (:func:`_input_spread`).
+``table`` writes the records as README tables
 between ``<!-- ablation:begin NAME -->`` and ``<!-- ablation:end NAME -->`` (NAME: the model, or "MODEL
 diagnose"), or prints those the README lacks.
 
@@ -155,6 +157,34 @@ def run_vim_t(args) -> None:
             print(f"{name:24s} {preset}: SQNR {sqnr:.2f} dB {seconds:.1f} s", flush=True)
 
 
+@torch.no_grad()
+def _input_spread(sim, images: torch.Tensor, preset: str, linear: str = "mixer.out_proj") -> None:
+    """Prints, per block, how ``linear``'s input rows (x / m of each image's token) spread: the width of
+    each row's range over its static range (10th, 50th, 90th percentile over images and tokens), and
+    over how many of the channels the row's largest |value| falls (a per-channel smoothing can only tame
+    an outlier that stays in one channel)."""
+    from ptq4vm_fx.capture import blocks
+    from ptq4vm_fx.quant.integer import act_range
+
+    seen = {}
+    hooks = [block.get_submodule(linear).register_forward_pre_hook(lambda m, a, n=name: seen.setdefault(n, a[0]))
+             for name, block in blocks(sim)]
+    sim(images)
+    for h in hooks:
+        h.remove()
+    for name, block in blocks(sim):
+        fq = block.get_submodule(linear)
+        v = seen[name].float() * fq.inv_smooth  # (N, L, C)
+        scale, zero_point = fq.static_act_qparams()
+        lo, hi = act_range(fq.a_bits)
+        ratio = (v.amax(-1) - v.amin(-1)) / ((hi - lo) * scale)
+        top = v.abs().argmax(-1).flatten()
+        share = (top == top.mode().values).float().mean()
+        print(f"{preset} {name} {linear} input: row range / static range p10 {ratio.quantile(0.1):.2f} median "
+              f"{ratio.median():.2f} p90 {ratio.quantile(0.9):.2f}; the row maximum in {top.unique().numel()} of "
+              f"{v.shape[-1]} channels, the most frequent one {100 * share:.0f} % of rows", flush=True)
+
+
 def run_diagnose(args) -> None:
     import ptq4vm_fx
     from ptq4vm_fx.capture import blocks
@@ -162,23 +192,31 @@ def run_diagnose(args) -> None:
     from ptq4vm_fx.passes.jlss import fake_quant_nodes
 
     setup, float_eval = _bundled(args.model)
-    for preset in args.presets:
-        prepared = ptq4vm_fx.prepare(setup.model, setup.calib[:1], _config(preset, {}))
+    test_images = torch.cat([images for images, _ in setup.loader])
+
+    def simulated(preset: str, images: torch.Tensor) -> torch.fx.GraphModule:
+        prepared = ptq4vm_fx.prepare(setup.model, images[:1], _config(preset, {}))
         with torch.no_grad():
-            for batch in setup.calib.split(64):
+            for batch in images.split(64):
                 prepared(batch)
-        sim = ptq4vm_fx.convert(prepared, simulate=True)
+        return ptq4vm_fx.convert(prepared, simulate=True)
+
+    def record(variant: str, preset: str, model: torch.fx.GraphModule) -> None:
+        q = evaluate(model, setup.loader, device=setup.device, total=setup.eval_images)
+        _append(args.json, {"model": args.model, "variant": variant, "preset": preset, "top1": q.top1,
+                            "sqnr_db": logits_sqnr_db(float_eval, q), "seconds": None})
+        print(f"{preset} {variant:24s}: top-1 {q.top1:.2f} SQNR {logits_sqnr_db(float_eval, q):.2f} dB", flush=True)
+
+    for preset in args.presets:
+        sim = simulated(preset, setup.calib)
+        _input_spread(sim, test_images, preset)
         fqs = [(t, block.get_submodule(t)) for _, block in blocks(sim) for t in fake_quant_nodes(block)]
         names = list(dict.fromkeys(t for t, _ in fqs))
         for switched in [[], *([n] for n in names), names]:
             for t, fq in fqs:
                 fq.dynamic = t in switched
-            q = evaluate(sim, setup.loader, device=setup.device, total=setup.eval_images)
-            label = "none" if not switched else "all" if len(switched) > 1 else switched[0]
-            record = {"model": args.model, "variant": f"dynamic@{label}", "preset": preset, "top1": q.top1,
-                      "sqnr_db": logits_sqnr_db(float_eval, q), "seconds": None}
-            _append(args.json, record)
-            print(f"{preset} dynamic at {label:10s}: top-1 {q.top1:.2f} SQNR {record['sqnr_db']:.2f} dB", flush=True)
+            record(f"dynamic@{'none' if not switched else 'all' if len(switched) > 1 else switched[0]}", preset, sim)
+        record("calibrated@test", preset, simulated(preset, test_images))
 
 
 def _cell(records: list[dict], with_top1: bool) -> str:
@@ -205,7 +243,9 @@ def table(records: list[dict], block: str) -> str:
     lines = [f"| variant ({what}) | what it changes | " + " | ".join(p.upper() for p in presets) + " |",
              "| --- | --- | " + " | ".join("---" for _ in presets) + " |"]
     for v in variants:
-        if v.startswith("dynamic@"):
+        if v == "calibrated@test":
+            words = "the default PTQ4VM calibrated on the test images themselves (ranges fit to the scored images)"
+        elif v.startswith("dynamic@"):
             where = {"none": "no linear (the default PTQ4VM model)", "all": "every linear"}.get(v[8:], f"`{v[8:]}`")
             words = f"per-token dynamic ranges at {where}, in every block"
         else:
