@@ -11,8 +11,9 @@ variant x preset is quantized and evaluated as ``ptq4vm quantize`` does it: top-
 float model and the calibration seconds. ``vim-t``: ``timm.create_model("vim_tiny_patch16_224",
 depth=--depth)`` with random weights (seed 0) at 224 px, ``--images`` calibration images and
 ``--eval-images`` others, all drawn from N(0, 1) (seed 1): logits SQNR and calibration seconds only (random
-weights classify nothing). Each result is appended to ``--json`` as soon as it is measured (a list of
-records; an interrupted run keeps what it finished).
+weights classify nothing). ``digits --rotate-out-proj``: the experiment :func:`rotate_out_proj` first.
+Each result is appended to ``--json`` as soon as it is measured (a list of records; an interrupted run
+keeps what it finished).
 
 ``diagnose``: where the static-dynamic gap lies on the bundled model: the default PTQ4VM model of each
 preset, simulated (``convert(simulate=True)``), with one linear name at a time (every block's) switched to
@@ -106,12 +107,41 @@ def _bundled(model: str):
     return setup, evaluate(setup.model, setup.loader, device=setup.device, total=setup.eval_images)
 
 
+class _Rotated(torch.nn.Module):
+    """``out_proj(x @ rotation)``, the linear kept as a child named ``out_proj`` (quantized as Vim's)."""
+
+    def __init__(self, linear: torch.nn.Linear, rotation: torch.Tensor):
+        super().__init__()
+        self.out_proj = linear
+        self.register_buffer("rotation", rotation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(x @ self.rotation)
+
+
+def rotate_out_proj(model: torch.nn.Module, seed: int = 0) -> None:
+    """In place: every Vim mixer's ``out_proj(y)`` becomes ``out_proj'(y R)``, ``out_proj'.weight = W R`` and R
+    a random orthogonal (d_inner, d_inner) matrix (QR of a Gaussian): the same float function (to rounding),
+    with the quantized input rotated. An experiment: at run time it is a (d_inner x d_inner) product per token."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in list(model.modules()):
+        if isinstance(getattr(module, "out_proj", None), torch.nn.Linear) and hasattr(module, "x_proj_b"):
+            linear = module.out_proj
+            rotation = torch.linalg.qr(torch.randn(linear.in_features, linear.in_features, generator=gen))[0]
+            with torch.no_grad():
+                linear.weight.copy_(linear.weight @ rotation)
+            module.out_proj = _Rotated(linear, rotation)
+
+
 def run_digits(args) -> None:
     from ptq4vm_fx.pipeline import quantize_and_evaluate
 
     setup, float_eval = _bundled(args.model)
+    if args.rotate_out_proj:
+        rotate_out_proj(setup.model)
     for spec in args.variants:
         name, options = _variant(spec)
+        name += "+rotated" if args.rotate_out_proj else ""
         for preset in args.presets:
             config = _config(preset, options)
             _, r = quantize_and_evaluate(setup.model, setup.calib, setup.loader, config, float_eval)
@@ -233,6 +263,18 @@ def _block(record: dict) -> str:
     return record["model"] + (" diagnose" if record["seconds"] is None else "")
 
 
+def _words(v: str) -> str:
+    """What variant ``v`` (a VARIANTS name, names joined by "+", a diagnosis, "...+rotated") changes."""
+    if v.endswith("+rotated"):
+        return _words(v[: -len("+rotated")]) + ", out_proj's input rotated (rotate_out_proj)"
+    if v == "calibrated@test":
+        return "the default PTQ4VM calibrated on the test images themselves (ranges fit to the scored images)"
+    if v.startswith("dynamic@"):
+        where = {"none": "no linear (the default PTQ4VM model)", "all": "every linear"}.get(v[8:], f"`{v[8:]}`")
+        return f"per-token dynamic ranges at {where}, in every block"
+    return VARIANTS[v][0] if v in VARIANTS else " + ".join(VARIANTS[p][0] for p in v.split("+"))
+
+
 def table(records: list[dict], block: str) -> str:
     """Markdown: a row per variant (first-seen order), a column per preset."""
     rows = [r for r in records if _block(r) == block]
@@ -243,13 +285,7 @@ def table(records: list[dict], block: str) -> str:
     lines = [f"| variant ({what}) | what it changes | " + " | ".join(p.upper() for p in presets) + " |",
              "| --- | --- | " + " | ".join("---" for _ in presets) + " |"]
     for v in variants:
-        if v == "calibrated@test":
-            words = "the default PTQ4VM calibrated on the test images themselves (ranges fit to the scored images)"
-        elif v.startswith("dynamic@"):
-            where = {"none": "no linear (the default PTQ4VM model)", "all": "every linear"}.get(v[8:], f"`{v[8:]}`")
-            words = f"per-token dynamic ranges at {where}, in every block"
-        else:
-            words = VARIANTS[v][0] if v in VARIANTS else " + ".join(VARIANTS[p][0] for p in v.split("+"))
+        words = _words(v)
         cells = []
         for p in presets:
             got = [r for r in rows if r["variant"] == v and r["preset"] == p]
@@ -277,6 +313,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("digits")
     d.add_argument("--model", default="vim_digits")
+    d.add_argument("--rotate-out-proj", action="store_true", help="the experiment rotate_out_proj (Vim)")
     v = sub.add_parser("vim-t")
     v.add_argument("--depth", type=int, default=2)
     v.add_argument("--images", type=int, default=32)
