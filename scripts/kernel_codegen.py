@@ -5,9 +5,11 @@ instructions of one token step (the loop body); for the GEMM its tensor-core ins
 asynchronous copies (a pipelined main loop).
 
 Per (token, state, direction) element of a scan's token step (``elements_per_step`` a thread):
-SASS instructions (``sass_per_element``: the longest path through one step, e.g. the bidirectional
-kernel's second half; ``loop_instructions`` is the loop's static size, both halves), MUFU
-instructions, global loads per step (by width), local-memory (spill) instructions, and the waves a
+SASS instructions (``sass_per_element``: the longest path through one step of the longest loop, e.g. the
+bidirectional kernel's second half; ``loop_instructions`` is that loop's static size), MUFU instructions,
+``loops``: each token loop's longest step and MUFU, ``mean_*_per_element``: their mean over the loops (the
+bidirectional kernel's two halves run L // 2 steps each: its cost per element over a whole walk), global
+loads per step (by width), local-memory (spill) instructions, and the waves a
 launch at Vim-S and Vim-B batch 128 makes on an H100 (programs / (132 SMs x programs an SM holds at
 that register count)). ``--json PATH`` also writes the result to PATH.
 
@@ -27,7 +29,7 @@ softplus and the smoothed quantize on, no delta_bias (dt_proj keeps its bias); t
 strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16 marked so (all
 but L and B / C's strides along tokens and batch: x_proj's output has 56 columns), B / C row offsets
 as the launch proves them aligned (selective_scan.bc_row_align), and the bidirectional scan's
-register cap (selective_scan.bidirectional_maxnreg; --maxnreg overrides the launches' caps, 0 lifts
+register cap (selective_scan.BIDIRECTIONAL_MAXNREG; --maxnreg overrides the launches' caps, 0 lifts
 them).
 Must run without TRITON_INTERPRET (the script clears it).
 """
@@ -91,7 +93,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
     launch's cap, None: no cap), the constexpr flags named in ``off`` off (SOFTPLUS: the lowered Vim's
     launch, whose dt_proj GEMM applies the softplus); returns Triton's compiled kernel."""
     if maxnreg == -1:
-        maxnreg = scan.bidirectional_maxnreg(block_d, num_warps) if name == "_bidirectional_scan_kernel" else None
+        maxnreg = scan.BIDIRECTIONAL_MAXNREG if name == "_bidirectional_scan_kernel" else None
     fn = getattr(segmented if name == SEGMENTED else scan, name)
     signature, constants, attrs = {}, {}, {}
     for i, arg in enumerate(fn.arg_names):
@@ -155,14 +157,17 @@ def instructions(sass: str) -> list[tuple[int, bool, str, str]]:
     return [(int(a, 16), bool(pred), op, operands) for a, pred, op, operands in _SASS_LINE.findall(sass)]
 
 
+def loops(code: list[tuple[int, bool, str, str]]) -> list[list[tuple[int, bool, str, str]]]:
+    """The instructions of each of the kernel's loops, in address order: a back edge's target to the back
+    edge (the scans' token loops: the bidirectional kernel's two halves, the small-batch scan's two passes)."""
+    back_edges = sorted((_target(ops), addr) for addr, _, op, ops in code
+                        if op.startswith("BRA") and _target(ops) < addr)
+    return [[ins for ins in code if to <= ins[0] <= at] for to, at in back_edges]
+
+
 def longest_loop(code: list[tuple[int, bool, str, str]]) -> list[tuple[int, bool, str, str]]:
-    """The instructions of the kernel's longest loop: its back edge's target to the back edge (the
-    scan's token step, both branches of its half-way test); empty without a loop."""
-    back_edges = [(addr, _target(ops)) for addr, _, op, ops in code if op.startswith("BRA") and _target(ops) < addr]
-    if not back_edges:
-        return []
-    at, to = max(back_edges, key=lambda edge: edge[0] - edge[1])
-    return [ins for ins in code if to <= ins[0] <= at]
+    """The instructions of the kernel's longest loop (:func:`loops`); empty without a loop."""
+    return max(loops(code), key=len, default=[])
 
 
 def _target(operands: str) -> int:
@@ -200,11 +205,13 @@ def loop_stats(cubin: bytes, elements: int) -> dict:
     sass = cuobjdump(cubin, "-sass")
     if sass is None:
         return dict.fromkeys(("loop_instructions", "step_instructions", "sass_per_element", "mufu_per_step",
-                              "mufu_per_element", "ldg_per_step", "ldg_bits", "local_memory_instructions"))
+                              "mufu_per_element", "loops", "mean_sass_per_element", "mean_mufu_per_element",
+                              "ldg_per_step", "ldg_bits", "local_memory_instructions"))
     code = instructions(sass)
     loop = longest_loop(code)
     fewest, most = step_lengths(loop) if loop else (0, 0)
     mufu = sum(op.startswith("MUFU") for _, _, op, _ in loop)
+    each = [(step_lengths(body)[1], sum(op.startswith("MUFU") for _, _, op, _ in body)) for body in loops(code)]
     loads = [op for _, _, op, _ in loop if op.startswith("LDG")]
     widths: dict[str, int] = {}
     for op in loads:
@@ -212,6 +219,9 @@ def loop_stats(cubin: bytes, elements: int) -> dict:
         widths[width] = widths.get(width, 0) + 1
     return {"loop_instructions": len(loop), "elements_per_step": elements, "step_instructions": [fewest, most],
             "sass_per_element": most / elements, "mufu_per_step": mufu, "mufu_per_element": mufu / elements,
+            "loops": [{"step_instructions": n, "mufu_per_step": m} for n, m in each],
+            "mean_sass_per_element": sum(n for n, _ in each) / len(each) / elements if each else 0,
+            "mean_mufu_per_element": sum(m for _, m in each) / len(each) / elements if each else 0,
             "ldg_per_step": len(loads), "ldg_bits": widths,
             "local_memory_instructions": sum(op.startswith(("LDL", "STL")) for _, _, op, _ in code)}
 
@@ -261,6 +271,8 @@ def segmented_stats(arch: int, dtype: str = "fp32") -> dict:
     if out["step_instructions"] is not None:  # per element of the launch's tile, not of the script's block
         out["sass_per_element"] = out["step_instructions"][1] / out["elements_per_step"]
         out["mufu_per_element"] = out["mufu_per_step"] / out["elements_per_step"]
+        for key, field in (("mean_sass_per_element", "step_instructions"), ("mean_mufu_per_element", "mufu_per_step")):
+            out[key] = sum(loop[field] for loop in out["loops"]) / len(out["loops"]) / out["elements_per_step"]
     out["launch"] = {"block_d": block_d, "segments": segments, "num_warps": warps}
     out.pop("waves", None)
     out["programs"] = {f"{model}/b{batch}": batch * -(-2 * VIM_CONFIGS[model]["embed_dim"] // block_d)

@@ -32,10 +32,9 @@ conversions, no barriers inside the token loop. Three things keep it so:
 B and C rows (a token's N states, every thread reads the whole row) load as 16-byte vectors where
 the launch proves every row offset a multiple of 16 bytes (:func:`bc_row_align`; Vim's x_proj
 output, 56 columns at Vim-S, is so in fp32 and fp16): the single-direction kernel's step goes from
-35 to 11 global loads and 186 to 160 SASS instructions (sm_90). The bidirectional kernel keeps
-scalar rows: vectorized (45 fewer instructions, 48 fewer loads a step) it spills 16 bytes under its
-96-register cap and needs 128 registers not to (16 programs an SM instead of 21): a trade-off to
-time on a GPU.
+35 to 11 global loads and 186 to 160 SASS instructions (sm_90); the bidirectional kernel's (its
+second half) from 383 to 311 and 76 to 28 loads, at 134 registers uncapped (15 one-warp programs
+an SM; under a 96-register cap it spills 56 bytes): BIDIRECTIONAL_MAXNREG.
 """
 
 from __future__ import annotations
@@ -201,6 +200,53 @@ def _selective_scan_kernel(
               out_ptr, 0, 0, 0, y, dbias_ptr, dbias_ptr, 0.0, 0.0, False, True)  # no quantization
 
 
+@triton.jit
+def _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub, dtb, consts_f, consts_b, fwd, bwd,
+                HAS_DF: tl.constexpr, HAS_DBF: tl.constexpr, HAS_DB: tl.constexpr, HAS_DBB: tl.constexpr,
+                SOFTPLUS: tl.constexpr, BC_ALIGN: tl.constexpr):
+    """Step i of :func:`_bidirectional_scan_kernel`: the forward scan at token i, the backward one at L-1-i,
+    both ungated, and the next step's channel inputs (the last step reloads its own tokens: no read past the
+    ends). consts_f / consts_b: a direction's (A2, D, delta_bias) (:func:`_branch_constants`); fwd / bwd: its
+    (u, delta, B, C) pointers, each with its three strides. Returns (hf, yf, uf, dtf, hb, yb, ub, dtb):
+    states (BLOCK_N, BLOCK_D) and outputs (BLOCK_D,) fp32, the next inputs."""
+    tb = L - 1 - i
+    A2f, Dvf, dbiasf = consts_f
+    A2b, Dvb, dbiasb = consts_b
+    (uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl,
+     Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl) = fwd
+    (ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl,
+     Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl) = bwd
+    uf_next, dtf_next = _channel_inputs(tl.minimum(i + 1, L - 1), b, offs_d, mask_d,
+                                        uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl)
+    ub_next, dtb_next = _channel_inputs(tl.maximum(tb - 1, 0), b, offs_d, mask_d,
+                                        ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl)
+    hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf, uf, dtf,
+                        Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl, uf_ptr, 0, 0, 0,
+                        HAS_DF, False, HAS_DBF, SOFTPLUS, BC_ALIGN)
+    hb, yb = _scan_step(hb, tb, b, offs_d, mask_d, offs_n, mask_n, A2b, Dvb, dbiasb, ub, dtb,
+                        Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl, ub_ptr, 0, 0, 0,
+                        HAS_DB, False, HAS_DBB, SOFTPLUS, BC_ALIGN)
+    return hf, yf, uf_next, dtf_next, hb, yb, ub_next, dtb_next
+
+
+@triton.jit
+def _combine(yf, yb, t, b, offs_d, mask_d, z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
+             q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
+             HAS_Z: tl.constexpr, QUANT: tl.constexpr, STORE_OUT: tl.constexpr):
+    """Token t's output from its two ungated directions (BLOCK_D,) fp32: each gated by silu(z_t)
+    (computed once for both) and rounded to out's dtype, their sum rounded, halved; stored and / or
+    quantized (:func:`_emit`)."""
+    dtype = out_ptr.dtype.element_ty
+    if HAS_Z:
+        zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+        gate = _silu(zt)
+        yf = yf * gate
+        yb = yb * gate
+    y = _round_to(_round_to(yf, dtype) + _round_to(yb, dtype), dtype) * 0.5
+    _emit(y, t, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
+          q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT, STORE_OUT)
+
+
 @triton.jit(do_not_specialize_on_alignment=["Af_ptr", "Ab_ptr"])  # A: module docstring
 def _bidirectional_scan_kernel(
     uf_ptr, dtf_ptr, Af_ptr, Bf_ptr, Cf_ptr, Df_ptr, dbf_ptr,
@@ -218,16 +264,15 @@ def _bidirectional_scan_kernel(
     qmin, qmax,
     HAS_DF: tl.constexpr, HAS_DBF: tl.constexpr, HAS_DB: tl.constexpr, HAS_DBB: tl.constexpr,
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-    STORE_OUT: tl.constexpr,
+    STORE_OUT: tl.constexpr, BC_ALIGN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """Both directions in one walk: step i advances the forward scan at token i and the backward
-    scan at token L-1-i (two independent recurrences per thread). In the first half each output
-    waits in the scratch ``acc`` (out's dtype) for its partner; in the second half the partner is
-    there and (y_f + y_b) / 2 is stored (and quantized) for both tokens. Each direction's output, their
-    sum and the average are rounded to out's dtype, as the two scans, the add and the halving of the
-    unfused graph round them. ``acc`` must not alias ``out``: a token's output is stored while other
-    threads may still read its parked partner."""
+    scan at token L-1-i (two independent recurrences per thread). Two branch-free loops: the first
+    half's steps park both ungated outputs in the fp32 scratch ``acc``; the middle token (odd L) is
+    peeled; the second half's steps find each output's partner parked and :func:`_combine` gates
+    both with one silu(z_t), rounds them as the two scans, the add and the halving of the unfused
+    graph round them, and stores / quantizes both tokens. ``acc`` must not alias ``out``."""
     b = tl.program_id(0).to(tl.int64)
     offs_d, mask_d = _lanes(tl.program_id(1), BLOCK_D, Dm, EVEN_D)
     offs_n, mask_n = _lanes(0, BLOCK_N, N, EVEN_N)
@@ -235,46 +280,43 @@ def _bidirectional_scan_kernel(
         inv_smooth = tl.load(inv_smooth_ptr + offs_d, mask=mask_d, other=0.0)
     else:
         inv_smooth = tl.full((BLOCK_D,), 1.0, tl.float32)
-    A2f, Dvf, dbiasf = _branch_constants(Af_ptr, s_afd, s_afn, Df_ptr, dbf_ptr, offs_d, mask_d, offs_n, mask_n,
-                                         HAS_DF, HAS_DBF, BLOCK_D)
-    A2b, Dvb, dbiasb = _branch_constants(Ab_ptr, s_abd, s_abn, Db_ptr, dbb_ptr, offs_d, mask_d, offs_n, mask_n,
-                                         HAS_DB, HAS_DBB, BLOCK_D)
+    consts_f = _branch_constants(Af_ptr, s_afd, s_afn, Df_ptr, dbf_ptr, offs_d, mask_d, offs_n, mask_n,
+                                 HAS_DF, HAS_DBF, BLOCK_D)
+    consts_b = _branch_constants(Ab_ptr, s_abd, s_abn, Db_ptr, dbb_ptr, offs_d, mask_d, offs_n, mask_n,
+                                 HAS_DB, HAS_DBB, BLOCK_D)
     acc_base = acc_ptr + b * s_ab + offs_d * s_ad
-    dtype = out_ptr.dtype.element_ty
+    fwd = (uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl,
+           Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl)
+    bwd = (ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl,
+           Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl)
     hf = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     hb = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     uf, dtf = _channel_inputs(0, b, offs_d, mask_d, uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl)
     ub, dtb = _channel_inputs(L - 1, b, offs_d, mask_d, ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl)
-    for i in range(L):
+    for i in range(L // 2):  # first half: park both outputs until their partners exist
+        hf, yf, uf, dtf, hb, yb, ub, dtb = _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub,
+                                                       dtb, consts_f, consts_b, fwd, bwd,
+                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN)
+        tl.store(acc_base + i * s_al, yf, mask=mask_d)
+        tl.store(acc_base + (L - 1 - i) * s_al, yb, mask=mask_d)
+    tl.debug_barrier()  # every parked output is written
+    if L % 2 == 1:  # the middle token has both its outputs at once
+        hf, yf, uf, dtf, hb, yb, ub, dtb = _both_steps(L // 2, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf,
+                                                       hb, ub, dtb, consts_f, consts_b, fwd, bwd,
+                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN)
+        _combine(yf, yb, L // 2, b, offs_d, mask_d, z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
+                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
+    for i in range((L + 1) // 2, L):  # second half: token i's partner y_b[i] was parked at step L-1-i
         tb = L - 1 - i
-        # the next step's channel inputs (the last step reloads its own tokens: no read past the ends)
-        uf_next, dtf_next = _channel_inputs(tl.minimum(i + 1, L - 1), b, offs_d, mask_d,
-                                            uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl)
-        ub_next, dtb_next = _channel_inputs(tl.maximum(tb - 1, 0), b, offs_d, mask_d,
-                                            ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl)
-        hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf, uf, dtf,
-                            Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl, z_ptr, s_zb, s_zd, s_zl,
-                            HAS_DF, HAS_Z, HAS_DBF, SOFTPLUS, 1)  # scalar B / C rows (module docstring)
-        hb, yb = _scan_step(hb, tb, b, offs_d, mask_d, offs_n, mask_n, A2b, Dvb, dbiasb, ub, dtb,
-                            Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl, z_ptr, s_zb, s_zd, s_zl,
-                            HAS_DB, HAS_Z, HAS_DBB, SOFTPLUS, 1)
-        uf, dtf = uf_next, dtf_next
-        ub, dtb = ub_next, dtb_next
-        yf = _round_to(yf, dtype)
-        yb = _round_to(yb, dtype)
-        if i < tb:  # first half: park both outputs until their partners exist
-            tl.store(acc_base + i * s_al, yf.to(dtype), mask=mask_d)
-            tl.store(acc_base + tb * s_al, yb.to(dtype), mask=mask_d)
-        else:
-            if i == L // 2:
-                tl.debug_barrier()  # the first step of the second half: every parked output is written
-            # token i's partner y_b[i] was parked at step L-1-i (the middle token, i == tb, has both here)
-            partner_f = tl.where(i == tb, yb, tl.load(acc_base + i * s_al, mask=mask_d, other=0.0).to(tl.float32))
-            partner_b = tl.where(i == tb, yf, tl.load(acc_base + tb * s_al, mask=mask_d, other=0.0).to(tl.float32))
-            _emit(_round_to(partner_f + yf, dtype) * 0.5, i, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
-                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT, STORE_OUT)
-            _emit(_round_to(partner_b + yb, dtype) * 0.5, tb, b, offs_d, mask_d, out_ptr, s_ob, s_od, s_ol,
-                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, QUANT, STORE_OUT)
+        hf, yf, uf, dtf, hb, yb, ub, dtb = _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub,
+                                                       dtb, consts_f, consts_b, fwd, bwd,
+                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN)
+        _combine(yf, tl.load(acc_base + i * s_al, mask=mask_d, other=0.0), i, b, offs_d, mask_d,
+                 z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
+                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
+        _combine(tl.load(acc_base + tb * s_al, mask=mask_d, other=0.0), yb, tb, b, offs_d, mask_d,
+                 z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
+                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
 
 
 @triton.jit(do_not_specialize_on_alignment=["A_ptr"])  # A: module docstring
@@ -339,14 +381,11 @@ def _ordered_inputs(t, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb,
 # --------------------------------------------------------------------------------------------
 
 
-def bidirectional_maxnreg(block_d, num_warps):
-    """Register cap per thread of the bidirectional kernel's launch, or None. With one channel per
-    thread (2 x 16 states and 2 x 16 A values held) ptxas gives it 128 registers (16 one-warp
-    programs per SM) for a token step no shorter than at 96 (21 per SM), where it spills nothing
-    (scripts/kernel_codegen.py); with a channel split over threads it needs at most 80 uncapped,
-    and a cap only makes ptxas spend up to it. The single-direction kernel needs 70 uncapped (64 with
-    scalar B / C rows)."""
-    return 96 if block_d == 32 * num_warps else None
+# Register cap per thread of the bidirectional kernel's launch (None: ptxas's choice). With one channel per
+# thread and 16-byte B / C rows it takes 134 registers uncapped (15 one-warp programs an SM) and spills
+# under 128 (56 bytes at 96, 21 programs an SM) (scripts/kernel_codegen.py); scripts/tune_kernels.py times
+# a cap of 96 against it on a GPU.
+BIDIRECTIONAL_MAXNREG = None
 
 
 def bc_row_align(element_size: int, *row_strides: int) -> int:
@@ -515,22 +554,24 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 
     dev = u_f.device
     out = token_major_empty(Bsz, Dm, L, u_f.dtype, dev) if store_out else u_f.new_empty(0)
-    acc = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)  # scratch for parked outputs
     xq = torch.empty((Bsz, L, Dm), dtype=torch.int8, device=dev) if quant else None
-    if acc.numel() == 0:
+    if Bsz * Dm * L == 0:
         return (out, xq) if quant else out
-    stored = out if store_out else acc  # the kernel rounds to out's dtype: acc has it too
 
     A_f, A_b = channel_major(A_f), channel_major(A_b)
     D_f, delta_bias_f, D_b, delta_bias_b = vec(D_f), vec(delta_bias_f), vec(D_b), vec(delta_bias_b)
     inv_smooth, inv_scale, zero_point = vec(inv_smooth), vec(inv_scale), vec(zero_point)
     qmin, qmax = qrange(bits) if quant else (0.0, 0.0)
     if use_segmented(Bsz):  # latency bound: each direction by segments, then their average
-        launch_segmented_bidirectional(stored, xq, acc, (u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f),
+        acc = token_major_empty(Bsz, Dm, L, u_f.dtype, dev)  # the backward direction's output
+        launch_segmented_bidirectional(out if store_out else acc, xq, acc,
+                                       (u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f),
                                        (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b), z, delta_softplus,
                                        inv_smooth, inv_scale, zero_point, qmin, qmax)
         return (out, xq) if quant else out
     dummy = A_f
+    acc = token_major_empty(Bsz, Dm, L, torch.float32, dev)  # the first half's parked ungated outputs
+    stored = out if store_out else u_f.new_empty((1, 1, 1))  # (unwritten without store_out: its dtype rounds)
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
     grid = (Bsz, triton.cdiv(Dm, block_d))
     _bidirectional_scan_kernel[grid](
@@ -549,8 +590,10 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
         HAS_DF=D_f is not None, HAS_DBF=delta_bias_f is not None,
         HAS_DB=D_b is not None, HAS_DBB=delta_bias_b is not None,
         HAS_Z=z is not None, SOFTPLUS=delta_softplus, QUANT=quant, HAS_SMOOTH=inv_smooth is not None,
-        STORE_OUT=store_out, BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
-        num_warps=num_warps, num_stages=2, maxnreg=bidirectional_maxnreg(block_d, num_warps),
+        STORE_OUT=store_out, BC_ALIGN=bc_row_align(B_f.element_size(), *_s3(B_f)[::2], *_s3(C_f)[::2],
+                                                   *_s3(B_b)[::2], *_s3(C_b)[::2]),
+        BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+        num_warps=num_warps, num_stages=2, maxnreg=BIDIRECTIONAL_MAXNREG,
     )
     return (out, xq) if quant else out
 
