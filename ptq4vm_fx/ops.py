@@ -11,6 +11,8 @@ same signature) and its fake (shapes only, for tracing). Importing this module r
 * ``ordered_scan(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, delta_softplus)``: K scans, each
   reading the tokens through its order map, summed (:func:`ptq4vm_fx.scan.ordered_scan_ref`); float,
   differentiable (the reference, whose autograd keeps the scans' checkpoints, with a gradient to compute).
+* ``ordered_conv1d_silu(x, weight, bias, order, reverse)``: depthwise conv1d + SiLU over the sequence of x's
+  tokens an order map reads (LocalVim's per-direction conv; :mod:`.kernels.quantize`).
 * ``quantize_per_token(x, inv_smooth, scale, zero_point, bits)`` -> int8 codes.
 * ``int8_linear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True)``.
 * ``vq_linear(x, codes, codebook, bias)``: float x, the weight decoded from packed codes and an fp16
@@ -35,7 +37,8 @@ from .kernels import selective_scan as _scan_kernels
 from .kernels import vq_linear as _vq
 from .scan import ordered_scan_ref, selective_scan_ref
 
-__all__ = ["define_op", "selective_scan", "ordered_scan", "quantize_per_token", "int8_linear", "vq_linear"]
+__all__ = ["define_op", "selective_scan", "ordered_scan", "ordered_conv1d_silu", "quantize_per_token", "int8_linear",
+           "vq_linear"]
 
 
 # The CUDA implementation (a Triton launch) of every op defined here and in lowering/fused_ops.py, by
@@ -205,8 +208,11 @@ for _key in ("AutogradCPU", "AutogradCUDA"):
 
 
 # --------------------------------------------------------------------------------------------
-# ptq4vm::quantize_per_token, ptq4vm::int8_linear, ptq4vm::vq_linear
+# ptq4vm::ordered_conv1d_silu, ptq4vm::quantize_per_token, ptq4vm::int8_linear, ptq4vm::vq_linear
 # --------------------------------------------------------------------------------------------
+
+ordered_conv1d_silu = define_op("ptq4vm::ordered_conv1d_silu", _quantize.ordered_conv1d_silu_ref,
+                                _quantize.ordered_conv1d_silu, _quantize.ordered_conv1d_silu_fake)
 
 quantize_per_token = define_op("ptq4vm::quantize_per_token", _quantize.quantize_per_token_ref,
                                _quantize.quantize_per_token, _quantize.quantize_per_token_fake)

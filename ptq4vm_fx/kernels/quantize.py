@@ -17,6 +17,7 @@ and its ``*_fake`` (the shapes, for tracing):
     * ``conv1d_silu_quantize`` - Vim's depthwise causal (or anticausal) conv1d + SiLU, writing the
       result and its token-major quantization.
     * ``conv1d_silu`` - the same kernel without the quantization (a float model's conv).
+    * ``ordered_conv1d_silu`` - the same kernel reading its sequence through an order map (LocalVim).
 """
 
 from __future__ import annotations
@@ -310,7 +311,7 @@ def add_rmsnorm_quantize_fake(x, residual, weight, eps, inv_smooth, scale, zero_
 
 @triton.jit
 def _conv1d_silu_quantize_kernel(
-    x_ptr, w_ptr, bias_ptr, u_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, zp_ptr,
+    x_ptr, w_ptr, bias_ptr, u_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, zp_ptr, order_ptr,
     D, L,
     stride_xb, stride_xd, stride_xl,
     stride_wd, stride_ww,
@@ -318,7 +319,7 @@ def _conv1d_silu_quantize_kernel(
     stride_qb, stride_ql, stride_qd,
     qmin, qmax,
     WIDTH: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr, QUANT: tl.constexpr,
-    HAS_SMOOTH: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, ORDERED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid_l = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -341,7 +342,11 @@ def _conv1d_silu_quantize_kernel(
             src = offs_l + (WIDTH - 1 - j)
         else:
             src = offs_l - (WIDTH - 1 - j)
-        m = mask_d[:, None] & ((src >= 0) & (src < L))[None, :]
+        inside = (src >= 0) & (src < L)
+        if ORDERED:  # sequence step src reads token order[src] of x (-1: a zero-padded token)
+            src = tl.load(order_ptr + src, mask=inside, other=-1)
+            inside = src >= 0
+        m = mask_d[:, None] & inside[None, :]
         xv = tl.load(x_base + src[None, :] * stride_xl, mask=m, other=0.0).to(tl.float32)
         wj = tl.load(w_ptr + offs_d * stride_wd + j * stride_ww, mask=mask_d, other=0.0).to(tl.float32)
         acc += wj[:, None] * xv
@@ -387,9 +392,20 @@ def _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, r
     return Bsz, D, L, weight
 
 
-def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse):
+def _check_order(order, tokens: int, check_values: bool):
+    """``order`` (S,) int32 / int64 with entries in [-1, tokens) (the values checked when ``check_values``:
+    the reference's check; a kernel launch trusts them) -> S."""
+    if not (isinstance(order, torch.Tensor) and order.dim() == 1 and order.dtype in (torch.int32, torch.int64)):
+        got = f"{getattr(order, 'dtype', type(order).__name__)} of shape {tuple(getattr(order, 'shape', ()))}"
+        raise ValueError(f"order must be an (S,) int32 / int64 tensor, got {got}")
+    if check_values and order.numel() and (int(order.min()) < -1 or int(order.max()) >= tokens):
+        raise ValueError(f"order entries must lie in [-1, {tokens}), got [{int(order.min())}, {int(order.max())}]")
+    return order.shape[0]
+
+
+def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse, order=None):
     """Depthwise conv1d (kernel width W, zero padded) + SiLU + token-major quantization (none when
-    ``inv_scale`` is None: a float model's conv).
+    ``inv_scale`` is None: a float model's conv), over x or, with ``order``, over the sequence x read through it.
 
         forward (reverse=False), causal:   v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t-(W-1)+j]
         reverse=True, anticausal:          v[b,d,t] = bias[d] + sum_j weight[d,j] * x[b,d,t+(W-1)-j]
@@ -399,7 +415,9 @@ def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_po
     ``F.silu`` in that dtype round their outputs), u is stored in it and xq quantizes it as stored.
 
     reverse=True equals ``flip(conv(flip(x)))``: the input path of Vim's backward branch,
-    without the flip copies.
+    without the flip copies. With ``order`` (S,), t runs over the S sequence steps and x[b,d,t'] reads
+    token order[t'] of x (0 for -1 and outside [0, S)): LocalVim's conv over a direction's sequence,
+    without the gathered copy.
 
     Args:
         x: (B, D, L) fp32 / fp16 / bf16.
@@ -408,13 +426,20 @@ def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_po
         inv_smooth: (D,) fp32 or None; inv_scale: (L,) fp32, or None (no quantization); zero_point: (L,)
             int32; bits in [2, 8].
         reverse: bool.
+        order: (S,) int32 / int64 or None; the caller guarantees its entries lie in [-1, L).
 
     Returns:
-        (u (B, D, L) in x's dtype stored token-major (stride 1 along D), xq (B, L, D) int8 or None).
+        (u (B, D, S) in x's dtype stored token-major (stride 1 along D), xq (B, S, D) int8 or None), S = L
+        without ``order``.
     """
-    Bsz, D, L, weight = _check_conv_args(x, weight, bias, inv_smooth, inv_scale, zero_point, bits, reverse)
+    Bsz, D, L, weight = _check_conv_args(x, weight, bias, None, None, None, bits, reverse)
+    if order is not None:
+        L = _check_order(order, L, check_values=False)
+        order = order.to(torch.int32).contiguous()
+    if inv_scale is not None:
+        check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, D)
     check_devices(x=x, weight=weight, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
-                  zero_point=zero_point)
+                  zero_point=zero_point, order=order)
     quant = inv_scale is not None
     u = token_major_empty(Bsz, D, L, x.dtype, x.device)
     q = torch.empty((Bsz, L, D), dtype=torch.int8, device=x.device) if quant else None
@@ -428,7 +453,7 @@ def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_po
     _conv1d_silu_quantize_kernel[grid](
         x, weight, bias if bias is not None else dummy, u, q if quant else dummy,
         inv_smooth if inv_smooth is not None else dummy, inv_scale if quant else dummy,
-        zero_point if quant else dummy,
+        zero_point if quant else dummy, order if order is not None else dummy,
         D, L,
         x.stride(0), x.stride(1), x.stride(2),
         weight.stride(0), weight.stride(1),
@@ -436,7 +461,8 @@ def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_po
         *(q.stride() if quant else (0, 0, 0)),
         qmin, qmax,
         WIDTH=weight.shape[1], REVERSE=reverse, HAS_BIAS=bias is not None, QUANT=quant,
-        HAS_SMOOTH=inv_smooth is not None, **cfg, num_warps=num_warps, enable_fp_fusion=False,
+        HAS_SMOOTH=inv_smooth is not None, ORDERED=order is not None, **cfg, num_warps=num_warps,
+        enable_fp_fusion=False,
     )
     return u, q
 
@@ -494,3 +520,29 @@ def conv1d_silu_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], reverse: 
 
 def conv1d_silu_fake(x, weight, bias, reverse):
     return token_major_empty(*x.shape, x.dtype, x.device)
+
+
+# ============================================================================================
+# ordered_conv1d_silu (LocalVim's conv over a direction's sequence read through its order map)
+# ============================================================================================
+
+
+def ordered_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor], order: Tensor, reverse: bool) -> Tensor:
+    """x (batch, D, T) float, tokens in natural order; weight (D, 1, W) or (D, W); bias (D,) or None; order (S,)
+    int32: the token sequence step s reads (-1: a zero-padded token) -> u (batch, D, S) in x's dtype,
+    token-major: :func:`conv1d_silu` over the sequence ``x[..., order]`` (zeros at -1), causal or anticausal
+    when ``reverse``, the sequence never materialized."""
+    return _launch_conv1d_silu_quantize(x, weight, bias, None, None, None, 8, reverse, order)[0]
+
+
+def ordered_conv1d_silu_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], order: Tensor,
+                            reverse: bool) -> Tensor:
+    """Pure-PyTorch specification of :func:`ordered_conv1d_silu`: the gathered sequence, :func:`conv1d_silu_ref`."""
+    check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES)
+    _check_order(order, x.shape[-1], check_values=True)
+    index = order.clamp(min=0).long()
+    return conv1d_silu_ref(torch.where(order >= 0, x.index_select(-1, index), 0), weight, bias, reverse)
+
+
+def ordered_conv1d_silu_fake(x, weight, bias, order, reverse):
+    return token_major_empty(x.shape[0], x.shape[1], order.shape[0], x.dtype, x.device)

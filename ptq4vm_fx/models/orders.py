@@ -6,7 +6,8 @@ bottom / right to window multiples, the padded tokens scanned), ``flip`` scanned
 (H, W) map whose tokens are numbered row-major (``x.flatten(2)``), :func:`token_orders` gives, per
 direction, the token read at each scan step (-1: a padded token) and :func:`token_scatters` the token
 each step's output goes to under LocalMamba's merge. The maps are built once per (directions, H, W,
-device) and cached; inside an FX graph each is one opaque call (``torch.fx.wrap`` in the calling
+device) and cached; :func:`sequence_maps` gives LocalVim's (its conv1d runs over each direction's
+sequence, the class token inserted in it). Inside an FX graph each is one opaque call (``torch.fx.wrap`` in the calling
 module), and Dynamo reads a cached map as a constant of the compiled graph (it records the first call's
 cache store as a side effect).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["token_orders", "token_scatters"]
+__all__ = ["token_orders", "token_scatters", "sequence_maps"]
 
 DirectionSpec = tuple[str, int, bool]  # (order "h" | "v" | "w", window size (0 unless "w"), flip)
 
@@ -72,3 +73,30 @@ def token_scatters(x: Tensor, directions: tuple[DirectionSpec, ...]) -> Tensor:
     """(K, S) int32: the token each step's output goes to under LocalMamba's merge (-1: dropped), the
     scatter map of :func:`token_orders`'s orders."""
     return _maps("writes", x, directions)
+
+
+def _sequence(row: Tensor, height: int, width: int, cls: bool, flip: bool) -> Tensor:
+    """LocalVim's sequence of a grid-token map row (row-major grid indices, -1 kept): each grid token g as its
+    index among the H W (+ 1) natural tokens (g + 1 past the middle class token at c = H W // 2), and with
+    the class token the index c inserted at step c (at S - c for a flipped direction, S the row's length)."""
+    if not cls:
+        return row
+    c = height * width // 2
+    row = torch.where(row >= c, row + 1, row)
+    q = len(row) - c if flip else c
+    return torch.cat((row[:q], torch.tensor([c]), row[q:]))
+
+
+def sequence_maps(x: Tensor, direction: DirectionSpec, height: int, width: int, cls: bool) -> Tensor:
+    """(2, S) int32 on x's device for LocalVim's direction over an (H, W) token grid whose T = H W (+ 1 with the
+    middle class token, at natural index H W // 2) tokens x holds in natural order: row 0 the token each step
+    of the unflipped sequence reads (the conv's and z's input; -1: a zero-padded window token), row 1 the token
+    its output goes to under LocalMamba's merge (-1: dropped). A flipped direction keeps the unflipped
+    sequence (its conv runs anticausal and its scan backwards over it) with the class token at S - H W // 2."""
+    order, window, flip = direction
+    key = ("sequence", direction, height, width, cls, x.device)
+    maps = _CACHE.get(key)
+    if maps is None:
+        rows = [_sequence(build(order, window, height, width), height, width, cls, flip) for build in (_reads, _writes)]
+        maps = _CACHE[key] = torch.stack(rows).to(device=x.device, dtype=torch.int32)
+    return maps

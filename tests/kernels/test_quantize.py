@@ -9,9 +9,12 @@ from ptq4vm_fx.kernels.quantize import (
     conv1d_silu_quantize,
     conv1d_silu_quantize_ref,
     conv1d_silu_ref,
+    ordered_conv1d_silu,
+    ordered_conv1d_silu_ref,
     quantize_per_token,
     quantize_per_token_ref,
 )
+from ptq4vm_fx.models.orders import sequence_maps
 from ptq4vm_fx.quant import integer
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -327,3 +330,47 @@ def test_conv1d_bad_inputs():
         conv1d_silu(x, torch.randn(5, 4), None, False)
     with pytest.raises(ValueError, match="reverse"):
         conv1d_silu_ref(x, torch.randn(6, 4), None, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# ordered_conv1d_silu
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction,cls", [(("w", 2, False), True), (("w", 2, True), True), (("h", 0, True), False),
+                                           (("v", 0, False), True)])
+@pytest.mark.parametrize("dtype,bias", [(torch.float32, True), (torch.float16, False), (torch.bfloat16, True)])
+def test_ordered_conv1d_silu_reads_through_the_map(device, direction, cls, dtype, bias):
+    """LocalVim's sequence maps over a 3x5 grid (w2 pads it; the class token at step c, or S - c flipped): the
+    kernel reading x (a strided half of xz, natural order) through the map is bit for bit the plain conv kernel
+    on the gathered sequence (zeros at -1), and its reference that sequence's reference."""
+    g = torch.Generator().manual_seed(7)
+    D, T = 20, 15 + cls
+    xz = torch.randn(2, 2 * D, T, generator=g).to(dtype)
+    x = xz[:, :D]
+    weight = (torch.randn(D, 1, 3, generator=g) * 0.5).to(dtype)
+    b = torch.randn(D, generator=g).to(dtype) if bias else None
+    order = sequence_maps(x, direction, 3, 5, cls)[0]
+    gathered = torch.where(order >= 0, x.index_select(2, order.clamp(min=0).long()), 0)
+    flip = direction[2]
+    u = ordered_conv1d_silu(*_to((x, weight, b, order), device), flip)
+    assert u.shape == (2, D, len(order)) and u.dtype == dtype and u.stride()[1] == 1
+    assert torch.equal(u.cpu(), conv1d_silu(*_to((gathered, weight, b), device), flip).cpu())
+    u_ref = ordered_conv1d_silu_ref(x, weight, b, order, flip)
+    assert torch.equal(u_ref, conv1d_silu_ref(gathered, weight, b, flip))
+    ulp = {torch.float32: 1e-5, torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
+    torch.testing.assert_close(u.cpu().float(), u_ref.float(), rtol=ulp, atol=1e-6)
+    torch.testing.assert_close(torch.ops.ptq4vm.ordered_conv1d_silu(x, weight, b, order, flip), u_ref,
+                               rtol=0, atol=0)
+
+
+def test_ordered_conv1d_silu_opcheck_and_bad_orders():
+    x, weight = torch.randn(2, 6, 5), torch.randn(6, 1, 3)
+    order = torch.tensor([4, -1, 0, 2, 1, 3, -1], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.ptq4vm.ordered_conv1d_silu.default, (x, weight, None, order, True))
+    with pytest.raises(ValueError, match="order entries must lie in"):
+        ordered_conv1d_silu_ref(x, weight, None, order + 1, False)
+    with pytest.raises(ValueError, match="order must be an"):
+        ordered_conv1d_silu(x, weight, None, order.float(), False)
+    with pytest.raises(ValueError, match="order must be an"):
+        ordered_conv1d_silu_ref(x, weight, None, order[None], False)

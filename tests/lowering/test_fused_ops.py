@@ -82,7 +82,7 @@ ALL_OPS = [ops.quantize_per_token, ops.int8_linear, fused_ops.int8_linear_quanti
 
 def test_every_op_has_its_kernel_registered():
     others = {torch.ops.ptq4vm.selective_scan.default, torch.ops.ptq4vm.ordered_scan.default,
-              torch.ops.ptq4vm.vq_linear.default}  # tests/kernels/
+              torch.ops.ptq4vm.vq_linear.default, torch.ops.ptq4vm.ordered_conv1d_silu.default}  # tests/kernels/
     assert {op._opoverload for op in ALL_OPS} | others == set(ops.CUDA_KERNELS)
 
 

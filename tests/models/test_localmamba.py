@@ -239,6 +239,55 @@ def test_windows_pad_maps_that_are_not_window_multiples():
     torch.testing.assert_close(ms.merge(ms.scan(square, 2), 2, 4, 4), square.flatten(2), rtol=0, atol=0)
 
 
+def _mixer_through_maps(mixer, hidden_states: torch.Tensor) -> torch.Tensor:
+    """MultiMamba's forward with each direction's conv reading xz's natural tokens through its sequence map
+    (``ptq4vm::ordered_conv1d_silu``), z read through the same map and the outputs written to the tokens the
+    map's second row names: no scan-order copy of x, no class-token concatenation."""
+    from ptq4vm_fx.models.orders import sequence_maps
+
+    height, width = mixer.token_size
+    xz = mixer.in_proj(hidden_states).transpose(1, 2)
+    x, z = xz.chunk(2, dim=1)
+    outs = []
+    for i, direction in enumerate(mixer.multi_scan.directions):
+        reads, writes = sequence_maps(xz, tuple(direction), height, width, mixer.use_middle_cls_token)
+        conv = getattr(mixer, f"conv1d_{i}")
+        u = torch.ops.ptq4vm.ordered_conv1d_silu(x, conv.weight, conv.bias, reads, direction.flip)
+        x_dbl = getattr(mixer, f"x_proj_{i}")(u.transpose(1, 2))
+        R, N = mixer.dt_rank, mixer.d_state
+        delta = getattr(mixer, f"dt_proj_{i}")(x_dbl[..., :R]).transpose(1, 2)
+        A = -torch.exp(getattr(mixer, f"A_log_{i}").float())
+        z_seq = torch.where(reads >= 0, z.index_select(2, reads.clamp(min=0).long()), 0)
+        y = torch.ops.ptq4vm.selective_scan(u, delta, A, x_dbl[..., R:R + N].transpose(1, 2),
+                                            x_dbl[..., R + N:].transpose(1, 2), getattr(mixer, f"D_{i}").float(),
+                                            z_seq, None, True, direction.flip)
+        out = y.new_zeros(xz.shape[0], mixer.d_inner, xz.shape[2])
+        out[..., writes[writes >= 0].long()] = y[..., writes >= 0]
+        outs.append(mixer.attn(out.transpose(1, 2)))
+    return mixer.out_proj(torch.stack(outs).sum(0))
+
+
+@pytest.mark.parametrize("cls", [True, False])
+def test_sequence_maps_reproduce_local_vim_mixer(cls):
+    """LocalVim's sequence maps (models/orders.py) read through by the ordered conv and the scan's z, and
+    its outputs written to natural tokens through them, give the mixer's output (gathers, class-token
+    concatenations and merge copies) to fp32 rounding: a 3x5 grid (w2 pads it, v's merge is not the inverse
+    of its order), every flip, the class token at step c or S - c."""
+    from ptq4vm_fx.models.localmamba import MultiMamba
+
+    torch.manual_seed(0)
+    mixer = MultiMamba(8, ["h_flip", "v", "w2", "w2_flip", "v_flip"], (3, 5), cls, "directions", d_state=4,
+                       d_conv=3)
+    for name, p in mixer.named_parameters():
+        if name.startswith(("conv1d", "dt_proj")):
+            torch.nn.init.normal_(p, std=0.5)
+    hidden = torch.randn(2, 15 + cls, 8)
+    with torch.no_grad():
+        expected, got = mixer(hidden), _mixer_through_maps(mixer, hidden)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_image_sizes(figures):
     """LocalVSSM takes any size; LocalVim any size its patch embedding pads to the model's patch grid (the
     figures' 22x37 input on the 24x40 model), and refuses others naming the sizes it takes."""
