@@ -8,11 +8,13 @@ same signature) and its fake (shapes only, for tracing). Importing this module r
 * ``selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)``: float, differentiable
   (on the CPU, with a gradient to compute, it runs :func:`ptq4vm_fx.scan.selective_scan_ref`, whose own
   backward needs no second forward; elsewhere its backward recomputes through that reference).
-* ``ordered_scan(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, delta_softplus)``: K scans, each
-  reading the tokens through its order map, summed (:func:`ptq4vm_fx.scan.ordered_scan_ref`); float,
+* ``ordered_scan(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, delta_softplus, z_order=None)``: K
+  scans, each reading the tokens through its order map (z through z_order if given), summed
+  (:func:`ptq4vm_fx.scan.ordered_scan_ref`); float,
   differentiable (the reference, whose autograd keeps the scans' checkpoints, with a gradient to compute).
 * ``ordered_conv1d_silu(x, weight, bias, order, reverse)``: depthwise conv1d + SiLU over the sequence of x's
-  tokens an order map reads (LocalVim's per-direction conv; :mod:`.kernels.quantize`).
+  tokens an order map reads (LocalVim's per-direction conv; :mod:`.kernels.quantize`); differentiable (its
+  reference, with a gradient to compute).
 * ``quantize_per_token(x, inv_smooth, scale, zero_point, bits)`` -> int8 codes.
 * ``int8_linear(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune=True)``.
 * ``vq_linear(x, codes, codebook, bias)``: float x, the weight decoded from packed codes and an fp16
@@ -161,16 +163,17 @@ def ordered_scan(
     order: Tensor,
     scatter: Optional[Tensor],
     delta_softplus: bool,
+    z_order: Optional[Tensor] = None,
 ) -> Tensor:
     """:func:`ptq4vm_fx.scan.ordered_scan_ref`; on CUDA the Triton kernel
     (:func:`ptq4vm_fx.kernels.selective_scan.ordered_scan`)."""
-    _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter)
+    _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, z_order)
     with torch.no_grad():
         return ordered_scan_ref(u, list(deltas), A, list(Bs), list(Cs), D, z, delta_bias, order, scatter,
-                                delta_softplus)
+                                delta_softplus, z_order)
 
 
-def _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter) -> None:
+def _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, z_order=None) -> None:
     if u.dim() != 3 or A.dim() != 3 or order.dim() != 2:
         raise InputError(f"ordered_scan: u must be (batch, d, L), A (K, d, n) and order (K, S), got shapes "
                          f"{tuple(u.shape)}, {tuple(A.shape)}, {tuple(order.shape)}")
@@ -178,33 +181,44 @@ def _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, D, z, delta_bias, order, sc
     if not len(deltas) == len(Bs) == len(Cs) == directions:
         raise InputError(f"ordered_scan: order has {directions} directions but {len(deltas)} deltas, "
                          f"{len(Bs)} Bs and {len(Cs)} Cs were given")
-    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("scatter", scatter)):
-        want = order.shape if name == "scatter" else (directions, u.shape[1])
+    if z_order is not None and (z is None or z.dim() != 3 or tuple(z.shape[:2]) != tuple(u.shape[:2])):
+        raise InputError(f"ordered_scan: z_order reads z, which must be ({u.shape[0]}, {u.shape[1]}, T), got "
+                         f"{None if z is None else tuple(z.shape)}")
+    for name, t in (("A", A), ("D", D), ("delta_bias", delta_bias), ("scatter", scatter), ("z_order", z_order)):
+        want = order.shape if name in ("scatter", "z_order") else (directions, u.shape[1])
         if t is not None and tuple(t.shape[:2]) != tuple(want):
             raise InputError(f"ordered_scan: {name} must have {directions} directions of {want[1]}, got "
                              f"shape {tuple(t.shape)}")
     for k in range(directions):
-        _check_scan_shapes(u, deltas[k], A[k], Bs[k], Cs[k], None if D is None else D[k], z,
-                           None if delta_bias is None else delta_bias[k])
+        _check_scan_shapes(u, deltas[k], A[k], Bs[k], Cs[k], None if D is None else D[k],
+                           z if z_order is None else None, None if delta_bias is None else delta_bias[k])
 
 
 _register(ordered_scan, _scan_kernels.ordered_scan, _scan_kernels.ordered_scan_fake)
 
 
-def _ordered_scan_autograd(keyset, *args):
-    """The op's autograd kernel (CPU and CUDA): with a gradient to compute, the differentiable reference
-    (its autograd keeps the scans' checkpoints); otherwise the op below autograd."""
-    tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,))]
-    if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors):
-        _check_ordered_scan_shapes(*args[:10])
-        u, deltas, A, Bs, Cs, *rest = args
-        return ordered_scan_ref(u, list(deltas), A, list(Bs), list(Cs), *rest)
-    with torch._C._AutoDispatchBelowAutograd():
-        return ordered_scan._opoverload.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+def _autograd_through_reference(op: torch.library.CustomOpDef, reference: Callable) -> None:
+    """Register ``op``'s autograd kernel (CPU and CUDA): with a gradient to compute, the differentiable
+    ``reference`` on the same arguments (its own autograd: the scan's keeps its checkpoints); otherwise
+    the op below autograd."""
+
+    def kernel(keyset, *args):
+        tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,))]
+        if torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors):
+            return reference(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op._opoverload.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    for key in ("AutogradCPU", "AutogradCUDA"):
+        _AUTOGRAD.impl(op._name, kernel, key, with_keyset=True)
 
 
-for _key in ("AutogradCPU", "AutogradCUDA"):
-    _AUTOGRAD.impl("ordered_scan", _ordered_scan_autograd, _key, with_keyset=True)
+def _ordered_scan_under_grad(u, deltas, A, Bs, Cs, *rest):
+    _check_ordered_scan_shapes(u, deltas, A, Bs, Cs, *rest[:5], *rest[6:])
+    return ordered_scan_ref(u, list(deltas), A, list(Bs), list(Cs), *rest)
+
+
+_autograd_through_reference(ordered_scan, _ordered_scan_under_grad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +227,7 @@ for _key in ("AutogradCPU", "AutogradCUDA"):
 
 ordered_conv1d_silu = define_op("ptq4vm::ordered_conv1d_silu", _quantize.ordered_conv1d_silu_ref,
                                 _quantize.ordered_conv1d_silu, _quantize.ordered_conv1d_silu_fake)
+_autograd_through_reference(ordered_conv1d_silu, _quantize.ordered_conv1d_silu_ref)
 
 quantize_per_token = define_op("ptq4vm::quantize_per_token", _quantize.quantize_per_token_ref,
                                _quantize.quantize_per_token, _quantize.quantize_per_token_fake)

@@ -214,28 +214,36 @@ def selective_scan_ref(
 # --------------------------------------------------------------------------------------------
 
 
-def check_order_maps(order: Tensor, scatter: Optional[Tensor], length: int) -> None:
+def check_order_maps(order: Tensor, scatter: Optional[Tensor], length: int, z_order: Optional[Tensor] = None,
+                     tokens: Optional[int] = None) -> None:
     """Raise ValueError unless ``order`` (K, S) and ``scatter`` ((K, S) or None: ``order``) are integer maps
     whose entries lie in [-1, length) and each row of ``scatter`` without its -1 entries is a permutation of
     0 .. length-1 (every token's output written exactly once per direction), with -1 exactly where ``order``
-    has it (a padding step reads nothing and writes nothing)."""
-    for name, t in (("order", order), ("scatter", scatter)):
+    has it (a padding step reads nothing and writes nothing). With ``z_order`` (K, S) (z read through its own
+    map), z and the output have ``tokens`` tokens: z_order and scatter (None: z_order) index those, scatter's
+    -1 entries are z_order's, and order's entries lie in [0, length) (no padding step: LocalVim's padded
+    tokens are steps of its sequence, with the conv's outputs)."""
+    out_length, padding = (length, order) if z_order is None else (tokens, z_order)
+    for name, t, n in (("order", order, length), ("z_order", z_order, out_length), ("scatter", scatter, out_length)):
         if t is None:
             continue
         if not isinstance(t, Tensor) or t.dim() != 2 or t.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"ordered_scan: {name} must be a (K, S) int32 / int64 tensor, got "
                              f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
-        if t.numel() and (int(t.min()) < -1 or int(t.max()) >= length):
-            raise ValueError(f"ordered_scan: {name} entries must lie in [-1, {length}), got "
+        if t.numel() and (int(t.min()) < -1 or int(t.max()) >= n):
+            raise ValueError(f"ordered_scan: {name} entries must lie in [-1, {n}), got "
                              f"[{int(t.min())}, {int(t.max())}]")
+    if z_order is not None and (z_order.shape != order.shape or bool((order < 0).any())):
+        raise ValueError("ordered_scan: z_order must have order's shape, and order no -1 entries with it")
     if scatter is None:
-        scatter = order
-    elif scatter.shape != order.shape or not torch.equal(scatter < 0, order < 0):
-        raise ValueError("ordered_scan: scatter must have order's shape and its -1 (padding) entries")
-    expected = torch.arange(length, device=scatter.device)
+        scatter = padding
+    elif scatter.shape != order.shape or not torch.equal(scatter < 0, padding < 0):
+        raise ValueError(f"ordered_scan: scatter must have order's shape and its -1 (padding) entries"
+                         f"{'' if z_order is None else ' where z_order has them'}")
+    expected = torch.arange(out_length, device=scatter.device)
     for k, row in enumerate(scatter):
         if not torch.equal(row[row >= 0].sort().values.to(expected.dtype), expected):
-            raise ValueError(f"ordered_scan: direction {k} does not write each of the {length} tokens exactly once")
+            raise ValueError(f"ordered_scan: direction {k} does not write each of the {out_length} tokens exactly once")
 
 
 def _inverse(scatter_row: Tensor, length: int) -> Tensor:
@@ -258,6 +266,7 @@ def ordered_scan_ref(
     order: Tensor,
     scatter: Optional[Tensor] = None,
     delta_softplus: bool = False,
+    z_order: Optional[Tensor] = None,
 ) -> Tensor:
     """K selective scans, each reading the tokens through its order, their outputs summed; differentiable.
 
@@ -265,24 +274,28 @@ def ordered_scan_ref(
     the model's natural token order; A: (K, d, n); D, delta_bias: (K, d) or None. ``order`` (K, S): step i
     of direction k reads token order[k, i], or for -1 a padding token (u = z = 0, B = C = 0, raw delta 0:
     the zero-padded token of the official code, which still decays the state). Step i's output goes to
-    token scatter[k, i] (``scatter`` None: ``order``; -1: dropped). Each direction's output is rounded to
-    u's dtype and the directions are summed in order k = 0, 1, ... as ``y_0 + y_1 + ...`` in that dtype.
-    Returns (batch, d, L) in u's dtype, stored token-major. Gather, :func:`selective_scan_ref`, scatter."""
+    token scatter[k, i] (``scatter`` None: ``order``; -1: dropped). With ``z_order`` (K, S), z (batch, d, T)
+    is read through it instead (-1: z = 0) and the output has z's T tokens (scatter None: ``z_order``), and
+    ``order`` has no -1: LocalVim, whose u, deltas, B and C are in each direction's sequence order. Each
+    direction's output is rounded to u's dtype and the directions are summed in order k = 0, 1, ... as
+    ``y_0 + y_1 + ...`` in that dtype. Returns (batch, d, L or T) in u's dtype, stored token-major. Gather,
+    :func:`selective_scan_ref`, scatter."""
     length = u.shape[-1]
-    if torch._guards.detect_fake_mode((order, scatter)) is None:  # traced (a compiled graph's autograd): no values
-        check_order_maps(order, scatter, length)
-    scatter = order if scatter is None else scatter
+    tokens = length if z_order is None or z is None else z.shape[-1]
+    if z_order is not None and z is None:
+        raise ValueError("ordered_scan: z_order reads z, which is None")
+    if torch._guards.detect_fake_mode((order, scatter, z_order)) is None:  # traced (a compiled graph's autograd)
+        check_order_maps(order, scatter, length, z_order, tokens)
+    scatter = (order if z_order is None else z_order) if scatter is None else scatter
     out = None
     for k in range(order.shape[0]):
-        valid = order[k] >= 0
-        index = order[k].clamp(min=0).long()
 
-        def read(t: Optional[Tensor], index=index, valid=valid) -> Optional[Tensor]:
-            return None if t is None else torch.where(valid, t.index_select(-1, index), 0)
+        def read(t: Optional[Tensor], by: Tensor = order[k]) -> Optional[Tensor]:
+            return None if t is None else torch.where(by >= 0, t.index_select(-1, by.clamp(min=0).long()), 0)
 
         y = selective_scan_ref(read(u), read(deltas[k]), A[k], read(Bs[k]), read(Cs[k]),
-                               None if D is None else D[k], read(z), None if delta_bias is None else delta_bias[k],
-                               delta_softplus)
-        y = y.index_select(-1, _inverse(scatter[k], length))
+                               None if D is None else D[k], read(z, order[k] if z_order is None else z_order[k]),
+                               None if delta_bias is None else delta_bias[k], delta_softplus)
+        y = y.index_select(-1, _inverse(scatter[k], tokens))
         out = y if out is None else out + y
     return token_major(out)

@@ -25,7 +25,7 @@ state axis, A channel-major, D and N that fill their blocks, the bidirectional s
 the codes (STORE_OUT off: Vim reads its float output only through out_proj's quantizer), D, z,
 softplus and the smoothed quantize on, no delta_bias (dt_proj keeps its bias); the ordered scan
 (VMamba's cross scan, LocalVSSM's directions) with the same flags as a direction that adds into the sum
-(ACCUMULATE on) and reads and writes through one order map (no scatter map); 32-bit sizes and
+(ACCUMULATE on) and reads and writes through one order map (no scatter map, no z_order); 32-bit sizes and
 strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16 marked so (all
 but L and B / C's strides along tokens and batch: x_proj's output has 56 columns), B / C row offsets
 as the launch proves them aligned (selective_scan.bc_row_align), and the bidirectional scan's
@@ -65,7 +65,8 @@ UNIT_STRIDES = {
                                    "s_bfn", "s_cfn", "s_bbn", "s_cbn", "s_afd", "s_abd"),
     "_ordered_scan_kernel": ("s_ud", "s_td", "s_zd", "s_od", "s_bn", "s_cn", "s_ad"),
 }
-POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32", "order_ptr": "*i32", "scatter_ptr": "*i32"}
+POINTER_TYPES = {"q_ptr": "*i8", "zp_ptr": "*i32", "order_ptr": "*i32", "scatter_ptr": "*i32",
+                 "z_order_ptr": "*i32"}
 # pointers that stay fp32 whatever the activations' dtype: A, D, delta_bias, the quantization parameters
 FP32_POINTERS = ("A_ptr", "Af_ptr", "Ab_ptr", "D_ptr", "Df_ptr", "Db_ptr", "dbias_ptr", "dbf_ptr", "dbb_ptr",
                  "inv_smooth_ptr", "inv_scale_ptr", "carry_ptr")
@@ -111,7 +112,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
             values = {"BLOCK_D": block_d, "BLOCK_N": block_n, "BC_ALIGN": vim_s_bc_align(dtype),
                       "SEGMENTS": SEGMENTED_LAUNCH[1]}
             constants[arg] = values.get(arg, arg not in ("REVERSE", "STORE_OUT", "HAS_DBIAS", "HAS_DBF", "HAS_DBB",
-                                                         "HAS_SCATTER"))
+                                                         "HAS_SCATTER", "Z_ORDER"))
             signature[arg] = "constexpr"
     constants.update(dict.fromkeys(off, False))
     for arg in UNIT_STRIDES.get(name, UNIT_STRIDES["_selective_scan_kernel"]):  # the segmented scan's too

@@ -468,26 +468,31 @@ def _launch_conv1d_silu_quantize(x, weight, bias, inv_smooth, inv_scale, zero_po
 
 
 def conv1d_silu_quantize(x: Tensor, weight: Tensor, bias: Optional[Tensor], inv_smooth: Optional[Tensor],
-                         scale: Tensor, zero_point: Tensor, bits: int, reverse: bool) -> tuple[Tensor, Tensor]:
+                         scale: Tensor, zero_point: Tensor, bits: int, reverse: bool,
+                         order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """x (batch, D, L) float; weight (D, 1, W) or (D, W); bias (D,) or None; scale / zero_point (L,) ->
     (u (batch, D, L) in x's dtype, token-major, xq (batch, L, D) int8): ``u = silu(conv)``, causal, or
     anticausal when ``reverse`` (the unflipped weight: equals ``conv1d(pad(x, (0, W-1)), weight.flip(-1))``),
-    and ``xq = quantize(u^T)``; computed in fp32, the conv's and the SiLU's outputs rounded to x's dtype."""
-    inv_scale, zp, _ = inverse_token_params(scale, zero_point, x.shape[-1:], "conv1d_silu_quantize")
-    return _launch_conv1d_silu_quantize(x, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse)
+    and ``xq = quantize(u^T)``; computed in fp32, the conv's and the SiLU's outputs rounded to x's dtype.
+    With ``order`` (S,): over the sequence x read through it (:func:`ordered_conv1d_silu`), L -> S."""
+    tokens = x.shape[-1:] if order is None else order.shape
+    inv_scale, zp, _ = inverse_token_params(scale, zero_point, tokens, "conv1d_silu_quantize")
+    return _launch_conv1d_silu_quantize(x, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse, order)
 
 
 def conv1d_silu_quantize_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], inv_smooth: Optional[Tensor],
-                             scale: Tensor, zero_point: Tensor, bits: int, reverse: bool) -> tuple[Tensor, Tensor]:
+                             scale: Tensor, zero_point: Tensor, bits: int, reverse: bool,
+                             order: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch specification of :func:`conv1d_silu_quantize` (F.conv1d based)."""
-    inv_scale, zp, _ = inverse_token_params(scale, zero_point, x.shape[-1:], "conv1d_silu_quantize")
-    _check_conv_args(x, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse)
-    u = conv1d_silu_ref(x, weight, bias, reverse)
+    u = conv1d_silu_ref(x, weight, bias, reverse) if order is None else ordered_conv1d_silu_ref(x, weight, bias,
+                                                                                                 order, reverse)
+    inv_scale, zp, _ = inverse_token_params(scale, zero_point, u.shape[-1:], "conv1d_silu_quantize")
+    _check_conv_args(u, weight, bias, f32(inv_smooth), inv_scale, zp, bits, reverse)
     return u, quantize_per_token_ref(u.transpose(1, 2), inv_smooth, scale, zero_point, bits).contiguous()
 
 
-def conv1d_silu_quantize_fake(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse):
-    batch, d, length = x.shape
+def conv1d_silu_quantize_fake(x, weight, bias, inv_smooth, scale, zero_point, bits, reverse, order=None):
+    batch, d, length = x.shape if order is None else (*x.shape[:2], order.shape[0])
     return token_major_empty(batch, d, length, x.dtype, x.device), x.new_empty((batch, length, d), dtype=torch.int8)
 
 
@@ -537,9 +542,10 @@ def ordered_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor], order
 
 def ordered_conv1d_silu_ref(x: Tensor, weight: Tensor, bias: Optional[Tensor], order: Tensor,
                             reverse: bool) -> Tensor:
-    """Pure-PyTorch specification of :func:`ordered_conv1d_silu`: the gathered sequence, :func:`conv1d_silu_ref`."""
+    """Pure-PyTorch specification of :func:`ordered_conv1d_silu`: the gathered sequence, :func:`conv1d_silu_ref`;
+    differentiable."""
     check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES)
-    _check_order(order, x.shape[-1], check_values=True)
+    _check_order(order, x.shape[-1], check_values=torch._guards.detect_fake_mode(order) is None)  # traced: no values
     index = order.clamp(min=0).long()
     return conv1d_silu_ref(torch.where(order >= 0, x.index_select(-1, index), 0), weight, bias, reverse)
 

@@ -321,7 +321,7 @@ def _bidirectional_scan_kernel(
 
 @triton.jit(do_not_specialize_on_alignment=["A_ptr"])  # A: module docstring
 def _ordered_scan_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, order_ptr, scatter_ptr, out_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, dbias_ptr, z_ptr, order_ptr, scatter_ptr, z_order_ptr, out_ptr,
     Dm, N, S,
     s_ub, s_ud, s_ul,
     s_tb, s_td, s_tl,
@@ -331,12 +331,13 @@ def _ordered_scan_kernel(
     s_zb, s_zd, s_zl,
     s_ob, s_od, s_ol,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_SCATTER: tl.constexpr, ACCUMULATE: tl.constexpr, BC_ALIGN: tl.constexpr,
+    HAS_SCATTER: tl.constexpr, ACCUMULATE: tl.constexpr, Z_ORDER: tl.constexpr, BC_ALIGN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """One direction of :func:`ordered_scan`: step i reads token ``order[i]`` of the natural-order inputs
     (-1: a padding token, u = delta = B = C = z = 0, loaded as masked-off zeros) and writes its output,
     rounded to out's dtype, at token ``scatter[i]`` (``order[i]`` without HAS_SCATTER; -1: dropped). With
+    Z_ORDER (HAS_Z off) the output is gated by z's token ``z_order[i]`` instead (-1: z = 0). With
     ACCUMULATE the output is added to what out holds there (the earlier directions' sum, written by an
     earlier launch) and the sum rounded to out's dtype: the merge and the sum in the epilogue."""
     b = tl.program_id(0).to(tl.int64)
@@ -355,6 +356,11 @@ def _ordered_scan_kernel(
         h, y = _scan_step(h, t, b, offs_d, mask_d, offs_n, mask_n, A2, Dv, dbias, u, dt,
                           B_ptr, s_bb, s_bn, s_bl, C_ptr, s_cb, s_cn, s_cl, z_ptr, s_zb, s_zd, s_zl,
                           HAS_D, HAS_Z, HAS_DBIAS, SOFTPLUS, BC_ALIGN, True)
+        if Z_ORDER:  # as _scan_step gates, z's token from its own map
+            tz = tl.load(z_order_ptr + i)
+            zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + tl.maximum(tz, 0) * s_zl, mask=mask_d & (tz >= 0),
+                         other=0.0).to(tl.float32)
+            y = y * _silu(zt)
         if HAS_SCATTER:
             p = tl.load(scatter_ptr + i)
         else:
@@ -599,7 +605,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 
 
 def _launch_ordered_scan(u, deltas, A, Bs, Cs, D=None, z=None, delta_bias=None, order=None, scatter=None,
-                         delta_softplus=False):
+                         delta_softplus=False, z_order=None):
     """:func:`ordered_scan`'s launch: one per direction, each program one sample and BLOCK_D channels
     walking that direction's order; direction k > 0 adds its output into the sum the launches before it
     wrote (ACCUMULATE). Reads every tensor in place (no gathered, flipped or transposed copies).
@@ -612,9 +618,11 @@ def _launch_ordered_scan(u, deltas, A, Bs, Cs, D=None, z=None, delta_bias=None, 
             (= order), the token each step's output goes to, -1 dropped. The caller guarantees
             :func:`ptq4vm_fx.scan.check_order_maps` (the reference checks it).
         delta_softplus: bool.
+        z_order: (K, S) int32 / int64 or None: z (Bsz, Dm, T) read through it (-1: z = 0) and an output of T
+            tokens (scatter None: z_order), LocalVim's sequence-order scan.
 
     Returns:
-        (Bsz, Dm, L) in u's dtype, stored token-major: the directions' outputs summed.
+        (Bsz, Dm, L or T) in u's dtype, stored token-major: the directions' outputs summed.
     """
     K = len(deltas)
     if not (isinstance(order, torch.Tensor) and order.dim() == 2 and order.shape[0] == K
@@ -624,6 +632,10 @@ def _launch_ordered_scan(u, deltas, A, Bs, Cs, D=None, z=None, delta_bias=None, 
     if scatter is not None and (not isinstance(scatter, torch.Tensor) or scatter.shape != order.shape
                                 or scatter.dtype not in (torch.int32, torch.int64)):
         raise ValueError(f"scatter must be an int32 / int64 tensor of order's shape {tuple(order.shape)}")
+    if z_order is not None and (not isinstance(z_order, torch.Tensor) or z_order.shape != order.shape
+                                or z_order.dtype not in (torch.int32, torch.int64) or z is None):
+        raise ValueError(f"z_order must be an int32 / int64 tensor of order's shape {tuple(order.shape)} "
+                         "and z a tensor")
     check_tensor("A", A, ndim=3, dtypes=(torch.float32,))
     if not (K >= 1 and len(Bs) == len(Cs) == K and A.shape[0] == K
             and all(t is None or t.dim() == 2 and t.shape[0] == K for t in (D, delta_bias))):
@@ -632,15 +644,23 @@ def _launch_ordered_scan(u, deltas, A, Bs, Cs, D=None, z=None, delta_bias=None, 
     _check_flag("delta_softplus", delta_softplus)
     for k in range(K):
         Bsz, Dm, L, N = _check_scan_args(f"direction {k} ", u, deltas[k], A[k], Bs[k], Cs[k],
-                                         None if D is None else D[k], z,
+                                         None if D is None else D[k], z if z_order is None else None,
                                          None if delta_bias is None else delta_bias[k])
-    check_devices(u=u, A=A, D=D, z=z, delta_bias=delta_bias, order=order, scatter=scatter,
+    if z_order is not None:
+        check_tensor("z", z, ndim=3, dtypes=FLOAT_DTYPES)
+        if z.shape[:2] != (Bsz, Dm):
+            raise ValueError(f"z must have shape ({Bsz}, {Dm}, T), got {tuple(z.shape)}")
+        L = z.shape[2]
+    check_devices(u=u, A=A, D=D, z=z, delta_bias=delta_bias, order=order, scatter=scatter, z_order=z_order,
                   **{f"{name}{k}": t[k] for name, t in (("delta", deltas), ("B", Bs), ("C", Cs)) for k in range(K)})
     out = token_major_empty(Bsz, Dm, L, u.dtype, u.device)
     if out.numel() == 0 or order.shape[1] == 0:
         return out.zero_()
     A = channel_major(A)
     order = order.to(torch.int32).contiguous()
+    if z_order is not None:
+        z_order = z_order.to(torch.int32).contiguous()
+        scatter = z_order if scatter is None else scatter
     scatter = scatter.to(torch.int32).contiguous() if scatter is not None else None
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
     grid = (Bsz, triton.cdiv(Dm, block_d))
@@ -648,11 +668,12 @@ def _launch_ordered_scan(u, deltas, A, Bs, Cs, D=None, z=None, delta_bias=None, 
         Dk, biask = vec(D[k]) if D is not None else None, vec(delta_bias[k]) if delta_bias is not None else None
         _ordered_scan_kernel[grid](
             u, deltas[k], A[k], Bs[k], Cs[k], Dk if Dk is not None else A, biask if biask is not None else A,
-            z if z is not None else u, order[k], scatter[k] if scatter is not None else order[k], out,
+            z if z is not None else u, order[k], scatter[k] if scatter is not None else order[k],
+            z_order[k] if z_order is not None else order[k], out,
             Dm, N, order.shape[1],
             *_s3(u), *_s3(deltas[k]), A.stride(1), A.stride(2), *_s3(Bs[k]), *_s3(Cs[k]), *_s3(z), *_s3(out),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_SCATTER=scatter is not None, ACCUMULATE=k > 0,
+            HAS_D=D is not None, HAS_Z=z is not None and z_order is None, HAS_DBIAS=delta_bias is not None,
+            SOFTPLUS=delta_softplus, HAS_SCATTER=scatter is not None, ACCUMULATE=k > 0, Z_ORDER=z_order is not None,
             BC_ALIGN=bc_row_align(Bs[k].element_size(), Bs[k].stride(0), Bs[k].stride(2), Cs[k].stride(0),
                                   Cs[k].stride(2)),
             BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
@@ -785,22 +806,23 @@ def selective_scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, rev
 
 def ordered_scan(u: Tensor, deltas: list[Tensor], A: Tensor, Bs: list[Tensor], Cs: list[Tensor], D: Optional[Tensor],
                  z: Optional[Tensor], delta_bias: Optional[Tensor], order: Tensor, scatter: Optional[Tensor],
-                 delta_softplus: bool) -> Tensor:
+                 delta_softplus: bool, z_order: Optional[Tensor] = None) -> Tensor:
     """K scans reading the tokens through their orders, summed (:func:`ptq4vm_fx.scan.ordered_scan_ref` has
     the semantics; :func:`_launch_ordered_scan` the launch). u, z: (batch, D, L); deltas[k]: (batch, D, L);
-    Bs[k], Cs[k]: (batch, N, L); A: (K, D, N); D, delta_bias: (K, D) or None; order, scatter: (K, S).
-    Returns (batch, D, L) in u's dtype, stored token-major."""
+    Bs[k], Cs[k]: (batch, N, L); A: (K, D, N); D, delta_bias: (K, D) or None; order, scatter, z_order: (K, S)
+    (with z_order, z is (batch, D, T)). Returns (batch, D, L or T) in u's dtype, stored token-major."""
     return _launch_ordered_scan(u, list(deltas), _float(A), list(Bs), list(Cs), f32(D), z, f32(delta_bias), order,
-                                scatter, delta_softplus)
+                                scatter, delta_softplus, z_order)
 
 
 def ordered_scan_ref(u: Tensor, deltas: list[Tensor], A: Tensor, Bs: list[Tensor], Cs: list[Tensor],
                      D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], order: Tensor,
-                     scatter: Optional[Tensor], delta_softplus: bool) -> Tensor:
+                     scatter: Optional[Tensor], delta_softplus: bool, z_order: Optional[Tensor] = None) -> Tensor:
     """Pure-PyTorch specification of :func:`ordered_scan`."""
     return _ordered_scan_reference(u, list(deltas), _float(A), list(Bs), list(Cs), f32(D), z, f32(delta_bias),
-                                   order, scatter, delta_softplus)
+                                   order, scatter, delta_softplus, z_order)
 
 
-def ordered_scan_fake(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, delta_softplus):
-    return token_major_empty(*u.shape, u.dtype, u.device)
+def ordered_scan_fake(u, deltas, A, Bs, Cs, D, z, delta_bias, order, scatter, delta_softplus, z_order=None):
+    tokens = u.shape[2] if z_order is None else z.shape[2]
+    return token_major_empty(u.shape[0], u.shape[1], tokens, u.dtype, u.device)

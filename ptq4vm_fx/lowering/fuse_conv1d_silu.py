@@ -35,13 +35,19 @@ def rewrite(gm: GraphModule) -> int:
 
 
 def _plan(node: Node) -> None | str | Replacement:
-    silu = bind(node, "silu")
-    if not silu or silu["inplace"]:
-        return None
-    conv = match_conv(silu["input"])
+    conv = match_silu_conv(node)
     if conv is None or isinstance(conv, str):
         return conv
     return Replacement(node, FUSED.default, conv, (node,))
+
+
+def match_silu_conv(node: Any) -> None | str | tuple[Node, Node, Any, bool]:
+    """For ``node`` an out-of-place SiLU of a conv :func:`match_conv` takes: its (x, w, b, reverse), a reason,
+    or None."""
+    silu = bind(node, "silu")
+    if not silu or silu["inplace"]:
+        return None
+    return match_conv(silu["input"])
 
 
 def match_conv(v: Any) -> None | str | tuple[Node, Node, Any, bool]:

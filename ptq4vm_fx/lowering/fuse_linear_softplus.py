@@ -12,7 +12,9 @@ for bit, the delta the scan computed before (docs/design.md section 3.3); the sc
 softplus (2 MUFU and ~19 SASS instructions per channel, token and direction on sm_90). Only where exact:
 dt_proj's output in fp32 (stored fp16 / bf16, the softplus'd delta would be rounded where the scan keeps
 fp32), reaching the scan through transposes and value-preserving casts that nothing else reads. Counted
-per GEMM; anchored on the scan. ``ptq4vm::ordered_scan`` is not taken (docs/design.md section 7.1).
+per GEMM; anchored on the scan. ``ptq4vm::ordered_scan`` is taken only with one direction, no delta_bias and a
+``z_order`` (LocalVim's sequence scan, whose ``order`` has no padding step by the op's contract); otherwise
+its padded steps would scan softplus(delta_bias), which no GEMM computes (docs/design.md section 7.1).
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ FUSED = FUSED_OPS.int8_linear_softplus
 _BIDIRECTIONAL = (("delta_f", "delta_bias_f"), ("delta_b", "delta_bias_b"))
 SCANS = {torch.ops.ptq4vm.selective_scan: (("delta", "delta_bias"),),
          FUSED_OPS.bidirectional_scan: _BIDIRECTIONAL, FUSED_OPS.bidirectional_scan_quantize: _BIDIRECTIONAL}
+ORDERED_SCAN = torch.ops.ptq4vm.ordered_scan
+
+
+def _sequence_scan(node: Node) -> bool:
+    """An ordered scan with one direction, no delta_bias and a z_order: no padding step, so the softplus of its
+    one delta is dt_proj's epilogue's."""
+    args = bind_custom(node, ORDERED_SCAN)
+    return args["z_order"] is not None and args["delta_bias"] is None and len(args["deltas"]) == 1
+
+
+def _deltas(args: dict, packet) -> list[tuple[object, str]]:
+    """Per direction (the scan's delta argument, its delta_bias argument's name)."""
+    if packet is ORDERED_SCAN:
+        return [(args["deltas"][0], "delta_bias")]
+    return [(args[delta], bias) for delta, bias in SCANS[packet]]
 
 
 def rewrite(gm: GraphModule) -> int:
@@ -40,6 +57,8 @@ def rewrite(gm: GraphModule) -> int:
     count = 0
     for node in list(gm.graph.nodes):
         packet = next((p for p in SCANS if is_custom_op(node, p)), None)
+        if is_custom_op(node, ORDERED_SCAN) and _sequence_scan(node):
+            packet = ORDERED_SCAN
         found = None if packet is None else _plan(node, packet)
         if isinstance(found, str):
             report.skipped(NAME, found, node)
@@ -54,7 +73,7 @@ def _plan(node: Node, packet) -> None | str | list[tuple[Node, list[Node], str]]
     args = bind_custom(node, packet)
     if args["delta_softplus"] is not True:
         return None
-    found = [(*_dt_proj(args[delta]), bias) for delta, bias in SCANS[packet]]
+    found = [(*_dt_proj(delta), bias) for delta, bias in _deltas(args, packet)]
     linears = [linear for linear, _, _ in found]
     if all(linear is None for linear in linears):
         return None

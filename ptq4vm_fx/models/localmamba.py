@@ -19,11 +19,14 @@ multiples of k first and the padded tokens are scanned too, as officially), each
 (scanned backwards). LocalVSSM scans each direction with one ``torch.ops.ptq4vm.ordered_scan`` call
 that reads the map's row-major tokens through the direction's order map (models/orders.py; a padded
 token read as the official zero) and writes each output where the official merge puts it: no
-activation is padded, transposed, flipped or gathered in its graph. LocalVim's conv1d runs in scan
-order, so its directions keep the materialized orders (pads, reshapes and permutes; a flipped
-direction is one ``torch.ops.ptq4vm.selective_scan`` call with ``reverse=True`` and the anticausal
-conv1d, as Vim's backward branch). Both equal the official flip -> scan -> flip back exactly, padded
-tokens included.
+activation is padded, transposed, flipped or gathered in its graph. LocalVim's conv1d runs over each
+direction's sequence (the class token inserted in it), so its padded tokens' conv outputs are not zero:
+``torch.ops.ptq4vm.ordered_conv1d_silu`` reads x through the direction's sequence map
+(``orders.sequence_maps``) and writes u in sequence order (anticausal for a flipped direction, as
+Vim's backward branch), x_proj_i / dt_proj_i run on it, and one ``ordered_scan`` walks u, delta, B, C
+by step (backwards when flipped), reads z through the map and writes each output to its token
+(``orders.sequence_scan_maps``): no gathered, concatenated or merged copy either. Both equal the
+official flip -> scan -> flip back to rounding, padded tokens included.
 The official merge of ``v`` / ``v_flip`` reads the column-major output back as if it were laid out
 (H, W) (``rearrange('b d (h w) -> b d (w h)')``): the inverse of the scan only for square maps. It is
 reproduced as is (LocalVim's z gate too stays in each scan's token order, as officially), so
@@ -68,7 +71,7 @@ from .arguments import choice, no_checkpointing, positive_int, refuse_unknown, s
 from .canonical import split_grouped_linears, token_major_linears
 from .checkpoint import CheckedLoading
 from .family import ModelFamily, constructor_keys, model_overrides, named_model, register_family, register_with_timm
-from .orders import token_orders, token_scatters
+from .orders import sequence_maps, sequence_scan_maps, token_orders, token_scatters
 from .vim import Block as VimBlock
 from .vim import RMSNorm, dt_bias_init, s4d_real_a_log
 from .vmamba import check_image_batch
@@ -76,6 +79,8 @@ from .vmamba import check_image_batch
 torch.fx.wrap("check_image_batch")  # fx.wrap patches the name in this module's globals, so wrap it here too
 torch.fx.wrap("token_orders")  # the order maps (models/orders.py): one opaque call, built once per size
 torch.fx.wrap("token_scatters")
+torch.fx.wrap("sequence_maps")
+torch.fx.wrap("sequence_scan_maps")
 
 __all__ = ["LocalVSSM", "LocalVim", "MultiScan", "BiAttn", "LOCALMAMBA_CONFIGS", "create_localmamba"]
 
@@ -121,42 +126,13 @@ def _direction_lists(model: str, directions, blocks: int) -> list[list[str]]:
 
 
 class MultiScan(nn.Module):
-    """The token orders of one block's directions (official ``MultiScan`` with fixed ``choices``; no
-    parameters). ``scan(x, k)``: (batch, C, H, W) -> (batch, C, L_k) in direction k's order (unflipped);
-    ``merge(y, k, H, W)``: (batch, C, L_k) in that order -> (batch, C, H W) row-major, padding cropped (for
-    'v' the official reading, the inverse of the scan only when H == W)."""
+    """The scan directions of one block (official ``MultiScan`` with fixed ``choices``; no parameters):
+    ``directions`` parsed, the token orders built from them as maps (models/orders.py)."""
 
     def __init__(self, choices: Sequence[str], where: str = "directions"):
         super().__init__()
         self.choices = tuple(choices)
         self.directions = [parse_direction(name, f"{where}[{k}]") for k, name in enumerate(self.choices)]
-
-    def scan(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        order, window, _ = self.directions[k]
-        if order == "h":
-            return x.flatten(2)
-        if order == "v":
-            return x.transpose(2, 3).flatten(2)
-        x = F.pad(x, (0, (-x.shape[3]) % window, 0, (-x.shape[2]) % window))  # zeros to window multiples
-        x = x.unflatten(3, (-1, window)).unflatten(2, (-1, window))  # (batch, C, Hg, k, Wg, k)
-        return x.permute(0, 1, 2, 4, 3, 5).flatten(2)
-
-    def merge(self, y: torch.Tensor, k: int, height, width) -> torch.Tensor:
-        order, window, _ = self.directions[k]
-        if order == "h":
-            return y
-        if order == "v":  # the official merge: the inverse of the scan for height == width only
-            return y.unflatten(2, (height, width)).transpose(2, 3).flatten(2)
-        groups_w = (width + window - 1) // window
-        y = y.unflatten(2, (-1, groups_w, window, window)).permute(0, 1, 2, 4, 3, 5)  # (batch, C, Hg, k, Wg, k)
-        return y.flatten(4).flatten(2, 3)[:, :, :height, :width].flatten(2)
-
-    def length(self, k: int, height: int, width: int) -> int:
-        """Direction k's sequence length for an (height, width) map."""
-        order, window, _ = self.directions[k]
-        if order != "w":
-            return height * width
-        return math.ceil(height / window) * window * math.ceil(width / window) * window
 
     def extra_repr(self) -> str:
         return ", ".join(self.choices)
@@ -497,8 +473,8 @@ class MultiMamba(nn.Module):
     Per direction i: ``A_log_i`` (D, N), causal depthwise ``conv1d_i`` (D, 1, d_conv), ``x_proj_i`` (R + 2N, D),
     ``dt_proj_i`` (D, R) with bias, ``D_i`` (D); shared ``in_proj`` (2D, d_model), ``out_proj``
     (d_model, D), ``attn`` (BiAttn over D). Each direction scans x in its order (the class token
-    inserted at the middle of the ordered sequence) with the SiLU(z) gate in the same order, is restored to
-    token order and gated by ``attn``; the directions are summed and projected."""
+    inserted at the middle of the ordered sequence) with the SiLU(z) gate in the same order, read through
+    order maps and written to token order, and is gated by ``attn``; the directions are summed and projected."""
 
     def __init__(
         self,
@@ -534,47 +510,32 @@ class MultiMamba(nn.Module):
         self.attn = BiAttn(D)
 
     def _branch(self, xz: torch.Tensor, i: int) -> torch.Tensor:
-        """Direction i on xz (batch, 2D, L) in its token order -> y * silu(z), (batch, D, L). A flipped direction
-        runs the anticausal conv (flipped kernel, right padding) and a reverse scan: flip -> causal -> scan -> flip."""
+        """Direction i on xz (batch, 2D, T), tokens in natural order -> its output y * silu(z) at the natural tokens,
+        (batch, D, T). The conv reads x through the direction's sequence map (the class token at step c, or
+        S - c flipped; a padded window token 0) and writes u (batch, D, S) in sequence order (anticausal when
+        flipped); x_proj_i / dt_proj_i run on u; one ``ptq4vm::ordered_scan`` walks u, delta, B, C by step
+        (backwards when flipped), reads z through the map and writes each output where the merge puts it."""
+        height, width = self.token_size
         conv = getattr(self, f"conv1d_{i}")
         x_proj, dt_proj = getattr(self, f"x_proj_{i}"), getattr(self, f"dt_proj_{i}")
-        reverse = self.multi_scan.directions[i].flip
-        u, z = xz.chunk(2, dim=1)
-        if reverse:
-            u = F.conv1d(F.pad(u, (0, self.d_conv - 1)), conv.weight.flip(-1), conv.bias, groups=self.d_inner)
-        else:
-            u = conv(u)[..., : -(self.d_conv - 1)]
-        u = F.silu(u)  # Vim's spelling of conv1d + SiLU (one pattern for the lowering's fusion)
-        x_dbl = x_proj(u.transpose(1, 2))  # (batch, L, R + 2N)
+        direction = tuple(self.multi_scan.directions[i])
+        x, z = xz.chunk(2, dim=1)
+        reads = sequence_maps(xz, direction, height, width, self.use_middle_cls_token)[0]
+        u = torch.ops.ptq4vm.ordered_conv1d_silu(x, conv.weight, conv.bias, reads, direction[2])
+        x_dbl = x_proj(u.transpose(1, 2))  # (batch, S, R + 2N)
         R, N = self.dt_rank, self.d_state
         delta = dt_proj(x_dbl[..., :R]).transpose(1, 2)
         B = x_dbl[..., R : R + N].transpose(1, 2)
         C = x_dbl[..., R + N :].transpose(1, 2)
-        A = channel_major(-torch.exp(getattr(self, f"A_log_{i}").float()))
-        D_skip = getattr(self, f"D_{i}").float()
-        return torch.ops.ptq4vm.selective_scan(u, delta, A, B, C, D_skip, z, None, True, reverse)
+        A = channel_major(-torch.exp(getattr(self, f"A_log_{i}").float())[None])  # (1, D, N)
+        D_skip = getattr(self, f"D_{i}").float()[None]
+        maps = sequence_scan_maps(xz, direction, height, width, self.use_middle_cls_token)  # steps, z, outputs
+        return torch.ops.ptq4vm.ordered_scan(u, [delta], A, [B], [C], D_skip, z, None, maps[:1], maps[2:], True,
+                                             maps[1:2])
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        height, width = self.token_size
-        c = height * width // 2  # the middle class token's index, among T tokens and in each ordered sequence
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (batch, 2D, T)
-        if self.use_middle_cls_token:
-            cls = xz[..., c : c + 1]
-            xz = torch.cat((xz[..., :c], xz[..., c + 1 :]), dim=2)
-        grid = xz.unflatten(2, (height, width))
-        ms = self.multi_scan
-        outs = []
-        for i, direction in enumerate(ms.directions):
-            u = ms.scan(grid, i)  # x and z in the direction's order: z gates inside the scan, as officially
-            if self.use_middle_cls_token:  # official: at c of the flipped sequence, i.e. L - c of the unflipped
-                q = ms.length(i, height, width) - c if direction.flip else c
-                y = self._branch(torch.cat((u[..., :q], cls, u[..., q:]), dim=2), i)
-                y_cls, y = y[..., q : q + 1], torch.cat((y[..., :q], y[..., q + 1 :]), dim=2)
-                y = ms.merge(y, i, height, width)
-                y = torch.cat((y[..., :c], y_cls, y[..., c:]), dim=2)
-            else:
-                y = ms.merge(self._branch(u, i), i, height, width)
-            outs.append(self.attn(y.transpose(1, 2)))
+        outs = [self.attn(self._branch(xz, i).transpose(1, 2)) for i in range(len(self.multi_scan.directions))]
         return self.out_proj(torch.stack(outs).sum(0))
 
 

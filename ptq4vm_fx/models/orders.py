@@ -6,10 +6,10 @@ bottom / right to window multiples, the padded tokens scanned), ``flip`` scanned
 (H, W) map whose tokens are numbered row-major (``x.flatten(2)``), :func:`token_orders` gives, per
 direction, the token read at each scan step (-1: a padded token) and :func:`token_scatters` the token
 each step's output goes to under LocalMamba's merge. The maps are built once per (directions, H, W,
-device) and cached; :func:`sequence_maps` gives LocalVim's (its conv1d runs over each direction's
-sequence, the class token inserted in it). Inside an FX graph each is one opaque call (``torch.fx.wrap`` in the calling
-module), and Dynamo reads a cached map as a constant of the compiled graph (it records the first call's
-cache store as a side effect).
+device) and cached; :func:`sequence_maps` and :func:`sequence_scan_maps` give LocalVim's (its conv1d
+runs over each direction's sequence, the class token inserted in it). Inside an FX graph each is one
+opaque call (``torch.fx.wrap`` in the calling module), and Dynamo reads a cached map as a constant of
+the compiled graph (it records the first call's cache store as a side effect).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["token_orders", "token_scatters", "sequence_maps"]
+__all__ = ["token_orders", "token_scatters", "sequence_maps", "sequence_scan_maps"]
 
 DirectionSpec = tuple[str, int, bool]  # (order "h" | "v" | "w", window size (0 unless "w"), flip)
 
@@ -99,4 +99,17 @@ def sequence_maps(x: Tensor, direction: DirectionSpec, height: int, width: int, 
     if maps is None:
         rows = [_sequence(build(order, window, height, width), height, width, cls, flip) for build in (_reads, _writes)]
         maps = _CACHE[key] = torch.stack(rows).to(device=x.device, dtype=torch.int32)
+    return maps
+
+
+def sequence_scan_maps(x: Tensor, direction: DirectionSpec, height: int, width: int, cls: bool) -> Tensor:
+    """(3, S) int32: LocalVim's direction as ``ptq4vm::ordered_scan`` walks it (its ``order``, ``z_order`` and
+    ``scatter``, K = 1 each): per scan step the sequence position of u, delta, B and C (S - 1 down to 0 for a
+    flipped direction), and :func:`sequence_maps`'s two rows in that step order."""
+    key = ("sequence_scan", direction, height, width, cls, x.device)
+    maps = _CACHE.get(key)
+    if maps is None:
+        reads_writes = sequence_maps(x, direction, height, width, cls)
+        maps = torch.cat((torch.arange(reads_writes.shape[1], device=x.device, dtype=torch.int32)[None], reads_writes))
+        maps = _CACHE[key] = maps.flip(1) if direction[2] else maps
     return maps

@@ -364,6 +364,24 @@ def test_ordered_conv1d_silu_reads_through_the_map(device, direction, cls, dtype
                                rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_conv1d_silu_quantize_through_an_order(device, flip):
+    """The quantizing launch with LocalVim's map (w2 on a 3x5 grid, the class token): u and codes bit for bit
+    the launch on the gathered sequence, S per-token scales; the reference its reference."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 12, 16, generator=g)
+    weight, b = torch.randn(12, 1, 4, generator=g) * 0.5, torch.randn(12, generator=g)
+    order = sequence_maps(x, ("w", 2, flip), 3, 5, True)[0]
+    gathered = torch.where(order >= 0, x.index_select(2, order.clamp(min=0).long()), 0)
+    params = _qparams(12, len(order), 8, 8, amax=2.0)
+    u, q = conv1d_silu_quantize(*_to((x, weight, b, *params), device), 8, flip, order.to(device))
+    u_g, q_g = conv1d_silu_quantize(*_to((gathered, weight, b, *params), device), 8, flip)
+    assert torch.equal(u, u_g) and torch.equal(q, q_g) and q.shape == (2, len(order), 12)
+    ref = conv1d_silu_quantize_ref(x, weight, b, *params, 8, flip, order)
+    expect = conv1d_silu_quantize_ref(gathered, weight, b, *params, 8, flip)
+    assert torch.equal(ref[0], expect[0]) and torch.equal(ref[1], expect[1])
+
+
 def test_ordered_conv1d_silu_opcheck_and_bad_orders():
     x, weight = torch.randn(2, 6, 5), torch.randn(6, 1, 3)
     order = torch.tensor([4, -1, 0, 2, 1, 3, -1], dtype=torch.int32)

@@ -463,6 +463,35 @@ def test_ordered_scan_ref_reads_padding_as_the_official_zeros():
     assert not torch.allclose(out[..., 1:], without_pad[..., 1:])  # the padded step decayed the state
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("direction", [("w", 2, True), ("v", 0, False)])
+def test_ordered_scan_with_z_order_is_the_sequence_scan_merged(device, dtype, direction):
+    """LocalVim's scan (z_order): u, delta, B, C in sequence order (S = 25 steps of a padded 3x5 grid and its
+    class token, walked backwards when flipped; 16 for v, whose merge is not its order's inverse), z read
+    through its map from the T = 16 natural tokens (zeros at -1), the output written through the scatter map:
+    bit for bit the single-direction kernel on the gathered z, merged by a copy; the reference to rounding."""
+    from ptq4vm_fx.models.orders import sequence_maps, sequence_scan_maps
+
+    x = torch.empty(1, 1, 16)
+    reads, writes = sequence_maps(x, direction, 3, 5, True)
+    maps = sequence_scan_maps(x, direction, 3, 5, True)
+    S = reads.shape[0]
+    u, deltas, A, Bs, Cs, D, _, db = _ordered_inputs(1, 2, 5, S, 3, seed=11, dtype=dtype)
+    z = _inputs(2, 10, 16, 3, 12, dtype)[0][:, 5:]  # a strided half, as LocalVim's xz
+    args = (u, deltas, A, Bs, Cs, D, z, db, maps[:1], maps[2:], True, maps[1:2])
+    out = scan_kernels.ordered_scan(*_to(args, device))
+    assert out.shape == (2, 5, 16) and out.stride(1) == 1 and out.dtype == dtype
+    z_seq = torch.where(reads >= 0, z.index_select(-1, reads.clamp(min=0).long()), 0)
+    y = selective_scan(*_to((u, deltas[0], A[0], Bs[0], Cs[0], D[0], z_seq, db[0], True, direction[2]), device))
+    merged = torch.empty_like(out).index_copy_(-1, writes[writes >= 0].long().to(device), y[..., writes >= 0])
+    assert torch.equal(out, merged)
+    ref = scan_kernels.ordered_scan_ref(*args)
+    torch.testing.assert_close(out.cpu().float(), ref.float(), **_tol(dtype))
+    assert torch.equal(torch.ops.ptq4vm.ordered_scan(*args), ref)
+    with pytest.raises(ValueError, match="its -1 \\(padding\\) entries where z_order has them"):  # a token dropped
+        scan_kernels.ordered_scan_ref(*args[:9], torch.where(maps[1:2] == 0, -1, maps[2:]), True, maps[1:2])
+
+
 def test_ordered_scan_bad_inputs():
     args = _ordered_inputs(2, 1, 3, 4, 2, seed=9)
     order = torch.stack([torch.arange(4), torch.arange(4).flip(0)]).int()

@@ -88,6 +88,14 @@ def _tiny_local_vssm():
     return build("vssm"), images(16, seed=2), images(2, seed=3)
 
 
+def _tiny_local_vim():
+    """A random-weight LocalVim with the middle class token (17 tokens) and windows that pad its 4x4 grid (w3):
+    (model, calibration images, test images)."""
+    from ..models.test_localmamba_quant import build, images
+
+    return build("vim"), images(16, seed=2), images(2, seed=3)
+
+
 def _trained_vmamba():
     """The trained digits VMamba: (model, calibration images, test images)."""
     from ptq4vm_fx.data.bundled import bundled_digits, bundled_model
@@ -95,11 +103,13 @@ def _trained_vmamba():
     return bundled_model("vmamba_digits"), bundled_digits("calib")[0][:32], bundled_digits("test")[0][:1]
 
 
-@pytest.mark.parametrize("subject", [_trained_vmamba, _tiny_local_vssm], ids=["vmamba_digits", "local_vssm_padded"])
+@pytest.mark.parametrize("subject", [_trained_vmamba, _tiny_local_vssm, _tiny_local_vim],
+                         ids=["vmamba_digits", "local_vssm_padded", "local_vim_padded"])
 def test_2d_scans_on_triton_kernels_match_eager_int8(subject, device):
-    """VMamba and LocalVSSM W8A8, lowered: each ordered scan (VMamba's four directions summed per block,
-    LocalVSSM's per direction, padded windows read as zeros, column merges) and every other ptq4vm op on
-    its Triton kernel, against the eager quantized model."""
+    """VMamba, LocalVSSM and LocalVim W8A8, lowered: each ordered scan (VMamba's four directions summed per block,
+    LocalVSSM's per direction, padded windows read as zeros, column merges; LocalVim's per direction by sequence
+    step, z and the outputs through its maps, after its conv + quantize read through them) and every other
+    ptq4vm op on its Triton kernel, against the eager quantized model."""
     model, calib, images = subject()
     qmodel = _w8a8(model, calib, device)
     images = images.to(device)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import ptq4vm_fx  # noqa: F401  (registers the models with timm)
 from ptq4vm_fx.errors import InputError
 from ptq4vm_fx.models import load_checkpoint
-from ptq4vm_fx.models.localmamba import LOCALMAMBA_CONFIGS, LocalVim, LocalVSSM, MultiScan
+from ptq4vm_fx.models.localmamba import LOCALMAMBA_CONFIGS, LocalVim, LocalVSSM
 
 DATA = Path(__file__).parent / "data"
 CONFIGS = {
@@ -220,59 +220,101 @@ def test_unsupported_vim_config_is_refused(overrides, message):
     assert message in str(info.value)
 
 
+def _official_scan(x: torch.Tensor, direction) -> torch.Tensor:
+    """The official MultiScan's scan: (batch, C, H, W) -> (batch, C, L) in the direction's unflipped order (w<k>:
+    the map zero-padded at the bottom / right to window multiples, windows row-major, row-major inside)."""
+    order, window, _ = direction
+    if order == "h":
+        return x.flatten(2)
+    if order == "v":
+        return x.transpose(2, 3).flatten(2)
+    x = F.pad(x, (0, (-x.shape[3]) % window, 0, (-x.shape[2]) % window))
+    x = x.unflatten(3, (-1, window)).unflatten(2, (-1, window))  # (batch, C, Hg, k, Wg, k)
+    return x.permute(0, 1, 2, 4, 3, 5).flatten(2)
+
+
+def _official_merge(y: torch.Tensor, direction, height: int, width: int) -> torch.Tensor:
+    """The official merge: (batch, C, L) in the direction's order -> (batch, C, H W) row-major, padding cropped
+    (for v the official reading, the inverse of the scan only when H == W)."""
+    order, window, _ = direction
+    if order == "h":
+        return y
+    if order == "v":
+        return y.unflatten(2, (height, width)).transpose(2, 3).flatten(2)
+    groups_w = (width + window - 1) // window
+    y = y.unflatten(2, (-1, groups_w, window, window)).permute(0, 1, 2, 4, 3, 5)
+    return y.flatten(4).flatten(2, 3)[:, :, :height, :width].flatten(2)
+
+
 def test_windows_pad_maps_that_are_not_window_multiples():
     """A w<k> direction on a map whose sides are not multiples of k scans the zero-padded map (length
     ceil(H/k) k ceil(W/k) k, the padded tokens zero) and merges back to the map exactly; h merges back exactly,
-    v only on a square map (the official merge, reproduced)."""
-    ms = MultiScan(["w3", "h", "v"])
+    v only on a square map (the official merge, reproduced); the order maps read and write the same."""
+    from ptq4vm_fx.models.orders import token_orders, token_scatters
+
+    w3, h, v = ("w", 3, False), ("h", 0, False), ("v", 0, False)
     x = torch.randn(2, 5, 4, 5) + 10  # no zeros among the real tokens
-    seq = ms.scan(x, 0)
-    assert seq.shape == (2, 5, 36) and ms.length(0, 4, 5) == 36
-    assert (seq == 0).sum() == 2 * 5 * (36 - 20)
+    seq = _official_scan(x, w3)
+    assert seq.shape == (2, 5, 36) and (seq == 0).sum() == 2 * 5 * (36 - 20)
     torch.testing.assert_close(seq[..., :9], x[..., :3, :3].flatten(2), rtol=0, atol=0)  # the first 3x3 window
     padded_window = nn.functional.pad(x[..., :3, 3:], (0, 1))  # the next one, its third column padding
     torch.testing.assert_close(seq[..., 9:18], padded_window.flatten(2), rtol=0, atol=0)
-    torch.testing.assert_close(ms.merge(seq, 0, 4, 5), x.flatten(2), rtol=0, atol=0)
-    torch.testing.assert_close(ms.merge(ms.scan(x, 1), 1, 4, 5), x.flatten(2), rtol=0, atol=0)
-    assert not torch.equal(ms.merge(ms.scan(x, 2), 2, 4, 5), x.flatten(2))
+    torch.testing.assert_close(_official_merge(seq, w3, 4, 5), x.flatten(2), rtol=0, atol=0)
+    torch.testing.assert_close(_official_merge(_official_scan(x, h), h, 4, 5), x.flatten(2), rtol=0, atol=0)
+    assert not torch.equal(_official_merge(_official_scan(x, v), v, 4, 5), x.flatten(2))
     square = torch.randn(2, 5, 4, 4)
-    torch.testing.assert_close(ms.merge(ms.scan(square, 2), 2, 4, 4), square.flatten(2), rtol=0, atol=0)
+    torch.testing.assert_close(_official_merge(_official_scan(square, v), v, 4, 4), square.flatten(2), rtol=0, atol=0)
+    for direction in (w3, h, v):
+        reads, writes = token_orders(x, (direction,))[0], token_scatters(x, (direction,))[0]
+        gathered = torch.where(reads >= 0, x.flatten(2).index_select(2, reads.clamp(min=0).long()), 0)
+        assert torch.equal(gathered, _official_scan(x, direction))
+        merged = torch.empty_like(x.flatten(2)).index_copy_(2, writes[writes >= 0].long(), gathered[..., writes >= 0])
+        assert torch.equal(merged, _official_merge(_official_scan(x, direction), direction, 4, 5))
 
 
-def _mixer_through_maps(mixer, hidden_states: torch.Tensor) -> torch.Tensor:
-    """MultiMamba's forward with each direction's conv reading xz's natural tokens through its sequence map
-    (``ptq4vm::ordered_conv1d_silu``), z read through the same map and the outputs written to the tokens the
-    map's second row names: no scan-order copy of x, no class-token concatenation."""
-    from ptq4vm_fx.models.orders import sequence_maps
-
+def _official_mixer(mixer, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The official MultiMamba forward with materialized orders: per direction x and z scanned (pad, permute),
+    the class token concatenated at step c (S - c flipped), a flipped direction flipped -> causal conv ->
+    scan -> flipped back, the class token's output cut out and the rest merged, then BiAttn and the sum."""
     height, width = mixer.token_size
+    c = height * width // 2
     xz = mixer.in_proj(hidden_states).transpose(1, 2)
-    x, z = xz.chunk(2, dim=1)
+    cls = mixer.use_middle_cls_token
+    if cls:
+        cls_xz, xz = xz[..., c : c + 1], torch.cat((xz[..., :c], xz[..., c + 1 :]), dim=2)
     outs = []
     for i, direction in enumerate(mixer.multi_scan.directions):
-        reads, writes = sequence_maps(xz, tuple(direction), height, width, mixer.use_middle_cls_token)
+        seq = _official_scan(xz.unflatten(2, (height, width)), direction)
+        q = seq.shape[2] - c if direction.flip else c
+        if cls:
+            seq = torch.cat((seq[..., :q], cls_xz, seq[..., q:]), dim=2)
+        seq = seq.flip(-1) if direction.flip else seq
+        x, z = seq.chunk(2, dim=1)
         conv = getattr(mixer, f"conv1d_{i}")
-        u = torch.ops.ptq4vm.ordered_conv1d_silu(x, conv.weight, conv.bias, reads, direction.flip)
+        u = F.silu(conv(x)[..., : -(mixer.d_conv - 1)])
         x_dbl = getattr(mixer, f"x_proj_{i}")(u.transpose(1, 2))
         R, N = mixer.dt_rank, mixer.d_state
         delta = getattr(mixer, f"dt_proj_{i}")(x_dbl[..., :R]).transpose(1, 2)
         A = -torch.exp(getattr(mixer, f"A_log_{i}").float())
-        z_seq = torch.where(reads >= 0, z.index_select(2, reads.clamp(min=0).long()), 0)
-        y = torch.ops.ptq4vm.selective_scan(u, delta, A, x_dbl[..., R:R + N].transpose(1, 2),
-                                            x_dbl[..., R + N:].transpose(1, 2), getattr(mixer, f"D_{i}").float(),
-                                            z_seq, None, True, direction.flip)
-        out = y.new_zeros(xz.shape[0], mixer.d_inner, xz.shape[2])
-        out[..., writes[writes >= 0].long()] = y[..., writes >= 0]
-        outs.append(mixer.attn(out.transpose(1, 2)))
+        y = torch.ops.ptq4vm.selective_scan(u, delta, A, x_dbl[..., R : R + N].transpose(1, 2),
+                                            x_dbl[..., R + N :].transpose(1, 2), getattr(mixer, f"D_{i}").float(),
+                                            z, None, True, False)
+        y = y.flip(-1) if direction.flip else y
+        if cls:
+            y_cls, y = y[..., q : q + 1], torch.cat((y[..., :q], y[..., q + 1 :]), dim=2)
+        y = _official_merge(y, direction, height, width)
+        if cls:
+            y = torch.cat((y[..., :c], y_cls, y[..., c:]), dim=2)
+        outs.append(mixer.attn(y.transpose(1, 2)))
     return mixer.out_proj(torch.stack(outs).sum(0))
 
 
 @pytest.mark.parametrize("cls", [True, False])
-def test_sequence_maps_reproduce_local_vim_mixer(cls):
-    """LocalVim's sequence maps (models/orders.py) read through by the ordered conv and the scan's z, and
-    its outputs written to natural tokens through them, give the mixer's output (gathers, class-token
-    concatenations and merge copies) to fp32 rounding: a 3x5 grid (w2 pads it, v's merge is not the inverse
-    of its order), every flip, the class token at step c or S - c."""
+def test_local_vim_mixer_is_the_official_one_through_maps(cls):
+    """LocalVim's mixer (its convs and scans reading through the sequence maps, its outputs written to tokens)
+    equals the official forward with materialized orders, flips and class-token concatenations to fp32
+    rounding: a 3x5 grid (w2 pads it, v's merge is not the inverse of its order), every flip, with and
+    without the class token."""
     from ptq4vm_fx.models.localmamba import MultiMamba
 
     torch.manual_seed(0)
@@ -283,7 +325,7 @@ def test_sequence_maps_reproduce_local_vim_mixer(cls):
             torch.nn.init.normal_(p, std=0.5)
     hidden = torch.randn(2, 15 + cls, 8)
     with torch.no_grad():
-        expected, got = mixer(hidden), _mixer_through_maps(mixer, hidden)
+        got, expected = mixer(hidden), _official_mixer(mixer, hidden)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
@@ -306,17 +348,20 @@ def test_image_sizes(figures):
 
 @pytest.mark.parametrize("tag", ["vssm", "vim_mid"])
 def test_fx_trace_matches_eager(figures, tag):
-    """One scan node per direction per block (LocalVSSM: ordered scans, no padded, transposed or flipped copy of
-    the map); the traced graph equals eager (LocalVSSM at another size too)."""
+    """One ordered scan node per direction per block, no padded, transposed, flipped, gathered or concatenated
+    copy of an activation in a mixer's graph (LocalVim: its convs read through the order maps too); the traced
+    graph equals eager (LocalVSSM at another size too)."""
     model = official_model(figures, tag)
     gm = torch.fx.symbolic_trace(model)
-    scans = [str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "_scan" in str(n.target)]
-    kind = "ptq4vm.ordered_scan" if tag == "vssm" else "ptq4vm.selective_scan"
-    assert scans == [kind] * sum(len(d) for d in CONFIGS[tag][1]["directions"])
-    if tag == "vssm":  # a mixer's graph: no padded, flipped or transposed copy of the map
-        mixer = torch.fx.symbolic_trace(model.layers[0].blocks[0].op)
-        assert not any(n.target in (F.pad, "flip") or (n.target == "transpose" and n.args[1:] == (2, 3))
-                       for n in mixer.graph.nodes)
+    scans = [str(n.target) for n in gm.graph.nodes if str(n.target).startswith("ptq4vm.") and "_scan" in str(n.target)]
+    assert scans == ["ptq4vm.ordered_scan"] * sum(len(d) for d in CONFIGS[tag][1]["directions"])
+    mixer = torch.fx.symbolic_trace(model.layers[0].blocks[0].op if tag == "vssm" else model.layers[0].mixer)
+    copies = (F.pad, "flip", torch.cat, torch.flip, "index_select", torch.index_select, "index_copy")
+    assert not any(n.target in copies or (n.target == "transpose" and n.args[1:] == (2, 3))
+                   for n in mixer.graph.nodes)
+    if tag == "vim_mid":
+        convs = [n for n in mixer.graph.nodes if str(n.target) == "ptq4vm.ordered_conv1d_silu"]
+        assert len(convs) == len(CONFIGS[tag][1]["directions"][0])
     x = figures[f"{tag}.input"]
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)

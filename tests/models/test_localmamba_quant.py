@@ -180,8 +180,9 @@ def test_an_image_smaller_than_a_patch_is_named():
 
 def test_local_vim_is_lowered_by_the_backend(fresh_counters):
     """torch.compile on the CPU == eager; per block the add + RMSNorm quantize (in_proj), per direction the
-    conv1d + SiLU quantize (x_proj_i), x_proj_i's epilogue quantize (dt_proj_i) and dt_proj_i's epilogue
-    softplus (its scan's); nothing skipped (no two scans are summed: each direction is gated by BiAttn first)."""
+    ordered conv1d + SiLU quantize (x_proj_i), x_proj_i's epilogue quantize (dt_proj_i), dt_proj_i's epilogue
+    softplus (its scan's) and one counted ordered scan; nothing skipped (no two scans are summed: each
+    direction is gated by BiAttn first)."""
     qmodel = ptq4vm_fx.convert(quantize(build("vim")))
     torch._dynamo.reset()
     compiled = torch.compile(qmodel, backend="ptq4vm", fullgraph=True)
@@ -190,7 +191,8 @@ def test_local_vim_is_lowered_by_the_backend(fresh_counters):
         out, ref = compiled(x), qmodel(x)
     assert sqnr_db(ref, out) >= 40.0 and torch.equal(out.argmax(1), ref.argmax(1))
     assert fresh_counters.lowering_counters() == {"add_rmsnorm_quantize": 2, "conv1d_silu_quantize": 6,
-                                                   "linear_quantize": 6, "linear_softplus": 6, "graphs_lowered": 1}
+                                                   "linear_quantize": 6, "linear_softplus": 6, "ordered_scan": 6,
+                                                   "graphs_lowered": 1}
     assert fresh_counters.skipped_counters() == {}
 
 
