@@ -31,6 +31,9 @@ but L and B / C's strides along tokens and batch: x_proj's output has 56 columns
 as the launch proves them aligned (selective_scan.bc_row_align), and the bidirectional scan's
 register cap (selective_scan.BIDIRECTIONAL_MAXNREG; --maxnreg overrides the launches' caps, 0 lifts
 them).
+LocalVim's launches: the ordered scan with Z_ORDER and HAS_SCATTER on, HAS_Z and ACCUMULATE off (one direction)
+and, in fp32, SOFTPLUS off (linear_softplus takes it); the conv1d + SiLU (no token loop: a program's SASS, per
+element a thread) plain and with ORDERED, each with and without the fused quantize (conv_stats).
 Must run without TRITON_INTERPRET (the script clears it).
 """
 
@@ -53,6 +56,7 @@ from triton.compiler import ASTSource  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptq4vm_fx.kernels import int8_linear as gemm  # noqa: E402
+from ptq4vm_fx.kernels import quantize  # noqa: E402
 from ptq4vm_fx.kernels import segmented_scan as segmented  # noqa: E402
 from ptq4vm_fx.kernels import selective_scan as scan  # noqa: E402
 from ptq4vm_fx.models.zoo import VIM_CONFIGS  # noqa: E402
@@ -88,11 +92,12 @@ _SASS_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z][A
 
 
 def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
-                   maxnreg: int | None = -1, off: tuple[str, ...] = ()):
+                   maxnreg: int | None = -1, off: tuple[str, ...] = (), on: tuple[str, ...] = ()):
     """Compile ``scan.<name>`` with the Vim-S launch's feature flags, for sm_<arch>, activations (u, delta, B, C,
     z, the output and the scratch) in ``dtype``, at most ``maxnreg`` registers per thread (-1: the
     launch's cap, None: no cap), the constexpr flags named in ``off`` off (SOFTPLUS: the lowered Vim's
-    launch, whose dt_proj GEMM applies the softplus); returns Triton's compiled kernel."""
+    launch, whose dt_proj GEMM applies the softplus) and those named in ``on`` on (Z_ORDER, HAS_SCATTER: LocalVim's
+    sequence scan); returns Triton's compiled kernel."""
     if maxnreg == -1:
         maxnreg = scan.BIDIRECTIONAL_MAXNREG if name == "_bidirectional_scan_kernel" else None
     fn = getattr(segmented if name == SEGMENTED else scan, name)
@@ -115,6 +120,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
                                                          "HAS_SCATTER", "Z_ORDER"))
             signature[arg] = "constexpr"
     constants.update(dict.fromkeys(off, False))
+    constants.update(dict.fromkeys(on, True))
     for arg in UNIT_STRIDES.get(name, UNIT_STRIDES["_selective_scan_kernel"]):  # the segmented scan's too
         constants[arg], signature[arg] = 1, "constexpr"
         attrs.pop((fn.arg_names.index(arg),), None)
@@ -248,11 +254,11 @@ def waves(registers: int, block_d: int, num_warps: int) -> dict:
 
 
 def stats(name: str, block_d: int, block_n: int, num_warps: int, arch: int, dtype: str = "fp32",
-          maxnreg: int | None = -1, off: tuple[str, ...] = ()) -> dict:
+          maxnreg: int | None = -1, off: tuple[str, ...] = (), on: tuple[str, ...] = ()) -> dict:
     """{counted op: occurrences in the PTX}, "registers", "stack_bytes" (spilled registers' bytes per
     thread), :func:`loop_stats` and :func:`waves` for one kernel and launch shape (``off``: as
     :func:`compile_kernel`)."""
-    compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype, maxnreg, off)
+    compiled = compile_kernel(name, block_d, block_n, num_warps, arch, dtype, maxnreg, off, on)
     ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
     out = {key: ptx.count(op) for key, op in COUNTED.items()}
     out.update(resources(cubin))
@@ -278,6 +284,63 @@ def segmented_stats(arch: int, dtype: str = "fp32") -> dict:
     out.pop("waves", None)
     out["programs"] = {f"{model}/b{batch}": batch * -(-2 * VIM_CONFIGS[model]["embed_dim"] // block_d)
                        for model in ("vim_small_patch16_224", "vim_base_patch16_224") for batch in (1, 8)}
+    return out
+
+
+CONV = "_conv1d_silu_quantize_kernel"
+CONV_POINTERS = {"q_ptr": "*i8", "zp_ptr": "*i32", "order_ptr": "*i32"}
+
+
+def conv_stats(arch: int, dtype: str = "fp32", ordered: bool = False, quant: bool = False) -> dict:
+    """The depthwise conv1d + SiLU (kernels/quantize.py) compiled as Triton specializes its launch at Vim-S
+    (D = d_inner 768, 197 tokens, width 4, causal, with bias; x a column slice of in_proj's token-major
+    output, u token-major, the weight (D, W) contiguous, _conv1d_config's 32 x 64 tile on 4 warps);
+    ``ordered``: x read through an order map (LocalVim's ordered_conv1d_silu); ``quant``: the smoothed
+    per-token quantize fused (conv1d_silu_quantize, LocalVim's lowered graph). No token loop: the counts are
+    of the whole program, per (channel, token) element a thread (the tile / 128 threads = 16):
+    {counted PTX ops, "registers", "stack_bytes", "sass_instructions", "sass_per_element", "mufu",
+    "mufu_per_element", "ldg", "ldg_bits", "local_memory_instructions"}."""
+    fn = quantize._conv1d_silu_quantize_kernel
+    (cfg, num_warps), D, L, width = quantize._conv1d_config(768, 197), 768, 197, 4
+    if quantize.interpret_mode():  # the GPU's tile, whatever the environment says
+        cfg, num_warps = {"BLOCK_D": 32, "BLOCK_L": 64}, 4
+    values = {"D": D, "L": L, "stride_xb": L * 2 * D, "stride_xl": 2 * D, "stride_wd": width,
+              "stride_ub": D * L, "stride_ul": D, "stride_qb": L * D, "stride_ql": D}
+    constants = {**cfg, "WIDTH": width, "REVERSE": False, "HAS_BIAS": True, "QUANT": quant, "HAS_SMOOTH": quant,
+                 "ORDERED": ordered, "stride_xd": 1, "stride_ww": 1, "stride_ud": 1, "stride_qd": 1}
+    signature, attrs = {}, {}
+    for i, arg in enumerate(fn.arg_names):
+        if arg in constants:
+            signature[arg] = "constexpr"
+        elif arg.endswith("_ptr"):
+            signature[arg] = CONV_POINTERS.get(arg, f"*{dtype}" if arg in ("x_ptr", "u_ptr") else "*fp32")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif arg in ("qmin", "qmax"):
+            signature[arg] = "fp32"
+        else:
+            signature[arg] = "i32"
+            if values[arg] % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": 2, "enable_fp_fusion": False})
+    ptx, cubin = compiled.asm["ptx"], compiled.asm["cubin"]
+    out = {key: ptx.count(op) for key, op in COUNTED.items()}
+    out.update(resources(cubin))
+    elements = cfg["BLOCK_D"] * cfg["BLOCK_L"] // (32 * num_warps)
+    sass = cuobjdump(cubin, "-sass")
+    if sass is not None:
+        code = instructions(sass)
+        mufu = sum(op.startswith("MUFU") for _, _, op, _ in code)
+        loads = [op for _, _, op, _ in code if op.startswith("LDG")]
+        widths: dict[str, int] = {}
+        for op in loads:
+            width_bits = next((w for w in ("128", "64", "U8", "S8", "U16", "S16") if f".{w}" in op), "32")
+            widths[width_bits] = widths.get(width_bits, 0) + 1
+        out.update({"sass_instructions": len(code), "elements_per_thread": elements,
+                    "sass_per_element": len(code) / elements, "mufu": mufu, "mufu_per_element": mufu / elements,
+                    "ldg": len(loads), "ldg_bits": widths,
+                    "local_memory_instructions": sum(op.startswith(("LDL", "STL")) for _, _, op, _ in code)})
+    out["launch"] = {**cfg, "num_warps": num_warps, "ordered": ordered, "quant": quant}
     return out
 
 
@@ -350,6 +413,17 @@ def main():
         args.maxnreg or None, off=("SOFTPLUS",))
     result["_int8_linear_kernel dt_proj softplus"] = gemm_stats(args.arch, "fp32", N=768, K=24, softplus=True)
     result[SEGMENTED] = segmented_stats(args.arch, args.dtype)
+    # LocalVim's sequence scan (one direction: no ACCUMULATE; z read through z_order, the output written through
+    # scatter, the wrapper's z_order; lowered in fp32, dt_proj's GEMM applies the softplus)
+    result["_ordered_scan_kernel z_order"] = stats(
+        "_ordered_scan_kernel", args.block_d, args.block_n, args.warps, args.arch, args.dtype, args.maxnreg or None,
+        off=("HAS_Z", "ACCUMULATE") + (("SOFTPLUS",) if args.dtype == "fp32" else ()), on=("Z_ORDER", "HAS_SCATTER"))
+    # the conv1d + SiLU: plain (Vim's float model; with the quantize its lowered graph), through LocalVim's order
+    # map (ordered_conv1d_silu), and that with the quantize (LocalVim's lowered graph)
+    result[CONV] = conv_stats(args.arch, args.dtype)
+    result[f"{CONV} quant"] = conv_stats(args.arch, args.dtype, quant=True)
+    result[f"{CONV} ordered"] = conv_stats(args.arch, args.dtype, ordered=True)
+    result[f"{CONV} ordered quant"] = conv_stats(args.arch, args.dtype, ordered=True, quant=True)
     text = json.dumps(result, indent=1)
     if args.json is not None:
         args.json.write_text(text + "\n")
