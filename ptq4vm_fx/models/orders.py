@@ -14,6 +14,8 @@ the compiled graph (it records the first call's cache store as a side effect).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -22,6 +24,14 @@ __all__ = ["token_orders", "token_scatters", "sequence_maps", "sequence_scan_map
 DirectionSpec = tuple[str, int, bool]  # (order "h" | "v" | "w", window size (0 unless "w"), flip)
 
 _CACHE: dict[tuple, Tensor] = {}
+
+
+def _cached(key: tuple, build: Callable[[], Tensor]) -> Tensor:
+    """The cached maps under ``key``, built by ``build()`` on the first call."""
+    maps = _CACHE.get(key)
+    if maps is None:
+        maps = _CACHE[key] = build()
+    return maps
 
 
 def _reads(order: str, window: int, height: int, width: int) -> Tensor:
@@ -50,17 +60,17 @@ def _writes(order: str, window: int, height: int, width: int) -> Tensor:
 def _maps(kind: str, x: Tensor, directions: tuple[DirectionSpec, ...]) -> Tensor:
     """The cached (K, S) int32 maps of ``kind`` ("reads" or "writes") for x's (H, W) and device."""
     height, width = int(x.shape[-2]), int(x.shape[-1])
-    key = (kind, directions, height, width, x.device)
-    maps = _CACHE.get(key)
-    if maps is None:
-        build = _reads if kind == "reads" else _writes
-        rows = [build(order, window, height, width) for order, window, _ in directions]
+
+    def build() -> Tensor:
+        step = _reads if kind == "reads" else _writes
+        rows = [step(order, window, height, width) for order, window, _ in directions]
         if len({len(row) for row in rows}) != 1:
             raise ValueError(f"directions {directions} have different lengths on a {height}x{width} map: "
                              "one ordered scan sums directions of one length")
         rows = [row.flip(0) if flip else row for row, (_, _, flip) in zip(rows, directions)]
-        maps = _CACHE[key] = torch.stack(rows).to(device=x.device, dtype=torch.int32)
-    return maps
+        return torch.stack(rows).to(device=x.device, dtype=torch.int32)
+
+    return _cached((kind, directions, height, width, x.device), build)
 
 
 def token_orders(x: Tensor, directions: tuple[DirectionSpec, ...]) -> Tensor:
@@ -94,22 +104,22 @@ def sequence_maps(x: Tensor, direction: DirectionSpec, height: int, width: int, 
     its output goes to under LocalMamba's merge (-1: dropped). A flipped direction keeps the unflipped
     sequence (its conv runs anticausal and its scan backwards over it) with the class token at S - H W // 2."""
     order, window, flip = direction
-    key = ("sequence", direction, height, width, cls, x.device)
-    maps = _CACHE.get(key)
-    if maps is None:
-        rows = [_sequence(build(order, window, height, width), height, width, cls, flip) for build in (_reads, _writes)]
-        maps = _CACHE[key] = torch.stack(rows).to(device=x.device, dtype=torch.int32)
-    return maps
+
+    def build() -> Tensor:
+        rows = [_sequence(step(order, window, height, width), height, width, cls, flip) for step in (_reads, _writes)]
+        return torch.stack(rows).to(device=x.device, dtype=torch.int32)
+
+    return _cached(("sequence", direction, height, width, cls, x.device), build)
 
 
 def sequence_scan_maps(x: Tensor, direction: DirectionSpec, height: int, width: int, cls: bool) -> Tensor:
     """(3, S) int32: LocalVim's direction as ``ptq4vm::ordered_scan`` walks it (its ``order``, ``z_order`` and
     ``scatter``, K = 1 each): per scan step the sequence position of u, delta, B and C (S - 1 down to 0 for a
     flipped direction), and :func:`sequence_maps`'s two rows in that step order."""
-    key = ("sequence_scan", direction, height, width, cls, x.device)
-    maps = _CACHE.get(key)
-    if maps is None:
+
+    def build() -> Tensor:
         reads_writes = sequence_maps(x, direction, height, width, cls)
         maps = torch.cat((torch.arange(reads_writes.shape[1], device=x.device, dtype=torch.int32)[None], reads_writes))
-        maps = _CACHE[key] = maps.flip(1) if direction[2] else maps
-    return maps
+        return maps.flip(1) if direction[2] else maps
+
+    return _cached(("sequence_scan", direction, height, width, cls, x.device), build)
