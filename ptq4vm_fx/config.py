@@ -80,6 +80,11 @@ OFFICIAL = {
 _STAGE_INDEX = {"smooth": 1, "grid_search": 2, "jlss": 3}
 
 
+def _field_defaults(cls) -> dict:
+    """A dataclass's field defaults by name (the values an option "was not set" has)."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """Bit widths, method, JLSS hyper-parameters and the vector quantization.
@@ -152,7 +157,7 @@ class QuantConfig:
                              f"scales), got {self.jlss_lr!r}")
         if self.jlss_grad_clip is not None and self.jlss_grad_clip <= 0:
             raise InputError(f"jlss_grad_clip must be positive or None, got {self.jlss_grad_clip}")
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        defaults = _field_defaults(QuantConfig)
         changed = [name for name in unused_options(self.method, self.act_bits)
                    if getattr(self, name) != defaults[name]]
         if changed:
@@ -231,7 +236,7 @@ class QuantConfig:
             raise InputError(f"recipe official: the public PTQ4VM code has no settings for {family.name} models "
                              "(it has Vim's and VMamba's); use recipe default")
         settings = {**OFFICIAL, **family.official_jlss, "alpha": family.alpha}
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        defaults = _field_defaults(QuantConfig)
         for name, value in settings.items():
             if getattr(self, name) not in (defaults[name], value):
                 raise InputError(f"recipe official sets {name} ({value!r} for {family.name}); to change it, "
@@ -329,7 +334,7 @@ def _method_vq(method: str, weight_bits: int, vq: VQConfig | None) -> VQConfig:
         vq = dataclasses.replace(vq, incremental=False)
     elif not vq.incremental:
         raise InputError(f"method {method!r} confirms codes incrementally: incremental=False is method vq_convex")
-    defaults = {f.name: f.default for f in dataclasses.fields(VQConfig)}
+    defaults = _field_defaults(VQConfig)
     for name in sorted(set(defaults) - {"k", "d", "incremental", *VQ_OPTIONS[method]}):
         if getattr(vq, name) != defaults[name]:
             users = [m for m in VQ_METHODS if name in VQ_OPTIONS[m]]
