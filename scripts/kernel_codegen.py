@@ -28,7 +28,9 @@ softplus and the smoothed quantize on, no delta_bias (dt_proj keeps its bias); t
 (ACCUMULATE on) and reads and writes through one order map (no scatter map, no z_order); 32-bit sizes and
 strides, 16-byte aligned pointers, and the sizes and strides that are multiples of 16 marked so (all
 but L and B / C's strides along tokens and batch: x_proj's output has 56 columns), B / C row offsets
-as the launch proves them aligned (selective_scan.bc_row_align), and the bidirectional scan's
+as the launch proves them aligned (selective_scan.bc_row_align); the bidirectional scan with one channel a
+thread reads A row-major each step (ROWS, selective_scan.BIDIRECTIONAL_A_ROWS; its records "A in registers"
+hold it, channel-major), C's rows right after B's (C_AFTER_B: x_proj's output) and its
 register cap (selective_scan.BIDIRECTIONAL_MAXNREG; --maxnreg overrides the launches' caps, 0 lifts
 them).
 LocalVim's launches: the ordered scan with Z_ORDER and HAS_SCATTER on, HAS_Z and ACCUMULATE off (one direction)
@@ -121,7 +123,11 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
             signature[arg] = "constexpr"
     constants.update(dict.fromkeys(off, False))
     constants.update(dict.fromkeys(on, True))
-    for arg in UNIT_STRIDES.get(name, UNIT_STRIDES["_selective_scan_kernel"]):  # the segmented scan's too
+    unit = UNIT_STRIDES.get(name, UNIT_STRIDES["_selective_scan_kernel"])  # the segmented scan's too
+    if name == "_bidirectional_scan_kernel":  # as the launch decides ROWS: A row-major (unit stride along N)
+        constants["ROWS"] = rows = constants["ROWS"] and scan.BIDIRECTIONAL_A_ROWS and block_d == 32 * num_warps
+        unit = tuple({"s_afd": "s_afn", "s_abd": "s_abn"}.get(arg, arg) if rows else arg for arg in unit)
+    for arg in unit:
         constants[arg], signature[arg] = 1, "constexpr"
         attrs.pop((fn.arg_names.index(arg),), None)
     return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
@@ -411,6 +417,10 @@ def main():
     result["_bidirectional_scan_kernel softplus in dt_proj"] = stats(
         "_bidirectional_scan_kernel", args.block_d, args.block_n, args.warps, args.arch, args.dtype,
         args.maxnreg or None, off=("SOFTPLUS",))
+    # the same with both directions' A held in registers (ROWS off: BIDIRECTIONAL_A_ROWS False)
+    result["_bidirectional_scan_kernel softplus in dt_proj, A in registers"] = stats(
+        "_bidirectional_scan_kernel", args.block_d, args.block_n, args.warps, args.arch, args.dtype,
+        args.maxnreg or None, off=("SOFTPLUS", "ROWS"))
     result["_int8_linear_kernel dt_proj softplus"] = gemm_stats(args.arch, "fp32", N=768, K=24, softplus=True)
     result[SEGMENTED] = segmented_stats(args.arch, args.dtype)
     # LocalVim's sequence scan (one direction: no ACCUMULATE; z read through z_order, the output written through

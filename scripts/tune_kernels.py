@@ -29,12 +29,15 @@ from ptq4vm_fx.lowering import fused_ops  # noqa: E402
 def sweep_scan(cases) -> list[dict]:
     """The bidirectional scan as a lowered Vim launches it (codes only), over launch shapes; at the
     default shape also two variants of the bidirectional kernel: A's pointer specialized on its
-    alignment (the other register layout, see the kernel module's docstring) and its registers
-    capped at 96 (21 programs an SM, spilling, in place of ptxas's 134: BIDIRECTIONAL_MAXNREG)."""
+    alignment (the other register layout, see the kernel module's docstring), its registers
+    capped at 96 (BIDIRECTIONAL_MAXNREG) and both directions' A held in registers (BIDIRECTIONAL_A_ROWS off:
+    130 registers, 15 programs an SM, in place of reading A's rows each step at 80, 25 an SM)."""
     rows = []
     default, kernel, maxnreg = scan._scan_config, scan._bidirectional_scan_kernel, scan.BIDIRECTIONAL_MAXNREG
+    a_rows = scan.BIDIRECTIONAL_A_ROWS
     variants = {"A pointer specialized on alignment": ("_bidirectional_scan_kernel", triton.jit(kernel.fn)),
-                "registers capped at 96": ("BIDIRECTIONAL_MAXNREG", 96)}
+                "registers capped at 96": ("BIDIRECTIONAL_MAXNREG", 96),
+                "A held in registers": ("BIDIRECTIONAL_A_ROWS", False)}
     for model, batch in cases:
         fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32)
         nbytes = scan_bytes(fwd, bwd, z, qparams)
@@ -56,6 +59,7 @@ def sweep_scan(cases) -> list[dict]:
                 ms = graphed_ms(launch)
             finally:
                 scan._bidirectional_scan_kernel, scan.BIDIRECTIONAL_MAXNREG = kernel, maxnreg
+                scan.BIDIRECTIONAL_A_ROWS = a_rows
             rows.append({"model": model, "batch": batch, "block_d": chosen[0], "warps": chosen[2], "ms": ms,
                          "gbs": nbytes / ms / 1e6, "default": False, "variant": variant})
             print(f"scan {model} b{batch}: default launch, {variant}: {ms:.3f} ms", flush=True)

@@ -35,6 +35,16 @@ output, 56 columns at Vim-S, is so in fp32 and fp16): the single-direction kerne
 35 to 11 global loads and 186 to 160 SASS instructions (sm_90); the bidirectional kernel's (its
 second half) from 383 to 311 and 76 to 28 loads, at 134 registers uncapped (15 one-warp programs
 an SM; under a 96-register cap it spills 56 bytes): BIDIRECTIONAL_MAXNREG.
+
+The bidirectional kernel with one channel per thread does not hold A (``ROWS``, BIDIRECTIONAL_A_ROWS):
+holding both directions' A took 32 of those 134 registers. The launch passes A row-major (16-byte aligned
+rows) and each step reads it as a (N / 4, BLOCK_D, 4) tile, a thread's channel's states as 16-byte vectors
+(L1 hits) in the state tile's own layout (a (N, BLOCK_D) tile with unit stride along N would be laid out
+along N, over threads); the channel-major A and its unspecialized pointer above stay for the other
+kernels and finer tiles. With the states summed in one FMA chain, C read at B's row + N (x_proj's output)
+and the scratch and combine addressed from an opaque per-step copy of the channel offsets (no per-thread
+64-bit addresses hoisted out of the loop), the lowered Vim-S launch takes 80 registers, no spill (25
+programs an SM: Vim-S batch 128 in one wave), 8.97 SASS and 1.0625 MUFU per element (docs/design.md).
 """
 
 from __future__ import annotations
@@ -99,9 +109,86 @@ def _branch_constants(A_ptr, s_ad, s_an, D_ptr, dbias_ptr, offs_d, mask_d, offs_
 @triton.jit
 def _channel_inputs(t, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb, s_td, s_tl):
     """u_t and delta_t of channels ``offs_d`` of batch ``b``: (BLOCK_D,) fp32 each."""
-    u = tl.load(u_ptr + b * s_ub + offs_d * s_ud + t * s_ul, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + b * s_tb + offs_d * s_td + t * s_tl, mask=mask_d, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + (b * s_ub + t * s_ul) + offs_d * s_ud, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + (b * s_tb + t * s_tl) + offs_d * s_td, mask=mask_d, other=0.0).to(tl.float32)
     return u, dt
+
+
+@triton.jit
+def _halves(x):
+    """x (D, K): its even and odd columns, (D, K // 2) each (a split within each thread's registers)."""
+    return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
+
+
+@triton.jit
+def _fma2(h, c, y):
+    h0, h1 = _halves(h)
+    c0, c1 = _halves(c)
+    y = y + tl.reshape(h0, (h0.shape[0],)) * tl.reshape(c0, (c0.shape[0],))
+    return y + tl.reshape(h1, (h1.shape[0],)) * tl.reshape(c1, (c1.shape[0],))
+
+
+@triton.jit
+def _fma4(h, c, y):
+    h0, h1 = _halves(h)
+    c0, c1 = _halves(c)
+    return _fma2(h1, c1, _fma2(h0, c0, y))
+
+
+@triton.jit
+def _fma8(h, c, y):
+    h0, h1 = _halves(h)
+    c0, c1 = _halves(c)
+    return _fma4(h1, c1, _fma4(h0, c0, y))
+
+
+@triton.jit
+def _fma16(h, c, y):
+    h0, h1 = _halves(h)
+    c0, c1 = _halves(c)
+    return _fma8(h1, c1, _fma8(h0, c0, y))
+
+
+@triton.jit
+def _state_sum(h, Ct, y):
+    """y + sum_n h[n] * Ct[n] for h (BLOCK_N, BLOCK_D) and Ct (BLOCK_N,): with BLOCK_N 4, 8 or 16 one
+    multiply-add after another (BLOCK_N FFMA; tl.sum's tree takes a multiply and an add more per pair), the
+    states split out of each thread's registers (one channel per thread: no data moves)."""
+    K: tl.constexpr = h.shape[0]
+    hT = tl.permute(h, (1, 0))
+    cT = tl.permute(tl.broadcast_to(Ct[:, None], h.shape), (1, 0))
+    if K == 16:
+        y = _fma16(hT, cT, y)
+    elif K == 8:
+        y = _fma8(hT, cT, y)
+    elif K == 4:
+        y = _fma4(hT, cT, y)
+    else:
+        y = y + tl.sum(h * Ct[:, None], axis=0)
+    return y
+
+
+@triton.jit
+def _opaque(x, OPAQUE: tl.constexpr):
+    """x, copied by an opaque move when OPAQUE (a GPU build; the interpreter has no inline PTX): addresses
+    computed from it inside a loop stay there, a 32-bit offset from the loop's scalar row pointer, instead of
+    a per-thread 64-bit pointer hoisted out of the loop into two registers for the whole walk."""
+    if OPAQUE:
+        x = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=False, pack=1)
+    return x
+
+
+@triton.jit
+def _a_rows(A_ptr, s_ad, offs_d, mask_d, BLOCK_N: tl.constexpr):
+    """A^T (BLOCK_N, BLOCK_D) fp32 of a row-major A (unit stride along N; the launch checks its rows are
+    16-byte aligned and N == BLOCK_N, a multiple of 4), unscaled: loaded as a (BLOCK_N // 4, BLOCK_D, 4) tile
+    so that each thread reads its channel's states as 16-byte vectors (a (BLOCK_N, BLOCK_D) tile with unit
+    stride along N would be laid out along N, spread over threads)."""
+    g = tl.arange(0, BLOCK_N // 4)
+    k = tl.arange(0, 4)
+    ptrs = A_ptr + offs_d[None, :, None] * s_ad + (g[:, None, None] * 4 + k[None, None, :])
+    A3 = tl.load(tl.multiple_of(ptrs, [1, 1, 16]), mask=mask_d[None, :, None], other=0.0).to(tl.float32)
+    return tl.reshape(tl.permute(A3, (0, 2, 1)), (BLOCK_N, offs_d.shape[0]))
 
 
 @triton.jit
@@ -111,14 +198,17 @@ def _scan_step(
     C_ptr, s_cb, s_cn, s_cl,
     z_ptr, s_zb, s_zd, s_zl,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BC_ALIGN: tl.constexpr, PADDED: tl.constexpr = False,
+    BC_ALIGN: tl.constexpr, PADDED: tl.constexpr = False, ROWS: tl.constexpr = False,
+    C_AFTER_B: tl.constexpr = False,
 ):
     """One token ``t`` of the recurrence for channels ``offs_d`` of batch ``b``, given the token's u
     and delta (:func:`_channel_inputs`; the kernels load them one token ahead, so that their
     latency overlaps a token step: the recurrence starts from them, while B, C and z are needed
     later in the step): returns the new state h (BLOCK_N, BLOCK_D) fp32 and the gated output y_t
     (BLOCK_D,) fp32. ``BC_ALIGN``: B and C row offsets are multiples of it (:func:`bc_row_align`).
-    ``PADDED``: t may be -1, a zero-padded token (B, C and z read as zeros; its u and delta come as zeros)."""
+    ``PADDED``: t may be -1, a zero-padded token (B, C and z read as zeros; its u and delta come as zeros).
+    ``ROWS``: A2 is A itself (:func:`_a_rows`; log2(e) goes into dt) and the output sums the states in one
+    chain (:func:`_state_sum`). ``C_AFTER_B``: C's rows follow B's (x_proj's output): C read at B's row + N."""
     mask_bc, mask_z = mask_n, mask_d
     if PADDED:
         mask_bc, mask_z = mask_n & (t >= 0), mask_d & (t >= 0)
@@ -126,16 +216,25 @@ def _scan_step(
     row_b = tl.multiple_of(b * s_bb + t * s_bl, BC_ALIGN)
     row_c = tl.multiple_of(b * s_cb + t * s_cl, BC_ALIGN)
     Bt = tl.load(B_ptr + row_b + offs_n * s_bn, mask=mask_bc, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + row_c + offs_n * s_cn, mask=mask_bc, other=0.0).to(tl.float32)
+    if C_AFTER_B:  # one base address for both rows
+        Ct = tl.load(B_ptr + row_b + (offs_n + offs_n.shape[0]) * s_bn, mask=mask_bc, other=0.0).to(tl.float32)
+    else:
+        Ct = tl.load(C_ptr + row_c + offs_n * s_cn, mask=mask_bc, other=0.0).to(tl.float32)
     if HAS_DBIAS:
         dt = dt + dbias
     if SOFTPLUS:
         dt = _softplus(dt)
-    dA = tl.exp2(dt[None, :] * A2)
+    if ROWS:
+        dA = tl.exp2((dt * 1.4426950408889634)[None, :] * A2)
+    else:
+        dA = tl.exp2(dt[None, :] * A2)
     h = dA * h + Bt[:, None] * (dt * u)[None, :]
-    y = tl.sum(h * Ct[:, None], axis=0)
-    if HAS_D:
-        y = y + Dv * u
+    if ROWS:
+        y = _state_sum(h, Ct, Dv * u if HAS_D else tl.zeros_like(u))
+    else:
+        y = tl.sum(h * Ct[:, None], axis=0)
+        if HAS_D:
+            y = y + Dv * u
     if HAS_Z:
         zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + t * s_zl, mask=mask_z, other=0.0).to(tl.float32)
         y = y * _silu(zt)
@@ -203,12 +302,14 @@ def _selective_scan_kernel(
 @triton.jit
 def _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub, dtb, consts_f, consts_b, fwd, bwd,
                 HAS_DF: tl.constexpr, HAS_DBF: tl.constexpr, HAS_DB: tl.constexpr, HAS_DBB: tl.constexpr,
-                SOFTPLUS: tl.constexpr, BC_ALIGN: tl.constexpr):
+                SOFTPLUS: tl.constexpr, BC_ALIGN: tl.constexpr, a_rows=None, ROWS: tl.constexpr = False,
+                C_AFTER_B: tl.constexpr = False):
     """Step i of :func:`_bidirectional_scan_kernel`: the forward scan at token i, the backward one at L-1-i,
     both ungated, and the next step's channel inputs (the last step reloads its own tokens: no read past the
     ends). consts_f / consts_b: a direction's (A2, D, delta_bias) (:func:`_branch_constants`); fwd / bwd: its
     (u, delta, B, C) pointers, each with its three strides. Returns (hf, yf, uf, dtf, hb, yb, ub, dtb):
-    states (BLOCK_N, BLOCK_D) and outputs (BLOCK_D,) fp32, the next inputs."""
+    states (BLOCK_N, BLOCK_D) and outputs (BLOCK_D,) fp32, the next inputs. ``ROWS``: A read each step from
+    a_rows = (Af_ptr, s_afd, Ab_ptr, s_abd) (:func:`_a_rows`), not held; ``C_AFTER_B``: :func:`_scan_step`."""
     tb = L - 1 - i
     A2f, Dvf, dbiasf = consts_f
     A2b, Dvb, dbiasb = consts_b
@@ -220,12 +321,17 @@ def _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub, dt
                                         uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl)
     ub_next, dtb_next = _channel_inputs(tl.maximum(tb - 1, 0), b, offs_d, mask_d,
                                         ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl)
+    if ROWS:
+        Af_ptr, s_afd, Ab_ptr, s_abd = a_rows
+        A2f = _a_rows(Af_ptr, s_afd, offs_d, mask_d, hf.shape[0])
     hf, yf = _scan_step(hf, i, b, offs_d, mask_d, offs_n, mask_n, A2f, Dvf, dbiasf, uf, dtf,
                         Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl, uf_ptr, 0, 0, 0,
-                        HAS_DF, False, HAS_DBF, SOFTPLUS, BC_ALIGN)
+                        HAS_DF, False, HAS_DBF, SOFTPLUS, BC_ALIGN, False, ROWS, C_AFTER_B)
+    if ROWS:
+        A2b = _a_rows(Ab_ptr, s_abd, offs_d, mask_d, hb.shape[0])
     hb, yb = _scan_step(hb, tb, b, offs_d, mask_d, offs_n, mask_n, A2b, Dvb, dbiasb, ub, dtb,
                         Bb_ptr, s_bbb, s_bbn, s_bbl, Cb_ptr, s_cbb, s_cbn, s_cbl, ub_ptr, 0, 0, 0,
-                        HAS_DB, False, HAS_DBB, SOFTPLUS, BC_ALIGN)
+                        HAS_DB, False, HAS_DBB, SOFTPLUS, BC_ALIGN, False, ROWS, C_AFTER_B)
     return hf, yf, uf_next, dtf_next, hb, yb, ub_next, dtb_next
 
 
@@ -238,7 +344,7 @@ def _combine(yf, yb, t, b, offs_d, mask_d, z_ptr, s_zb, s_zd, s_zl, out_ptr, s_o
     quantized (:func:`_emit`)."""
     dtype = out_ptr.dtype.element_ty
     if HAS_Z:
-        zt = tl.load(z_ptr + b * s_zb + offs_d * s_zd + t * s_zl, mask=mask_d, other=0.0).to(tl.float32)
+        zt = tl.load(z_ptr + (b * s_zb + t * s_zl) + offs_d * s_zd, mask=mask_d, other=0.0).to(tl.float32)
         gate = _silu(zt)
         yf = yf * gate
         yb = yb * gate
@@ -266,13 +372,21 @@ def _bidirectional_scan_kernel(
     HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
     STORE_OUT: tl.constexpr, BC_ALIGN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
+    ROWS: tl.constexpr = False, C_AFTER_B: tl.constexpr = False, OPAQUE: tl.constexpr = False,
 ):
     """Both directions in one walk: step i advances the forward scan at token i and the backward
     scan at token L-1-i (two independent recurrences per thread). Two branch-free loops: the first
     half's steps park both ungated outputs in the fp32 scratch ``acc``; the middle token (odd L) is
     peeled; the second half's steps find each output's partner parked and :func:`_combine` gates
     both with one silu(z_t), rounds them as the two scans, the add and the halving of the unfused
-    graph round them, and stores / quantizes both tokens. ``acc`` must not alias ``out``."""
+    graph round them, and stores / quantizes both tokens. ``acc`` must not alias ``out``.
+
+    ``ROWS`` (one channel per thread; the launch's A row-major, 16-byte aligned rows, N == BLOCK_N, a
+    multiple of 4): A is read each step as its channel's 16-byte row vectors (L1 hits) instead of held
+    (2 x BLOCK_N registers), the states summed in one chain, and with ``OPAQUE`` (a GPU build) the scratch
+    and the combine address their rows from the loop's channel offsets (:func:`_opaque`): at most 80
+    registers at Vim-S (25 one-warp programs an SM), no spill (scripts/kernel_codegen.py).
+    ``C_AFTER_B``: both directions' C rows follow their B rows (:func:`_scan_step`)."""
     b = tl.program_id(0).to(tl.int64)
     offs_d, mask_d = _lanes(tl.program_id(1), BLOCK_D, Dm, EVEN_D)
     offs_n, mask_n = _lanes(0, BLOCK_N, N, EVEN_N)
@@ -285,6 +399,7 @@ def _bidirectional_scan_kernel(
     consts_b = _branch_constants(Ab_ptr, s_abd, s_abn, Db_ptr, dbb_ptr, offs_d, mask_d, offs_n, mask_n,
                                  HAS_DB, HAS_DBB, BLOCK_D)
     acc_base = acc_ptr + b * s_ab + offs_d * s_ad
+    a_rows = (Af_ptr, s_afd, Ab_ptr, s_abd)
     fwd = (uf_ptr, s_ufb, s_ufd, s_ufl, dtf_ptr, s_tfb, s_tfd, s_tfl,
            Bf_ptr, s_bfb, s_bfn, s_bfl, Cf_ptr, s_cfb, s_cfn, s_cfl)
     bwd = (ub_ptr, s_ubb, s_ubd, s_ubl, dtb_ptr, s_tbb, s_tbd, s_tbl,
@@ -296,25 +411,36 @@ def _bidirectional_scan_kernel(
     for i in range(L // 2):  # first half: park both outputs until their partners exist
         hf, yf, uf, dtf, hb, yb, ub, dtb = _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub,
                                                        dtb, consts_f, consts_b, fwd, bwd,
-                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN)
-        tl.store(acc_base + i * s_al, yf, mask=mask_d)
-        tl.store(acc_base + (L - 1 - i) * s_al, yb, mask=mask_d)
+                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN,
+                                                       a_rows, ROWS, C_AFTER_B)
+        if ROWS:
+            od = _opaque(offs_d, OPAQUE)
+            tl.store(acc_ptr + b * s_ab + i * s_al + od * s_ad, yf, mask=mask_d)
+            tl.store(acc_ptr + b * s_ab + (L - 1 - i) * s_al + od * s_ad, yb, mask=mask_d)
+        else:
+            tl.store(acc_base + i * s_al, yf, mask=mask_d)
+            tl.store(acc_base + (L - 1 - i) * s_al, yb, mask=mask_d)
     tl.debug_barrier()  # every parked output is written
     if L % 2 == 1:  # the middle token has both its outputs at once
         hf, yf, uf, dtf, hb, yb, ub, dtb = _both_steps(L // 2, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf,
                                                        hb, ub, dtb, consts_f, consts_b, fwd, bwd,
-                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN)
+                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN,
+                                                       a_rows, ROWS, C_AFTER_B)
         _combine(yf, yb, L // 2, b, offs_d, mask_d, z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
     for i in range((L + 1) // 2, L):  # second half: token i's partner y_b[i] was parked at step L-1-i
         tb = L - 1 - i
         hf, yf, uf, dtf, hb, yb, ub, dtb = _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub,
                                                        dtb, consts_f, consts_b, fwd, bwd,
-                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN)
-        _combine(yf, tl.load(acc_base + i * s_al, mask=mask_d, other=0.0), i, b, offs_d, mask_d,
+                                                       HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN,
+                                                       a_rows, ROWS, C_AFTER_B)
+        od = offs_d
+        if ROWS:
+            od = _opaque(offs_d, OPAQUE)
+        _combine(yf, tl.load(acc_ptr + b * s_ab + i * s_al + od * s_ad, mask=mask_d, other=0.0), i, b, od, mask_d,
                  z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
-        _combine(tl.load(acc_base + tb * s_al, mask=mask_d, other=0.0), yb, tb, b, offs_d, mask_d,
+        _combine(tl.load(acc_ptr + b * s_ab + tb * s_al + od * s_ad, mask=mask_d, other=0.0), yb, tb, b, od, mask_d,
                  z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
                  q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
 
@@ -388,10 +514,29 @@ def _ordered_inputs(t, b, offs_d, mask_d, u_ptr, s_ub, s_ud, s_ul, dt_ptr, s_tb,
 
 
 # Register cap per thread of the bidirectional kernel's launch (None: ptxas's choice). With one channel per
-# thread and 16-byte B / C rows it takes 134 registers uncapped (15 one-warp programs an SM) and spills
-# under 128 (56 bytes at 96, 21 programs an SM) (scripts/kernel_codegen.py); scripts/tune_kernels.py times
-# a cap of 96 against it on a GPU.
+# thread it takes 80 registers uncapped reading A's rows each step (ROWS), 130 holding A; holding A it spilled
+# under 128 (56 bytes at 96), and reading rows it spills under a cap of 80 (scripts/kernel_codegen.py);
+# scripts/tune_kernels.py times a cap of 96 against it on a GPU.
 BIDIRECTIONAL_MAXNREG = None
+# One channel per thread (BLOCK_D 32 a warp): the bidirectional kernel reads A each step as row vectors
+# (ROWS) instead of holding both directions' A (32 registers): 80 registers, 25 programs an SM at Vim-S,
+# where holding A takes 134 (15 an SM); False: A held in registers (scripts/kernel_codegen.py has both).
+BIDIRECTIONAL_A_ROWS = True
+
+
+def _aligned_rows(A: Tensor) -> Tensor:
+    """(D, N) fp32 A row-major with 16-byte aligned rows (a copy unless it is so already): the bidirectional
+    kernel's ROWS layout."""
+    if A.stride(1) == 1 and A.stride(0) == A.shape[1] and A.data_ptr() % 16 == 0:
+        return A
+    return A.clone(memory_format=torch.contiguous_format)
+
+
+def _c_after_b(B: Tensor, C: Tensor, N: int) -> bool:
+    """Whether every (batch, token) row of C starts N elements after B's (both column slices of x_proj's
+    output, C right after B) with unit stride along N: the kernels then read C at B's row + N."""
+    return (B.dtype == C.dtype and B.stride() == C.stride() and B.stride(1) == 1
+            and C.data_ptr() - B.data_ptr() == N * B.element_size())
 
 
 def bc_row_align(element_size: int, *row_strides: int) -> int:
@@ -564,6 +709,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     if Bsz * Dm * L == 0:
         return (out, xq) if quant else out
 
+    A_rows = A_f, A_b
     A_f, A_b = channel_major(A_f), channel_major(A_b)
     D_f, delta_bias_f, D_b, delta_bias_b = vec(D_f), vec(delta_bias_f), vec(D_b), vec(delta_bias_b)
     inv_smooth, inv_scale, zero_point = vec(inv_smooth), vec(inv_scale), vec(zero_point)
@@ -579,6 +725,9 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     acc = token_major_empty(Bsz, Dm, L, torch.float32, dev)  # the first half's parked ungated outputs
     stored = out if store_out else u_f.new_empty((1, 1, 1))  # (unwritten without store_out: its dtype rounds)
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
+    rows = BIDIRECTIONAL_A_ROWS and block_d == 32 * num_warps and N == block_n and N % 4 == 0
+    if rows:  # A read as row vectors each step (the kernel's ROWS)
+        A_f, A_b = (_aligned_rows(A) for A in A_rows)
     grid = (Bsz, triton.cdiv(Dm, block_d))
     _bidirectional_scan_kernel[grid](
         u_f, delta_f, A_f, B_f, C_f, D_f if D_f is not None else dummy,
@@ -599,6 +748,8 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
         STORE_OUT=store_out, BC_ALIGN=bc_row_align(B_f.element_size(), *_s3(B_f)[::2], *_s3(C_f)[::2],
                                                    *_s3(B_b)[::2], *_s3(C_b)[::2]),
         BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
+        ROWS=rows, C_AFTER_B=N == block_n and _c_after_b(B_f, C_f, N) and _c_after_b(B_b, C_b, N),
+        OPAQUE=not interpret_mode(),
         num_warps=num_warps, num_stages=2, maxnreg=BIDIRECTIONAL_MAXNREG,
     )
     return (out, xq) if quant else out

@@ -278,6 +278,28 @@ def test_bidirectional_fp32(device, Bsz, Dm, L, N, with_z):
     torch.testing.assert_close(ref, two, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("N", [16, 8])
+def test_bidirectional_reads_x_proj_slices_and_any_A_layout(device, N):
+    """B and C as x_proj's output slices (C's rows right after B's: the launch reads C at B's row + N), A
+    channel-major for one direction and a misaligned view for the other (the launch copies A row-major,
+    16-byte aligned, where it reads A's rows as vectors): the same output as contiguous inputs give."""
+    Bsz, Dm, L, R = 2, 40, 7, 3
+    branches, z = _bidir_inputs(Bsz, Dm, L, N, seed=11)
+    uf, df, Af, Bf, Cf, Df, dbf, ub, db_, Ab, Bb, Cb, Db, dbb = branches
+    ref = bidirectional_scan_ref(*branches, z, True)
+    sliced = []
+    for B, C in ((Bf, Cf), (Bb, Cb)):
+        x_dbl = torch.randn(Bsz, L, R + 2 * N)
+        x_dbl[..., R:R + N], x_dbl[..., R + N:] = B.transpose(1, 2), C.transpose(1, 2)
+        sliced.append((x_dbl[..., R:R + N].transpose(1, 2), x_dbl[..., R + N:].transpose(1, 2)))
+    (Bf2, Cf2), (Bb2, Cb2) = sliced
+    Af2 = Af.t().contiguous().t()  # channel-major
+    Ab2 = torch.empty(Dm * N + 1)[1:].view(Dm, N).copy_(Ab)  # rows 4 bytes off 16-byte alignment
+    args = (uf, df, Af2, Bf2, Cf2, Df, dbf, ub, db_, Ab2, Bb2, Cb2, Db, dbb)
+    out = bidirectional_scan(*_to(args, device), z.to(device), True)
+    torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_bidirectional_ref_rounds_like_the_unfused_graph(dtype):
     """In fp16 / bf16 each direction's output, their sum and the average are rounded to the dtype,
