@@ -38,13 +38,13 @@ an SM; under a 96-register cap it spills 56 bytes): BIDIRECTIONAL_MAXNREG.
 
 The bidirectional kernel with one channel per thread does not hold A (``ROWS``, BIDIRECTIONAL_A_ROWS):
 holding both directions' A took 32 of those 134 registers. The launch passes A row-major (16-byte aligned
-rows) and each step reads it as a (N / 4, BLOCK_D, 4) tile, a thread's channel's states as 16-byte vectors
-(L1 hits) in the state tile's own layout (a (N, BLOCK_D) tile with unit stride along N would be laid out
-along N, over threads); the channel-major A and its unspecialized pointer above stay for the other
+rows) and each step reads it as (BLOCK_D, 4) tiles joined in registers, a thread's channel's states as 16-byte
+vectors (L1 hits) in the state tile's own layout (a (N, BLOCK_D) tile with unit stride along N is laid out
+along N, over threads; a (N / 4, BLOCK_D, 4) tile too with triton 3.6, not 3.8); the channel-major A and its unspecialized pointer above stay for the other
 kernels and finer tiles. With the states summed in one FMA chain, C read at B's row + N (x_proj's output)
 and the scratch and combine addressed from an opaque per-step copy of the channel offsets (no per-thread
 64-bit addresses hoisted out of the loop), the lowered Vim-S launch takes 80 registers, no spill (25
-programs an SM: Vim-S batch 128 in one wave), 8.97 SASS and 1.0625 MUFU per element (docs/design.md).
+programs an SM: Vim-S batch 128 in one wave), 8.95 SASS and 1.0625 MUFU per element (docs/design.md).
 """
 
 from __future__ import annotations
@@ -179,16 +179,27 @@ def _opaque(x, OPAQUE: tl.constexpr):
 
 
 @triton.jit
+def _a_quad(A_ptr, s_ad, offs_d, mask_d, q: tl.constexpr):
+    """States 4q .. 4q+3 of A's rows (BLOCK_D, 4): 32 threads along the channels, a 16-byte vector each."""
+    k = tl.arange(0, 4)
+    ptrs = A_ptr + offs_d[:, None] * s_ad + (q * 4 + k[None, :])
+    return tl.load(tl.multiple_of(ptrs, [1, 16]), mask=mask_d[:, None], other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _a_rows(A_ptr, s_ad, offs_d, mask_d, BLOCK_N: tl.constexpr):
     """A^T (BLOCK_N, BLOCK_D) fp32 of a row-major A (unit stride along N; the launch checks its rows are
-    16-byte aligned and N == BLOCK_N, a multiple of 4), unscaled: loaded as a (BLOCK_N // 4, BLOCK_D, 4) tile
-    so that each thread reads its channel's states as 16-byte vectors (a (BLOCK_N, BLOCK_D) tile with unit
-    stride along N would be laid out along N, spread over threads)."""
-    g = tl.arange(0, BLOCK_N // 4)
-    k = tl.arange(0, 4)
-    ptrs = A_ptr + offs_d[None, :, None] * s_ad + (g[:, None, None] * 4 + k[None, None, :])
-    A3 = tl.load(tl.multiple_of(ptrs, [1, 1, 16]), mask=mask_d[None, :, None], other=0.0).to(tl.float32)
-    return tl.reshape(tl.permute(A3, (0, 2, 1)), (BLOCK_N, offs_d.shape[0]))
+    16-byte aligned and N == BLOCK_N, 4, 8 or 16), unscaled: loaded as (BLOCK_D, 4) tiles of 4 states, so
+    that each thread reads its channel's states as 16-byte vectors (a (BLOCK_N, BLOCK_D) tile with unit
+    stride along N would be laid out along N, spread over threads), joined in registers."""
+    if BLOCK_N == 4:
+        A = _a_quad(A_ptr, s_ad, offs_d, mask_d, 0)[:, :, None]  # (BLOCK_D, 4 states, groups)
+    else:
+        A = tl.join(_a_quad(A_ptr, s_ad, offs_d, mask_d, 0), _a_quad(A_ptr, s_ad, offs_d, mask_d, 1))
+    if BLOCK_N == 16:  # (BLOCK_D, 4, j, i) for group g = 2 i + j, as (BLOCK_D, 4, g)
+        A = tl.join(A, tl.join(_a_quad(A_ptr, s_ad, offs_d, mask_d, 2), _a_quad(A_ptr, s_ad, offs_d, mask_d, 3)))
+        A = tl.reshape(tl.permute(A, (0, 1, 3, 2)), (offs_d.shape[0], 4, 4))
+    return tl.reshape(tl.permute(A, (2, 1, 0)), (BLOCK_N, offs_d.shape[0]))  # n = 4 g + k
 
 
 @triton.jit
@@ -381,8 +392,8 @@ def _bidirectional_scan_kernel(
     both with one silu(z_t), rounds them as the two scans, the add and the halving of the unfused
     graph round them, and stores / quantizes both tokens. ``acc`` must not alias ``out``.
 
-    ``ROWS`` (one channel per thread; the launch's A row-major, 16-byte aligned rows, N == BLOCK_N, a
-    multiple of 4): A is read each step as its channel's 16-byte row vectors (L1 hits) instead of held
+    ``ROWS`` (one channel per thread; the launch's A row-major, 16-byte aligned rows, N == BLOCK_N, 4, 8
+    or 16): A is read each step as its channel's 16-byte row vectors (L1 hits) instead of held
     (2 x BLOCK_N registers), the states summed in one chain, and with ``OPAQUE`` (a GPU build) the scratch
     and the combine address their rows from the loop's channel offsets (:func:`_opaque`): at most 80
     registers at Vim-S (25 one-warp programs an SM), no spill (scripts/kernel_codegen.py).
@@ -725,7 +736,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     acc = token_major_empty(Bsz, Dm, L, torch.float32, dev)  # the first half's parked ungated outputs
     stored = out if store_out else u_f.new_empty((1, 1, 1))  # (unwritten without store_out: its dtype rounds)
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
-    rows = BIDIRECTIONAL_A_ROWS and block_d == 32 * num_warps and N == block_n and N % 4 == 0
+    rows = BIDIRECTIONAL_A_ROWS and block_d == 32 * num_warps and N == block_n and N in (4, 8, 16)
     if rows:  # A read as row vectors each step (the kernel's ROWS)
         A_f, A_b = (_aligned_rows(A) for A in A_rows)
     grid = (Bsz, triton.cdiv(Dm, block_d))

@@ -20,7 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kernel_codegen.py"
 DIRECTIONS = {"_selective_scan_kernel": 1, "_bidirectional_scan_kernel": 2, "_ordered_scan_kernel": 1,
               "_ordered_scan_kernel z_order": 1}
 # SASS instructions per token step (the bidirectional kernel's longer loop, its second half), with triton
-# 3.8: about 5% over what the kernels compile to (160 / 368 in fp32, 191 / 437 in fp16; the bidirectional
+# 3.8: about 5% over what the kernels compile to (160 / 369 in fp32, 191 / 441 in fp16; the bidirectional
 # kernel 344 / 419 with A held in registers, before ROWS). With softplus on
 # tl.log and SiLU on tl.exp they were 215 / 506 and 251 / 585; with scalar B / C rows 186 / 450 and
 # 220 / 527 (the bidirectional kernel's both halves in one loop). The ordered scan (a direction adding into
@@ -103,11 +103,13 @@ def test_json_counts_per_element_agree_with_the_instruction_counts(one_channel_p
     assert mufu + (counts["mufu_per_step"] if kernel == "_bidirectional_scan_kernel" else 0) >= counts["ex2"]
     assert counts["ex2"] >= elements and counts["loops"][0]["mufu_per_step"] >= elements
     assert sum(counts["ldg_bits"].values()) == counts["ldg_per_step"] <= counts["ld_global"]
-    # B and C rows: 16-byte vectors (Vim-S's rows are aligned), each direction's two rows of 16 states; the
-    # bidirectional kernel's A rows too (fp32, 16 states a direction: ROWS)
-    vectors = counts["ldg_bits"].get("128", 0)
-    a_rows = 2 * 16 * 4 // 16 if kernel == "_bidirectional_scan_kernel" else 0
-    assert vectors == DIRECTIONS[kernel] * 2 * 16 * (4 if dtype == "fp32" else 2) // 16 + a_rows
+    # B and C rows: vectors (Vim-S's rows are aligned), each direction's two rows of 16 states; the
+    # bidirectional kernel's A rows too (fp32, 16 states a direction: ROWS; its fp16 B / C rows load as 8-byte
+    # vectors, the register order of the joined A tile's layout)
+    vector_bytes = 16 * counts["ldg_bits"].get("128", 0) + 8 * counts["ldg_bits"].get("64", 0)
+    a_rows = 2 * 16 * 4 if kernel == "_bidirectional_scan_kernel" else 0
+    assert vector_bytes == DIRECTIONS[kernel] * 2 * 16 * (4 if dtype == "fp32" else 2) + a_rows
+    assert counts["ldg_bits"].get("128", 0) >= a_rows // 16 + (DIRECTIONS[kernel] * 2 * 4 if dtype == "fp32" else 0)
     assert counts["local_memory_instructions"] == 0 == counts["stack_bytes"]
 
 

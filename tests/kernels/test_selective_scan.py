@@ -278,7 +278,7 @@ def test_bidirectional_fp32(device, Bsz, Dm, L, N, with_z):
     torch.testing.assert_close(ref, two, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("N", [16, 8])
+@pytest.mark.parametrize("N", [16, 8, 4, 32])
 def test_bidirectional_reads_x_proj_slices_and_any_A_layout(device, N):
     """B and C as x_proj's output slices (C's rows right after B's: the launch reads C at B's row + N), A
     channel-major for one direction and a misaligned view for the other (the launch copies A row-major,
