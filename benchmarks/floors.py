@@ -109,7 +109,7 @@ def with_floor(work: Work, gpu: Gpu, measured_ms: float) -> dict:
 
 
 def scan_work(batch: int, d_inner: int, tokens: int, d_state: int, act_bytes: int, out_bytes: int = 1,
-              directions: int = 2, softplus: bool = True) -> Work:
+              directions: int = 2, softplus: bool = True, silu: bool = True) -> Work:
     """The bidirectional scan (both directions, their average, ``out_bytes`` per output element: 1 for
     the int8 codes of the quantize epilogue, the float output's size otherwise), or with ``directions`` 1
     a single-direction scan.
@@ -117,13 +117,14 @@ def scan_work(batch: int, d_inner: int, tokens: int, d_state: int, act_bytes: in
     Per (b, d, t) and direction, over its N states: ``exp(dt A)`` (one MUFU each), then 4 FP32 ops
     (dt * A, dA * h, + B (dt u), + h C: FMUL, FMUL, FFMA, FFMA). Per (b, d, t): softplus per direction
     (an exp and a log or reciprocal: 2 MUFU each; none with ``softplus`` False, dt_proj's epilogue took it)
-    and SiLU(z) once for both (an exp and a reciprocal). Bytes: u, delta, B, C per direction and z in the
+    and SiLU(z) once for both (an exp and a reciprocal; none with ``silu`` False, in_proj's epilogue took
+    it). Bytes: u, delta, B, C per direction and z in the
     activations' dtype, A (D, N), D and delta_bias (D,) per direction in fp32, the output once."""
     bdl = batch * d_inner * tokens
     elements = bdl * d_state * directions
     activations = directions * 2 * bdl + directions * 2 * batch * d_state * tokens + bdl
     reads = act_bytes * activations + 4 * directions * (d_inner * d_state + 2 * d_inner)
-    mufu = elements + ((2 * directions if softplus else 0) + 2) * bdl
+    mufu = elements + ((2 * directions if softplus else 0) + (2 if silu else 0)) * bdl
     return Work(mufu=mufu, fp32=4 * elements, nbytes=reads + out_bytes * bdl)
 
 

@@ -290,6 +290,48 @@ def test_dt_proj_softplus(model, batch, record, benchmark, gpu):
 
 
 # --------------------------------------------------------------------------------------------
+# the scan's SiLU(z) in in_proj's GEMM epilogue (the lowered fp32 Vim)
+# --------------------------------------------------------------------------------------------
+
+
+def z_silu_calls(model: str, batch: int, device="cuda") -> tuple:
+    """(in_gemm, in_scan): in_proj's GEMM (fp32 output, z its last d_inner columns) and the bidirectional scan +
+    quantize gated by that z, with silu(z) in the GEMM's epilogue (the scan multiplying by it) or in the scan."""
+    p = linear_problem(model, "in_proj", batch, device)
+    fwd, bwd, _, qparams = scan_problem(model, batch, torch.float32, device)
+    gemm, d = (p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"]), vim_shape(model).d_inner
+
+    def in_gemm():
+        xz = fused_ops.int8_linear_silu(*gemm, d, torch.float32)
+        return fused_ops.bidirectional_scan_quantize(*fwd, *bwd, xz[..., d:].transpose(1, 2), True, *qparams, False,
+                                                     True)
+
+    def in_scan():
+        xz = torch.ops.ptq4vm.int8_linear(*gemm, torch.float32)
+        return fused_ops.bidirectional_scan_quantize(*fwd, *bwd, xz[..., d:].transpose(1, 2), True, *qparams, False)
+
+    return in_gemm, in_scan
+
+
+@pytest.mark.parametrize("batch", [1, 128])
+@pytest.mark.parametrize("model", MODELS)
+def test_in_proj_silu(model, batch, record, benchmark, gpu):
+    in_gemm, in_scan = z_silu_calls(model, batch)
+    codes, codes_ref = in_gemm()[1], in_scan()[1]
+    mismatched = (codes != codes_ref).float().mean().item()  # the same SiLU on the same value: 0 expected
+    assert (codes.int() - codes_ref.int()).abs().max() <= 1 and mismatched < 1e-3
+    times = {"silu_in_gemm": graphed_ms(in_gemm), "silu_in_scan": graphed_ms(in_scan)}
+    benchmark.extra_info.update(times_ms=times, codes_mismatched=mismatched)
+    benchmark.pedantic(synced(in_gemm), rounds=50, warmup_rounds=5)
+    shape = vim_shape(model)
+    m, (k, n) = batch * shape.tokens, shape.linear("in_proj")
+    work = linear_work(m, n, k, out_bytes=4) + Work(mufu=2 * m * shape.d_inner) + scan_work(
+        batch, shape.d_inner, shape.tokens, shape.d_state, act_bytes=4, silu=False)
+    record("in_proj_silu", f"{shape.short}/b{batch}", times, "silu_in_gemm", ("silu_in_scan",),
+           mismatched_codes=mismatched, **with_floor(work, gpu, times["silu_in_gemm"]))
+
+
+# --------------------------------------------------------------------------------------------
 # small batches: the segmented scan
 # --------------------------------------------------------------------------------------------
 

@@ -184,12 +184,15 @@ def selective_scan_ref(
     delta_bias: Optional[Tensor] = None,
     delta_softplus: bool = False,
     reverse: bool = False,
+    *,
+    z_silu: bool = False,
 ) -> Tensor:
     """Mamba's selective scan in fp32, differentiable.
 
     u, delta, z: (batch, d, L); A: (d, n) fp32; B, C: (batch, n, L); D, delta_bias: (d,).
     Returns (batch, d, L) in u's dtype, stored token-major (stride 1 along d: the layout the
     Triton kernels write, and the one out_proj reads). ``reverse`` scans from token L-1 down to 0.
+    ``z_silu``: z holds silu(z) already (the lowering's in_proj epilogue), the output is multiplied by it.
     """
     dtype = u.dtype
     u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
@@ -205,7 +208,7 @@ def selective_scan_ref(
     if D is not None:
         y = y + D.float()[:, None] * u
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * (z.float() if z_silu else F.silu(z.float()))
     return token_major(y.to(dtype))
 
 

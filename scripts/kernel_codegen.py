@@ -33,6 +33,8 @@ thread reads A row-major each step (ROWS, selective_scan.BIDIRECTIONAL_A_ROWS; i
 hold it, channel-major), C's rows right after B's (C_AFTER_B: x_proj's output) and its
 register cap (selective_scan.BIDIRECTIONAL_MAXNREG; --maxnreg overrides the launches' caps, 0 lifts
 them).
+The lowered fp32 Vim's bidirectional launch: SOFTPLUS off (dt_proj's GEMM applies it), and with Z_SILU on too
+(in_proj's GEMM applies the SiLU), with those GEMMs' launches.
 LocalVim's launches: the ordered scan with Z_ORDER and HAS_SCATTER on, HAS_Z and ACCUMULATE off (one direction)
 and, in fp32, SOFTPLUS off (linear_softplus takes it); the conv1d + SiLU (no token loop: a program's SASS, per
 element a thread) plain and with ORDERED, each with and without the fused quantize (conv_stats).
@@ -99,7 +101,8 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
     z, the output and the scratch) in ``dtype``, at most ``maxnreg`` registers per thread (-1: the
     launch's cap, None: no cap), the constexpr flags named in ``off`` off (SOFTPLUS: the lowered Vim's
     launch, whose dt_proj GEMM applies the softplus) and those named in ``on`` on (Z_ORDER, HAS_SCATTER: LocalVim's
-    sequence scan); returns Triton's compiled kernel."""
+    sequence scan; Z_SILU: the lowered fp32 Vim's, whose in_proj GEMM applies the SiLU); returns Triton's compiled
+    kernel."""
     if maxnreg == -1:
         maxnreg = scan.BIDIRECTIONAL_MAXNREG if name == "_bidirectional_scan_kernel" else None
     fn = getattr(segmented if name == SEGMENTED else scan, name)
@@ -119,7 +122,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
             values = {"BLOCK_D": block_d, "BLOCK_N": block_n, "BC_ALIGN": vim_s_bc_align(dtype),
                       "SEGMENTS": SEGMENTED_LAUNCH[1]}
             constants[arg] = values.get(arg, arg not in ("REVERSE", "STORE_OUT", "HAS_DBIAS", "HAS_DBF", "HAS_DBB",
-                                                         "HAS_SCATTER", "Z_ORDER"))
+                                                         "HAS_SCATTER", "Z_ORDER", "Z_SILU"))
             signature[arg] = "constexpr"
     constants.update(dict.fromkeys(off, False))
     constants.update(dict.fromkeys(on, True))
@@ -355,11 +358,12 @@ GEMM_POINTERS = {"xq_ptr": "*i8", "wq_ptr": "*i8", "q_ptr": "*i8", "colsum_ptr":
 
 
 def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536, K: int = 384,
-               persistent: bool = False, softplus: bool = False) -> dict:
+               persistent: bool = False, softplus: bool = False, silu: bool = False) -> dict:
     """The INT8 GEMM compiled as Triton specializes the launch of Vim-S's in_proj at batch 128 (default
     M, N, K) with :func:`~ptq4vm_fx.kernels.int8_linear.fixed_config`'s tiles (``persistent``: walked
     by a program per SM of an H100) and its output in ``dtype``; ``softplus``: with a bias and the scan's
-    softplus in the epilogue (dt_proj's launch in a lowered Vim): {"wgmma": warpgroup MMAs,
+    softplus in the epilogue (dt_proj's launch in a lowered Vim); ``silu``: with the scan's SiLU on the columns
+    from N / 2 (in_proj's launch in a lowered fp32 Vim): {"wgmma": warpgroup MMAs,
     "cp_async": asynchronous global -> shared copies (the main loop is software pipelined),
     "ld_global", "ex2", "registers", "tiles"}."""
     fn = gemm._int8_linear_kernel
@@ -367,9 +371,9 @@ def gemm_stats(arch: int, dtype: str = "fp32", M: int = 128 * 197, N: int = 1536
     cfg = triton.Config({**tiles.kwargs, "PERSISTENT": persistent}, num_warps=tiles.num_warps,
                         num_stages=tiles.num_stages)
     values = {"M": M, "N": N, "K": K, "L": 197, "M_BUCKET": triton.next_power_of_2(M), "NUM_PROGRAMS": 132,
-              "stride_xm": K, "stride_wn": K, "stride_ym": N, "stride_qm": N}
-    constants = {**cfg.kwargs, "HAS_BIAS": softplus, "SOFTPLUS": softplus, "HAS_DBIAS": False, "QUANT": False,
-                 "HAS_SMOOTH": False,
+              "stride_xm": K, "stride_wn": K, "stride_ym": N, "stride_qm": N, "silu_start": N // 2}
+    constants = {**cfg.kwargs, "HAS_BIAS": softplus, "SOFTPLUS": softplus, "HAS_DBIAS": False, "SILU": silu,
+                 "QUANT": False, "HAS_SMOOTH": False,
                  "stride_xk": 1, "stride_wk": 1, "stride_yn": 1}
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
@@ -422,6 +426,11 @@ def main():
         "_bidirectional_scan_kernel", args.block_d, args.block_n, args.warps, args.arch, args.dtype,
         args.maxnreg or None, off=("SOFTPLUS", "ROWS"))
     result["_int8_linear_kernel dt_proj softplus"] = gemm_stats(args.arch, "fp32", N=768, K=24, softplus=True)
+    # and in_proj's GEMM applies the scan's SiLU to z (its columns from d_inner): the scan multiplies by z as read
+    result["_bidirectional_scan_kernel silu in in_proj"] = stats(
+        "_bidirectional_scan_kernel", args.block_d, args.block_n, args.warps, args.arch, args.dtype,
+        args.maxnreg or None, off=("SOFTPLUS",), on=("Z_SILU",))
+    result["_int8_linear_kernel in_proj silu"] = gemm_stats(args.arch, "fp32", silu=True)
     result[SEGMENTED] = segmented_stats(args.arch, args.dtype)
     # LocalVim's sequence scan (one direction: no ACCUMULATE; z read through z_order, the output written through
     # scatter, the wrapper's z_order; lowered in fp32, dt_proj's GEMM applies the softplus)

@@ -5,12 +5,15 @@
 Models: vim_digits (the default), vmamba_digits, local_vssm_digits, local_vim_digits. Fixed seeds: a
 rerun on the same machine gives the same training up to float rounding (local_vssm_digits retrained:
 weights within 1e-5 of the committed ones, the same top-1). Each takes 3.5 to 6.7 minutes on the shared
-2-core machine with OMP_NUM_THREADS=1 (README, "The bundled models and data").
+2-core machine with OMP_NUM_THREADS=1 (README, "The bundled models and data"). --model-kwargs and
+--weight-decay train a variant (README, "VMamba: `vmamba_digits`": the candidates for a quantization-
+sensitive VMamba); give it --output so the bundled checkpoint stays.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import time
 
 import torch
@@ -30,12 +33,32 @@ def shift_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[..., dy : dy + 8, dx : dx + 8]
 
 
+def model_kwarg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` (VALUE a Python literal, as ``ptq4vm --model-kwargs`` takes) -> (key, value)."""
+    key, sep, value = text.partition("=")
+    try:
+        if not (sep and key.isidentifier()):
+            raise ValueError
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with VALUE a Python literal") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=MODEL_NAME, choices=BUNDLED_MODELS)
     parser.add_argument("--epochs", type=int, help="default: 40 (local_vssm_digits: 36)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    parser.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        type=model_kwarg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the model configuration, e.g. forward_type='v05'",
+    )
     parser.add_argument("--output", help="default: ptq4vm_fx/data/<model>.pt")
     args = parser.parse_args()
     epochs = args.epochs or EPOCHS[args.model]
@@ -43,8 +66,8 @@ def main() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     data = load_digits_splits()
-    model = create_model(args.model)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    model = create_model(args.model, **dict(args.model_kwargs))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps = epochs * -(-len(data["train"].labels) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     start = time.perf_counter()

@@ -17,6 +17,10 @@ Or the epilogue applies the scan's delta activation to the value as rounded to `
 ``softplus(y + delta_bias)`` (the scan's own :func:`~._common._softplus`), and stores that: dt_proj's
 output as the scan reads it with ``delta_softplus=False`` (``int8_linear_softplus``).
 
+Or the epilogue applies the scan's gate activation to the columns [silu_start, N) as rounded to
+``out_dtype``, ``silu(y)`` (the scan's own :func:`~._common._silu`), and stores that: in_proj's z columns
+as the bidirectional scan gates with them, read with ``z_silu=True`` (``int8_linear_silu``).
+
 The autotuner also tries persistent launches (a program per SM walks the output tiles in one
 flattened, software-pipelined loop, so a tile's epilogue overlaps the next tile's loads): at Vim's
 K a tile has only 2 to 12 K steps, and its epilogue is a large share of its time.
@@ -38,6 +42,7 @@ from ..quant import integer
 from ._common import (
     _quantize_values,
     _round_to,
+    _silu,
     _softplus,
     check_devices,
     check_int,
@@ -91,14 +96,15 @@ def _tile_accumulate(tile, xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride
 
 @triton.jit
 def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr, y_ptr,
-                   q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
+                   q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols, silu_start,
                    stride_ym, stride_yn, stride_qm, qmin, qmax,
-                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DBIAS: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DBIAS: tl.constexpr, SILU: tl.constexpr,
                    QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """Dequantize output tile ``tile``'s accumulator (int32 zero-point correction, then fp32 scales
-    and bias), with SOFTPLUS take softplus(y + delta_bias) of the value rounded to y's dtype, store it in
-    y's dtype and, with QUANT, quantize its columns in [q_start, q_start + q_cols)."""
+    and bias), with SOFTPLUS take softplus(y + delta_bias) of the value rounded to y's dtype, with SILU
+    silu of that value in the columns [silu_start, N), store it in y's dtype and, with QUANT, quantize its
+    columns in [q_start, q_start + q_cols)."""
     pid_m, pid_n = _tile_coords(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -122,6 +128,8 @@ def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias
         if HAS_DBIAS:
             y_out = y_out + tl.load(dbias_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
         y_out = _round_to(_softplus(y_out), y_ptr.dtype.element_ty)
+    if SILU:  # the scan's gate as it computes it from this output's z columns (kernels/selective_scan.py)
+        y_out = tl.where((offs_n >= silu_start)[None, :], _round_to(_silu(y_out), y_ptr.dtype.element_ty), y_out)
     tl.store(y_ptr + rows * stride_ym + offs_n[None, :] * stride_yn, y_out.to(y_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_n[None, :])
     if QUANT:  # the columns [q_start, q_start + q_cols) of y as stored, quantized per token
@@ -141,14 +149,14 @@ def _tile_epilogue(acc, tile, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias
 def _int8_linear_kernel(
     xq_ptr, wq_ptr, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr, y_ptr,
     q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr,
-    M, N, K, L, q_start, q_cols, M_BUCKET, NUM_PROGRAMS,
+    M, N, K, L, q_start, q_cols, silu_start, M_BUCKET, NUM_PROGRAMS,
     stride_xm, stride_xk,
     stride_wn, stride_wk,
     stride_ym, stride_yn,
     stride_qm,
     qmin, qmax,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DBIAS: tl.constexpr, QUANT: tl.constexpr,
-    HAS_SMOOTH: tl.constexpr, PERSISTENT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_DBIAS: tl.constexpr, SILU: tl.constexpr,
+    QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """One output tile per program, or with PERSISTENT, program p walks tiles p, p + NUM_PROGRAMS, ...
@@ -164,15 +172,15 @@ def _int8_linear_kernel(
             tile_out += NUM_PROGRAMS
             _tile_epilogue(acc, tile_out, colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr, y_ptr,
                            q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
-                           stride_ym, stride_yn, stride_qm, qmin, qmax,
-                           HAS_BIAS, SOFTPLUS, HAS_DBIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
+                           silu_start, stride_ym, stride_yn, stride_qm, qmin, qmax,
+                           HAS_BIAS, SOFTPLUS, HAS_DBIAS, SILU, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
     else:
         acc = _tile_accumulate(tl.program_id(0), xq_ptr, wq_ptr, M, N, K, stride_xm, stride_xk, stride_wn,
                                stride_wk, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
         _tile_epilogue(acc, tl.program_id(0), colsum_ptr, w_scale_ptr, x_scale_ptr, zp_ptr, bias_ptr, dbias_ptr,
                        y_ptr, q_ptr, inv_smooth_ptr, inv_scale_ptr, qzp_ptr, M, N, L, q_start, q_cols,
-                       stride_ym, stride_yn, stride_qm, qmin, qmax,
-                       HAS_BIAS, SOFTPLUS, HAS_DBIAS, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
+                       silu_start, stride_ym, stride_yn, stride_qm, qmin, qmax,
+                       HAS_BIAS, SOFTPLUS, HAS_DBIAS, SILU, QUANT, HAS_SMOOTH, BLOCK_M, BLOCK_N, GROUP_M)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,20 +275,23 @@ def _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, 
     return q_cols
 
 
-def _check_softplus(softplus, delta_bias, quant, N):
-    """Validate the optional softplus epilogue (not combined with the output quantization)."""
+def _check_activation(softplus, delta_bias, silu_start, quant, N):
+    """Validate the optional activation epilogues: softplus (all columns) or SiLU (columns from silu_start),
+    neither combined with the other or with the output quantization."""
     if not isinstance(softplus, bool):
         raise ValueError(f"softplus must be a bool, got {type(softplus).__name__}")  # noqa: TRY004 (API: ValueError)
     if delta_bias is not None and not softplus:
         raise ValueError("delta_bias is added before the softplus: pass softplus=True with it")
-    if softplus and quant:
-        raise ValueError("the softplus epilogue and the output quantization are not combined")
+    if silu_start is not None:
+        check_int("silu_start", silu_start, 0, N - 1)
+    if sum((softplus, silu_start is not None, quant)) > 1:
+        raise ValueError("the softplus epilogue, the SiLU epilogue and the output quantization are not combined")
     check_tensor("delta_bias", delta_bias, shape=(N,), dtypes=(torch.float32,), allow_none=True)
 
 
 def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype=torch.float32, *,
                         inv_smooth=None, inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None,
-                        softplus=False, delta_bias=None, autotune=True):
+                        softplus=False, delta_bias=None, silu_start=None, autotune=True):
     """Quantized linear layer ``y = dequant(xq) @ dequant(wq).T + bias`` on integer tensor cores.
 
     Args:
@@ -300,6 +311,9 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
         softplus, delta_bias: the epilogue stores ``softplus(y + delta_bias)`` (y as rounded to
             ``out_dtype``, then the result rounded to it; delta_bias (N,) fp32 or None), with the
             scan kernels' softplus; not with the output quantization.
+        silu_start: int or None: the epilogue stores ``silu(y)`` in the columns [silu_start, N) (y as rounded
+            to ``out_dtype``, then the result rounded to it), with the scan kernels' SiLU; not with the
+            softplus or the output quantization.
         autotune: True: on a GPU the tiles (and whether a program per SM walks them) are tuned on
             the first call for each (M bucket, N, K) (a one-time cost of benchmarking every
             configuration); False: :func:`fixed_config`'s tiles, also under the interpreter (where
@@ -317,14 +331,14 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
         q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
     elif inv_smooth is not None or zero_point is not None:
         raise ValueError("inv_smooth / zero_point given without inv_scale: pass inv_scale to quantize the output")
-    _check_softplus(softplus, delta_bias, quant, N)
+    _check_activation(softplus, delta_bias, silu_start, quant, N)
     check_devices(xq=xq, wq=wq, w_colsum=w_colsum, w_scale=w_scale, x_scale=x_scale,
                   x_zero_point=x_zero_point, bias=bias, inv_smooth=inv_smooth, inv_scale=inv_scale,
                   zero_point=zero_point, delta_bias=delta_bias)
     if K == 0:  # no tile to accumulate: y is the bias
         return _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype,
                              (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits) if quant else None,
-                             softplus, delta_bias)
+                             softplus, delta_bias, silu_start)
     y = torch.empty((M, N), dtype=out_dtype, device=xq.device)
     yq = torch.empty((M, q_cols), dtype=torch.int8, device=xq.device) if quant else None
     if M == 0 or N == 0:
@@ -341,11 +355,12 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
             delta_bias if delta_bias is not None else dummy, y,
             yq if quant else y, inv_smooth if inv_smooth is not None else dummy,
             inv_scale if quant else dummy, zero_point if quant else dummy,
-            M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0, triton.next_power_of_2(M), programs,
+            M, N, K, tokens, q_start if quant else 0, q_cols if quant else 0, silu_start or 0,
+            triton.next_power_of_2(M), programs,
             xq.stride(0), xq.stride(1), wq.stride(0), wq.stride(1), y.stride(0), y.stride(1),
             yq.stride(0) if quant else 0, qmin, qmax)
-    flags = {"HAS_BIAS": bias is not None, "SOFTPLUS": softplus, "HAS_DBIAS": delta_bias is not None, "QUANT": quant,
-             "HAS_SMOOTH": inv_smooth is not None}
+    flags = {"HAS_BIAS": bias is not None, "SOFTPLUS": softplus, "HAS_DBIAS": delta_bias is not None,
+             "SILU": silu_start is not None, "QUANT": quant, "HAS_SMOOTH": inv_smooth is not None}
 
     def grid(meta):
         tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
@@ -361,15 +376,15 @@ def _launch_int8_linear(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, 
 
 
 # --------------------------------------------------------------------------------------------
-# The ops: int8_linear, int8_linear_softplus, int8_linear_quantize
+# The ops: int8_linear, int8_linear_softplus, int8_linear_silu, int8_linear_quantize
 # --------------------------------------------------------------------------------------------
 
 
 def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype, autotune, quant=None,
-                 softplus=None):
+                 softplus=None, silu_start=None):
     """The op-level call of ``launch`` (the kernel's launcher or :func:`_reference_2d`'s adapter): xq (..., L, K)
     -> y (..., L, N), or (y, yq (..., L, q_cols)) with quant = (q_start, q_cols, inv_smooth, scale, zero_point,
-    bits); softplus = (delta_bias,): y = softplus(y + delta_bias)."""
+    bits); softplus = (delta_bias,): y = softplus(y + delta_bias); silu_start: y[..., silu_start:] = silu of it."""
     if xq.dim() < 2:
         raise InputError(f"int8_linear: xq must be (..., tokens, K), got shape {tuple(xq.shape)}")
     x_scale, x_zp, tokens = token_params(x_scale, x_zero_point, xq.shape[:-1], "int8_linear")
@@ -383,6 +398,8 @@ def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias,
             raise InputError(f"int8_linear_quantize: the output quantizer has {q_tokens} tokens, the input {tokens}")
     if softplus is not None:
         quant_args = {"softplus": True, "delta_bias": f32(softplus[0])}
+    if silu_start is not None:
+        quant_args = {"silu_start": silu_start}
     out = launch(xq.reshape(-1, xq.shape[-1]), wq, w_colsum.to(torch.int32), f32(w_scale), x_scale, x_zp, f32(bias),
                  tokens, out_dtype, autotune=autotune, **quant_args)
     if quant is None:
@@ -392,28 +409,30 @@ def _int8_linear(launch, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias,
 
 def _launch_reference(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, *, inv_smooth=None,
                       inv_scale=None, zero_point=None, bits=8, q_start=0, q_cols=None, softplus=False, delta_bias=None,
-                      autotune=True):
+                      silu_start=None, autotune=True):
     """:func:`_reference_2d` called as :func:`_launch_int8_linear` is (``autotune`` picks tiles: none here)."""
     M, N, _ = _check_args(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype)
     quant = None
     if inv_scale is not None:
         q_cols = _check_quant_columns(q_start, q_cols, N, inv_smooth, inv_scale, zero_point, bits, tokens)
         quant = (q_start, q_cols, inv_smooth, inv_scale, zero_point, bits)
-    _check_softplus(softplus, delta_bias, quant is not None, N)
+    _check_activation(softplus, delta_bias, silu_start, quant is not None, N)
     return _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant,
-                         softplus, delta_bias)
+                         softplus, delta_bias, silu_start)
 
 
 def _reference_2d(xq, wq, w_colsum, w_scale, x_scale, x_zero_point, bias, tokens, out_dtype, quant, softplus=False,
-                  delta_bias=None):
+                  delta_bias=None, silu_start=None):
     """The launcher's result in pure PyTorch (:mod:`ptq4vm_fx.quant.integer`'s GEMM and quantizer; the softplus
-    as :func:`ptq4vm_fx.scan.selective_scan_ref` applies it to delta): quant None or (q_start, q_cols, inv_smooth,
-    inv_scale, zero_point, bits)."""
+    and SiLU as :func:`ptq4vm_fx.scan.selective_scan_ref` applies them to delta and z): quant None or (q_start,
+    q_cols, inv_smooth, inv_scale, zero_point, bits)."""
     tok = torch.arange(xq.shape[0], device=xq.device) % tokens
     y = integer.dequantize_accumulator(integer.int_matmul(xq, wq), x_scale[tok], x_zero_point[tok], w_scale,
                                        w_colsum, bias).to(out_dtype)
     if softplus:
         y = F.softplus(y.float() if delta_bias is None else y.float() + delta_bias).to(out_dtype)
+    if silu_start is not None:
+        y = torch.cat([y[:, :silu_start], F.silu(y[:, silu_start:].float()).to(out_dtype)], dim=1)
     if quant is None:
         return y
     q_start, q_cols, inv_smooth, inv_scale, zero_point, bits = quant
@@ -462,6 +481,29 @@ def int8_linear_softplus_ref(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, 
 
 def int8_linear_softplus_fake(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, delta_bias, out_dtype,
                               autotune=True):
+    return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
+
+
+def int8_linear_silu(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor,
+                     w_colsum: Tensor, bias: Optional[Tensor], silu_start: int, out_dtype: torch.dtype,
+                     autotune: bool = True) -> Tensor:
+    """:func:`int8_linear` whose epilogue stores ``silu(y)`` in the output columns [silu_start, N) (y as rounded to
+    ``out_dtype``): in_proj's output with its z columns as the scan gates with them (``z_silu=True``), with the
+    scan kernels' SiLU. Returns (..., L, N) ``out_dtype``."""
+    return _int8_linear(_launch_int8_linear, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune, silu_start=silu_start)
+
+
+def int8_linear_silu_ref(xq: Tensor, x_scale: Tensor, x_zero_point: Tensor, wq: Tensor, w_scale: Tensor,
+                         w_colsum: Tensor, bias: Optional[Tensor], silu_start: int, out_dtype: torch.dtype,
+                         autotune: bool = True) -> Tensor:
+    """Pure-PyTorch specification of :func:`int8_linear_silu` (torch's SiLU, as the scan reference)."""
+    return _int8_linear(_launch_reference, xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, out_dtype,
+                        autotune, silu_start=silu_start)
+
+
+def int8_linear_silu_fake(xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias, silu_start, out_dtype,
+                          autotune=True):
     return xq.new_empty((*xq.shape[:-1], wq.shape[0]), dtype=out_dtype)
 
 

@@ -78,11 +78,12 @@ def _segmented_scan_kernel(
     s_zb, s_zd, s_zl,
     s_ob, s_od, s_ol,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DBIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    REVERSE: tl.constexpr, SEGMENTS: tl.constexpr,
+    REVERSE: tl.constexpr, SEGMENTS: tl.constexpr, Z_SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
 ):
     """The three passes of the module docstring for sample program_id(0), channel block program_id(1).
-    The state tile is (BLOCK_N, SEGMENTS, BLOCK_D); ``carry``: (programs, BLOCK_N, SEGMENTS, BLOCK_D) fp32 scratch."""
+    The state tile is (BLOCK_N, SEGMENTS, BLOCK_D); ``carry``: (programs, BLOCK_N, SEGMENTS, BLOCK_D) fp32 scratch.
+    With Z_SILU z holds silu(z) (in_proj's epilogue applied it): the gate multiplies by it."""
     b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     offs_d, mask_d = _lanes(pid_d, BLOCK_D, Dm, EVEN_D)
@@ -121,8 +122,11 @@ def _segmented_scan_kernel(
         if HAS_D:
             y = y + Dv[None, :] * u
         if HAS_Z:
-            zt = tl.load(z_ptr + b * s_zb + offs_d[None, :] * s_zd + tok[:, None] * s_zl, mask=m, other=0.0)
-            y = y * _silu(zt.to(tl.float32))
+            gate = tl.load(z_ptr + b * s_zb + offs_d[None, :] * s_zd + tok[:, None] * s_zl, mask=m,
+                           other=0.0).to(tl.float32)
+            if not Z_SILU:
+                gate = _silu(gate)
+            y = y * gate
         tl.store(out_ptr + b * s_ob + offs_d[None, :] * s_od + tok[:, None] * s_ol,
                  _round_to(y, dtype).to(dtype), mask=m)
 
@@ -176,11 +180,12 @@ def segment_config(batch: int, Dm: int, N: int, L: int) -> tuple[int, int, int, 
 # --------------------------------------------------------------------------------------------
 
 
-def launch_segmented_scan(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+def launch_segmented_scan(out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, z_silu=False):
     """Fill ``out`` with :func:`ptq4vm_fx.kernels.selective_scan.selective_scan`'s result by segments (module
     docstring); returns it. Called by that function, which has checked the arguments and prepared them as its
     own kernel takes them: ``out`` (Bsz, Dm, L) token-major in u's dtype, not empty; A (Dm, N) fp32
-    channel-major; D, delta_bias (Dm,) contiguous fp32 or None; u, delta, z, B, C any strides."""
+    channel-major; D, delta_bias (Dm,) contiguous fp32 or None; u, delta, z, B, C any strides; ``z_silu``: z holds
+    silu(z)."""
     (Bsz, Dm, L), N = u.shape, A.shape[1]
     block_d, segments, block_n, num_warps = segment_config(Bsz, Dm, N, L)
     grid = (Bsz, triton.cdiv(Dm, block_d))
@@ -192,7 +197,7 @@ def launch_segmented_scan(out, u, delta, A, B, C, D, z, delta_bias, delta_softpl
         Dm, N, L, triton.cdiv(L, segments),
         *_s3(u), *_s3(delta), A.stride(0), A.stride(1), *_s3(B), *_s3(C), *_s3(z), *_s3(out),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DBIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-        REVERSE=reverse, SEGMENTS=segments,
+        REVERSE=reverse, SEGMENTS=segments, Z_SILU=z_silu,
         BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
         num_warps=num_warps, num_stages=1,
     )
@@ -200,18 +205,18 @@ def launch_segmented_scan(out, u, delta, A, B, C, D, z, delta_bias, delta_softpl
 
 
 def launch_segmented_bidirectional(out, xq, acc, forward, backward, z, delta_softplus, inv_smooth, inv_scale,
-                                   zero_point, qmin, qmax):
+                                   zero_point, qmin, qmax, z_silu=False):
     """:func:`ptq4vm_fx.kernels.selective_scan._launch_bidirectional_scan`'s result at small batches: each
     direction by segments (``acc`` takes the backward one's output, a new buffer the forward one's), then
     one program per token averages, stores ``out`` (unless it is ``acc``: store_out off) and quantizes into
     ``xq`` (``inv_scale`` None: no quantization). Called by that function with its prepared arguments:
     forward / backward = (u, delta, A channel-major fp32, B, C, D, delta_bias); out, acc (Bsz, Dm, L)
-    token-major in u's dtype; xq (Bsz, L, Dm) int8 or None."""
+    token-major in u's dtype; xq (Bsz, L, Dm) int8 or None; ``z_silu``: z holds silu(z)."""
     y_f = torch.empty_like(acc)
     u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f = forward
     u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b = backward
-    launch_segmented_scan(y_f, u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
-    launch_segmented_scan(acc, u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True)
+    launch_segmented_scan(y_f, u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False, z_silu)
+    launch_segmented_scan(acc, u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True, z_silu)
     (Bsz, Dm, L), quant = acc.shape, inv_scale is not None
     block_d = min(triton.next_power_of_2(Dm), 256)
     _average_kernel[(Bsz * L, triton.cdiv(Dm, block_d))](

@@ -349,14 +349,15 @@ def _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub, dt
 @triton.jit
 def _combine(yf, yb, t, b, offs_d, mask_d, z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
              q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax,
-             HAS_Z: tl.constexpr, QUANT: tl.constexpr, STORE_OUT: tl.constexpr):
+             HAS_Z: tl.constexpr, Z_SILU: tl.constexpr, QUANT: tl.constexpr, STORE_OUT: tl.constexpr):
     """Token t's output from its two ungated directions (BLOCK_D,) fp32: each gated by silu(z_t)
-    (computed once for both) and rounded to out's dtype, their sum rounded, halved; stored and / or
-    quantized (:func:`_emit`)."""
+    (computed once for both; with Z_SILU z already holds it) and rounded to out's dtype, their sum rounded,
+    halved; stored and / or quantized (:func:`_emit`)."""
     dtype = out_ptr.dtype.element_ty
     if HAS_Z:
-        zt = tl.load(z_ptr + (b * s_zb + t * s_zl) + offs_d * s_zd, mask=mask_d, other=0.0).to(tl.float32)
-        gate = _silu(zt)
+        gate = tl.load(z_ptr + (b * s_zb + t * s_zl) + offs_d * s_zd, mask=mask_d, other=0.0).to(tl.float32)
+        if not Z_SILU:
+            gate = _silu(gate)
         yf = yf * gate
         yb = yb * gate
     y = _round_to(_round_to(yf, dtype) + _round_to(yb, dtype), dtype) * 0.5
@@ -380,8 +381,8 @@ def _bidirectional_scan_kernel(
     s_qb, s_ql, s_qd,
     qmin, qmax,
     HAS_DF: tl.constexpr, HAS_DBF: tl.constexpr, HAS_DB: tl.constexpr, HAS_DBB: tl.constexpr,
-    HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr, HAS_SMOOTH: tl.constexpr,
-    STORE_OUT: tl.constexpr, BC_ALIGN: tl.constexpr,
+    HAS_Z: tl.constexpr, Z_SILU: tl.constexpr, SOFTPLUS: tl.constexpr, QUANT: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr, STORE_OUT: tl.constexpr, BC_ALIGN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
     ROWS: tl.constexpr = False, C_AFTER_B: tl.constexpr = False, OPAQUE: tl.constexpr = False,
 ):
@@ -389,8 +390,9 @@ def _bidirectional_scan_kernel(
     scan at token L-1-i (two independent recurrences per thread). Two branch-free loops: the first
     half's steps park both ungated outputs in the fp32 scratch ``acc``; the middle token (odd L) is
     peeled; the second half's steps find each output's partner parked and :func:`_combine` gates
-    both with one silu(z_t), rounds them as the two scans, the add and the halving of the unfused
-    graph round them, and stores / quantizes both tokens. ``acc`` must not alias ``out``.
+    both with one silu(z_t) (with Z_SILU z holds silu(z): in_proj's epilogue computed it), rounds them as
+    the two scans, the add and the halving of the unfused graph round them, and stores / quantizes both
+    tokens. ``acc`` must not alias ``out``.
 
     ``ROWS`` (one channel per thread; the launch's A row-major, 16-byte aligned rows, N == BLOCK_N, 4, 8
     or 16): A is read each step as its channel's 16-byte row vectors (L1 hits) instead of held
@@ -438,7 +440,8 @@ def _bidirectional_scan_kernel(
                                                        HAS_DF, HAS_DBF, HAS_DB, HAS_DBB, SOFTPLUS, BC_ALIGN,
                                                        a_rows, ROWS, C_AFTER_B)
         _combine(yf, yb, L // 2, b, offs_d, mask_d, z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
-                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
+                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, Z_SILU, QUANT,
+                 STORE_OUT)
     for i in range((L + 1) // 2, L):  # second half: token i's partner y_b[i] was parked at step L-1-i
         tb = L - 1 - i
         hf, yf, uf, dtf, hb, yb, ub, dtb = _both_steps(i, L, b, offs_d, mask_d, offs_n, mask_n, hf, uf, dtf, hb, ub,
@@ -450,10 +453,12 @@ def _bidirectional_scan_kernel(
             od = _opaque(offs_d, OPAQUE)
         _combine(yf, tl.load(acc_ptr + b * s_ab + i * s_al + od * s_ad, mask=mask_d, other=0.0), i, b, od, mask_d,
                  z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
-                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
+                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, Z_SILU, QUANT,
+                 STORE_OUT)
         _combine(tl.load(acc_ptr + b * s_ab + tb * s_al + od * s_ad, mask=mask_d, other=0.0), yb, tb, b, od, mask_d,
                  z_ptr, s_zb, s_zd, s_zl, out_ptr, s_ob, s_od, s_ol,
-                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, QUANT, STORE_OUT)
+                 q_ptr, s_qb, s_ql, s_qd, inv_smooth, inv_scale_ptr, zp_ptr, qmin, qmax, HAS_Z, Z_SILU, QUANT,
+                 STORE_OUT)
 
 
 @triton.jit(do_not_specialize_on_alignment=["A_ptr"])  # A: module docstring
@@ -595,6 +600,12 @@ def _check_flag(name, value):
         raise ValueError(f"{name} must be a bool, got {type(value).__name__}")  # noqa: TRY004 (API: ValueError)
 
 
+def _check_z_silu(z_silu, z):
+    _check_flag("z_silu", z_silu)
+    if z_silu and z is None:
+        raise ValueError("z_silu=True says z holds silu(z): it needs a z")
+
+
 def _check_store_out(store_out, quant):
     _check_flag("store_out", store_out)
     if not (store_out or quant):
@@ -667,7 +678,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                                u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                                z=None, delta_softplus=False,
-                               inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True):
+                               inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True,
+                               z_silu=False):
     """Vim bidirectional SSM output ``(scan_f + scan_b) / 2`` in one launch.
 
     ``scan_f = selective_scan(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus)`` and
@@ -688,6 +700,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
             inv_scale (L,) fp32, zero_point (L,) int32, bits in [2, 8]; token index = t.
         store_out: with the quantization, False skips storing ``out`` (when only its codes are read);
             ``out`` is then an empty tensor.
+        z_silu: True: ``z`` holds silu(z) already (in_proj's epilogue applied it), the gate multiplies by it.
 
     Returns:
         out (Bsz, Dm, L) in ``u_f``'s dtype stored token-major, or ``(out, xq)`` with xq (Bsz, L, Dm) int8 — the
@@ -703,6 +716,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     from .segmented_scan import launch_segmented_bidirectional, use_segmented  # (that module imports this one)
 
     _check_flag("delta_softplus", delta_softplus)
+    _check_z_silu(z_silu, z)
     quant = inv_scale is not None
     if quant:
         check_quant_params(inv_smooth, inv_scale, zero_point, bits, L, Dm)
@@ -730,7 +744,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
         launch_segmented_bidirectional(out if store_out else acc, xq, acc,
                                        (u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f),
                                        (u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b), z, delta_softplus,
-                                       inv_smooth, inv_scale, zero_point, qmin, qmax)
+                                       inv_smooth, inv_scale, zero_point, qmin, qmax, z_silu)
         return (out, xq) if quant else out
     dummy = A_f
     acc = token_major_empty(Bsz, Dm, L, torch.float32, dev)  # the first half's parked ungated outputs
@@ -755,7 +769,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
         qmin, qmax,
         HAS_DF=D_f is not None, HAS_DBF=delta_bias_f is not None,
         HAS_DB=D_b is not None, HAS_DBB=delta_bias_b is not None,
-        HAS_Z=z is not None, SOFTPLUS=delta_softplus, QUANT=quant, HAS_SMOOTH=inv_smooth is not None,
+        HAS_Z=z is not None, Z_SILU=z_silu, SOFTPLUS=delta_softplus, QUANT=quant, HAS_SMOOTH=inv_smooth is not None,
         STORE_OUT=store_out, BC_ALIGN=bc_row_align(B_f.element_size(), *_s3(B_f)[::2], *_s3(C_f)[::2],
                                                    *_s3(B_b)[::2], *_s3(C_b)[::2]),
         BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=Dm % block_d == 0, EVEN_N=N == block_n,
@@ -862,15 +876,17 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 def _bidirectional_reference(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
                              u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                              z=None, delta_softplus=False,
-                             inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True):
+                             inv_smooth=None, inv_scale=None, zero_point=None, bits=8, store_out=True, z_silu=False):
     """Pure-PyTorch specification of :func:`_launch_bidirectional_scan` (same arguments and result),
     on :func:`ptq4vm_fx.scan.selective_scan_ref` and :mod:`ptq4vm_fx.quant.integer`."""
     Bsz, Dm, L, _ = _check_scan_args("", u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f)
     _check_scan_args("backward ", u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b)
     _check_store_out(store_out, inv_scale is not None)
+    _check_z_silu(z_silu, z)
     dtype = u_f.dtype
-    out_f = _scan_reference(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False)
-    out_b = _scan_reference(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True).to(dtype)
+    out_f = _scan_reference(u_f, delta_f, A_f, B_f, C_f, D_f, z, delta_bias_f, delta_softplus, False, z_silu=z_silu)
+    out_b = _scan_reference(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, delta_softplus, True,
+                            z_silu=z_silu).to(dtype)
     out = token_major_empty(Bsz, Dm, L, dtype, u_f.device).copy_((out_f + out_b) / 2)  # the kernel's layout
     if inv_scale is None:
         return out
@@ -885,7 +901,7 @@ def _bidirectional_reference(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
 
 
 def _bidirectional(launch, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b,
-                   delta_bias_b, z, delta_softplus, quant=None):
+                   delta_bias_b, z, delta_softplus, z_silu, quant=None):
     """The op-level call of ``launch``; quant: None, or (inv_smooth, scale, zero_point, bits, store_out)."""
     quant_args = {}
     if quant is not None:
@@ -895,31 +911,33 @@ def _bidirectional(launch, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, 
                       "store_out": store_out}
     return launch(u_f, delta_f, _float(A_f), B_f, C_f, f32(D_f), f32(delta_bias_f),
                   u_b, delta_b, _float(A_b), B_b, C_b, f32(D_b), f32(delta_bias_b),
-                  z=z, delta_softplus=delta_softplus, **quant_args)
+                  z=z, delta_softplus=delta_softplus, z_silu=z_silu, **quant_args)
 
 
 def bidirectional_scan(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B_f: Tensor, C_f: Tensor, D_f: Optional[Tensor],
                        delta_bias_f: Optional[Tensor], u_b: Tensor, delta_b: Tensor, A_b: Tensor, B_b: Tensor,
                        C_b: Tensor, D_b: Optional[Tensor], delta_bias_b: Optional[Tensor], z: Optional[Tensor],
-                       delta_softplus: bool) -> Tensor:
+                       delta_softplus: bool, z_silu: bool = False) -> Tensor:
     """``(selective_scan(*_f, z, reverse=False) + selective_scan(*_b, z, reverse=True)) / 2`` in one kernel
     (:func:`_launch_bidirectional_scan`). u, delta, z: (batch, D, L); A: (D, N); B, C: (batch, N, L);
-    D, delta_bias: (D,) or None. Returns (batch, D, L) in ``u_f``'s dtype, stored token-major."""
+    D, delta_bias: (D,) or None; ``z_silu``: z holds silu(z) (the gate multiplies by it). Returns (batch, D, L)
+    in ``u_f``'s dtype, stored token-major."""
     return _bidirectional(_launch_bidirectional_scan, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
-                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus)
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus, z_silu)
 
 
 def bidirectional_scan_ref(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B_f: Tensor, C_f: Tensor,
                            D_f: Optional[Tensor], delta_bias_f: Optional[Tensor], u_b: Tensor, delta_b: Tensor,
                            A_b: Tensor, B_b: Tensor, C_b: Tensor, D_b: Optional[Tensor],
-                           delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool) -> Tensor:
+                           delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
+                           z_silu: bool = False) -> Tensor:
     """Pure-PyTorch specification of :func:`bidirectional_scan`."""
     return _bidirectional(_bidirectional_reference, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
-                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus)
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus, z_silu)
 
 
 def bidirectional_scan_fake(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b, D_b,
-                            delta_bias_b, z, delta_softplus):
+                            delta_bias_b, z, delta_softplus, z_silu=False):
     return token_major_empty(*u_f.shape, u_f.dtype, u_f.device)
 
 
@@ -928,12 +946,12 @@ def bidirectional_scan_quantize(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B_f: 
                                 A_b: Tensor, B_b: Tensor, C_b: Tensor, D_b: Optional[Tensor],
                                 delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
                                 inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
-                                store_out: bool = True) -> tuple[Tensor, Tensor]:
+                                store_out: bool = True, z_silu: bool = False) -> tuple[Tensor, Tensor]:
     """:func:`bidirectional_scan` with its output also quantized in the epilogue: returns
     (out (batch, D, L), xq (batch, L, D) int8 = quantize(out^T)); inv_smooth (D,) or None, scale /
     zero_point (L,). ``store_out`` False: out is not written and comes back empty (only xq is read)."""
     return _bidirectional(_launch_bidirectional_scan, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
-                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus,
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus, z_silu,
                           (inv_smooth, scale, zero_point, bits, store_out))
 
 
@@ -942,16 +960,16 @@ def bidirectional_scan_quantize_ref(u_f: Tensor, delta_f: Tensor, A_f: Tensor, B
                                     delta_b: Tensor, A_b: Tensor, B_b: Tensor, C_b: Tensor, D_b: Optional[Tensor],
                                     delta_bias_b: Optional[Tensor], z: Optional[Tensor], delta_softplus: bool,
                                     inv_smooth: Optional[Tensor], scale: Tensor, zero_point: Tensor, bits: int,
-                                    store_out: bool = True) -> tuple[Tensor, Tensor]:
+                                    store_out: bool = True, z_silu: bool = False) -> tuple[Tensor, Tensor]:
     """Pure-PyTorch specification of :func:`bidirectional_scan_quantize`."""
     return _bidirectional(_bidirectional_reference, u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
-                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus,
+                          u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, z, delta_softplus, z_silu,
                           (inv_smooth, scale, zero_point, bits, store_out))
 
 
 def bidirectional_scan_quantize_fake(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f, u_b, delta_b, A_b, B_b, C_b,
                                      D_b, delta_bias_b, z, delta_softplus, inv_smooth, scale, zero_point, bits,
-                                     store_out=True):
+                                     store_out=True, z_silu=False):
     batch, d, length = u_f.shape
     out = token_major_empty(batch, d, length, u_f.dtype, u_f.device) if store_out else u_f.new_empty(0)
     return out, u_f.new_empty((batch, length, d), dtype=torch.int8)

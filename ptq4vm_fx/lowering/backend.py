@@ -49,7 +49,7 @@ from .options import FUSIONS, REWRITES, BackendOptions
 
 QUANTIZED_OPS = (torch.ops.ptq4vm.quantize_per_token, torch.ops.ptq4vm.int8_linear, torch.ops.ptq4vm.vq_linear)
 GEMMS = (torch.ops.ptq4vm.int8_linear, fused_ops.FUSED_OPS.int8_linear_quantize,
-         fused_ops.FUSED_OPS.int8_linear_softplus)
+         fused_ops.FUSED_OPS.int8_linear_softplus, fused_ops.FUSED_OPS.int8_linear_silu)
 
 
 def has_quantized_ops(gm: GraphModule) -> bool:

@@ -27,6 +27,8 @@ int8_linear_quantize = define_op("ptq4vm_fused::int8_linear_quantize", _gemm.int
                                  _gemm.int8_linear_quantize, _gemm.int8_linear_quantize_fake)
 int8_linear_softplus = define_op("ptq4vm_fused::int8_linear_softplus", _gemm.int8_linear_softplus_ref,
                                  _gemm.int8_linear_softplus, _gemm.int8_linear_softplus_fake)
+int8_linear_silu = define_op("ptq4vm_fused::int8_linear_silu", _gemm.int8_linear_silu_ref, _gemm.int8_linear_silu,
+                             _gemm.int8_linear_silu_fake)
 add_rmsnorm_quantize = define_op("ptq4vm_fused::add_rmsnorm_quantize", _quantize.add_rmsnorm_quantize_ref,
                                  _quantize.add_rmsnorm_quantize, _quantize.add_rmsnorm_quantize_fake)
 conv1d_silu_quantize = define_op("ptq4vm_fused::conv1d_silu_quantize", _quantize.conv1d_silu_quantize_ref,

@@ -36,19 +36,21 @@ from . import (
     fuse_conv1d_silu,
     fuse_conv1d_silu_quantize,
     fuse_linear_quantize,
+    fuse_linear_silu,
     fuse_linear_softplus,
     fuse_scan_quantize,
 )
 
 # Every rewrite, by its name, in the order they run (the scan's quantize fusion consumes the scan
 # fusion's output; the float conv fusion takes the convs its quantized form left; the softplus moves
-# from whichever scan op is left into dt_proj's GEMM): the one list of
+# from whichever scan op is left into dt_proj's GEMM, the bidirectional scan's SiLU into in_proj's): the one list of
 # fusions. ptq4vm::quantize_per_token and ptq4vm::int8_linear need none: they run their kernels on
 # CUDA themselves. bidirectional_scan and conv1d_silu quantize nothing: they lower a float model too.
 REWRITES: dict[str, Callable[[GraphModule], int]] = {
     module.NAME: module.rewrite
     for module in (fuse_bidirectional_scan, fuse_scan_quantize, fuse_add_rmsnorm_quantize,
-                   fuse_conv1d_silu_quantize, fuse_conv1d_silu, fuse_linear_quantize, fuse_linear_softplus)
+                   fuse_conv1d_silu_quantize, fuse_conv1d_silu, fuse_linear_quantize, fuse_linear_softplus,
+                   fuse_linear_silu)
 }
 FUSIONS = tuple(REWRITES)
 _KEYS = ("fusions", "autotune", "cudagraphs", "inductor")

@@ -86,4 +86,6 @@ def test_scan_work_of_one_direction_and_without_softplus():
     assert one.nbytes == 4 * (3 * bdl + 2 * 16 * 197) + 4 * (768 * 16 + 2 * 768) + 4 * bdl
     both = scan_work(1, 768, 197, 16, act_bytes=4)
     assert scan_work(1, 768, 197, 16, act_bytes=4, softplus=False).mufu == both.mufu - 4 * bdl
+    # with both epilogue fusions of the lowered fp32 Vim the scan's MUFU is its 32 decays a (b, d, t) alone
+    assert scan_work(1, 768, 197, 16, act_bytes=4, softplus=False, silu=False).mufu == 2 * 16 * bdl
     assert one + both == Work(one.mufu + both.mufu, one.fp32 + both.fp32, 0, 0, one.nbytes + both.nbytes)

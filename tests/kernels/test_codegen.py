@@ -199,6 +199,22 @@ def test_the_lowered_bidirectional_step_meets_issue_14(one_channel_per_thread):
         assert counts["mean_sass_per_element"] <= 9
 
 
+def test_silu_in_in_proj_shortens_the_bidirectional_second_half(one_channel_per_thread):
+    """The lowered fp32 Vim's launch with in_proj's GEMM applying SiLU(z) too (Z_SILU: the combine multiplies by
+    z as read): the first half is unchanged, the second loses both SiLUs' exp2 and reciprocal (4 MUFU), 1 MUFU per
+    element over the walk (the decays'), a shorter step, no spill, no more registers; the GEMM's epilogue holds
+    the exp2s instead."""
+    counts = one_channel_per_thread[1]
+    softplus, silu = counts["_bidirectional_scan_kernel softplus in dt_proj"], counts[
+        "_bidirectional_scan_kernel silu in in_proj"]
+    assert silu["loops"][0] == softplus["loops"][0]
+    assert silu["mufu_per_step"] == softplus["mufu_per_step"] - 4 and silu["mean_mufu_per_element"] == 1.0
+    assert silu["step_instructions"][1] < softplus["step_instructions"][1] - 10
+    assert silu["stack_bytes"] == silu["local_memory_instructions"] == 0
+    assert silu["registers"] <= softplus["registers"]
+    assert counts["_int8_linear_kernel in_proj silu"]["ex2"] > 0 == counts["_int8_linear_kernel"]["ex2"]
+
+
 def test_the_small_batch_scan_carries_segments_without_spilling(one_channel_per_thread):
     """kernels/segmented_scan.py's GPU launch: the associative scan over segments held by other threads
     (shuffles), the carry through its scratch (barrier), no spill, one exp2 per state and token plus softplus

@@ -9,6 +9,8 @@ from ptq4vm_fx.kernels.int8_linear import (
     int8_linear_quantize,
     int8_linear_quantize_ref,
     int8_linear_ref,
+    int8_linear_silu,
+    int8_linear_silu_ref,
     int8_linear_softplus,
     int8_linear_softplus_ref,
 )
@@ -366,3 +368,68 @@ def test_softplus_epilogue_bad_inputs():
         int8_linear_module._launch_reference(args[0].reshape(3, 12), args[3], args[5], args[4], args[1], args[2],
                                              args[6], 3, torch.float32, inv_scale=torch.ones(3),
                                              zero_point=torch.zeros(3, dtype=torch.int32), softplus=True)
+
+
+# --------------------------------------------------------------------------------------------
+# int8_linear_silu: the scan's silu(z) on the columns [silu_start, N) in the epilogue
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant", [False, True])
+def test_silu_epilogue_is_the_scans_gate(device, quant):
+    """in_proj's GEMM with silu(z) in its epilogue, then the bidirectional scan with z_silu, equals the plain GEMM
+    then the scan computing silu(z) itself, bit for bit (both kernels; one SiLU device function); the x columns
+    are the plain GEMM's."""
+    from ptq4vm_fx.kernels.selective_scan import bidirectional_scan, bidirectional_scan_quantize
+
+    batch, L, D, N = 2, 5, 33, 4
+    args = _make(batch, L, 12, 2 * D, seed=13)
+    args = (*args[:6], args[6] * 4)  # z on both sides of 0, some past SiLU's bend
+    g = torch.Generator().manual_seed(14)
+    branch = [torch.randn(batch, D, L, generator=g), torch.randn(batch, D, L, generator=g) * 0.5,
+              -torch.rand(D, N, generator=g) - 0.1, torch.randn(batch, N, L, generator=g),
+              torch.randn(batch, N, L, generator=g), torch.randn(D, generator=g), None]
+    scan_args = _to(branch + branch, device)
+    plain = int8_linear(*_to(args, device), torch.float32)
+    fused = int8_linear_silu(*_to(args, device), D, torch.float32)
+    assert fused.dtype == torch.float32 and fused.shape == (batch, L, 2 * D)
+    assert torch.equal(fused[..., :D], plain[..., :D]) and not torch.equal(fused[..., D:], plain[..., D:])
+    if quant:
+        qparams = _to((torch.rand(D, generator=g) + 0.5, torch.full((L,), 0.01), torch.zeros(L, dtype=torch.int32),
+                       8), device)
+        before = bidirectional_scan_quantize(*scan_args, plain[..., D:].transpose(1, 2), True, *qparams)
+        after = bidirectional_scan_quantize(*scan_args, fused[..., D:].transpose(1, 2), True, *qparams, True, True)
+        assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    else:
+        before = bidirectional_scan(*scan_args, plain[..., D:].transpose(1, 2), True)
+        after = bidirectional_scan(*scan_args, fused[..., D:].transpose(1, 2), True, True)
+        assert torch.equal(before, after)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2")  # the interpreter's exp2(-z log2 e) at z << 0
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("silu_start", [0, 20])
+def test_silu_epilogue_matches_ref(device, out_dtype, silu_start):
+    """Against the reference (torch's SiLU of the output as rounded, in the columns from silu_start): the columns
+    before are the plain GEMM's bit for bit, the kernel's SiLU is a few ulp from torch's (docs/design.md
+    section 3.3); y spans both sides of 0 and SiLU's tails."""
+    args = list(_make(3, 7, 33, 44, seed=6))
+    args[6] = args[6] * 15
+    y = int8_linear_silu(*_to(args, device), silu_start, out_dtype).cpu()
+    y_ref = int8_linear_silu_ref(*args, silu_start, out_dtype)
+    assert y.dtype == out_dtype and (y_ref[..., silu_start:] < -1e-3).any() and (y_ref > 10).any()
+    assert torch.equal(y[..., :silu_start], int8_linear_ref(*args, out_dtype)[..., :silu_start])
+    if out_dtype == torch.float32:
+        torch.testing.assert_close(y, y_ref, rtol=6e-6, atol=1e-30)  # (3e-7 + 1e-7 |x|) |ref| at |x| <= 50
+    else:  # one rounding to half apart at most
+        torch.testing.assert_close(y.float(), y_ref.float(), rtol=1e-2, atol=1e-30)
+
+
+def test_silu_epilogue_bad_inputs():
+    args = _make(1, 3, 12, 8)
+    with pytest.raises(ValueError, match="silu_start"):
+        int8_linear_silu(*args, 8, torch.float32)
+    with pytest.raises(ValueError, match="not combined"):
+        int8_linear_module._launch_reference(args[0].reshape(3, 12), args[3], args[5], args[4], args[1], args[2],
+                                             args[6], 3, torch.float32, inv_scale=torch.ones(3),
+                                             zero_point=torch.zeros(3, dtype=torch.int32), silu_start=4)

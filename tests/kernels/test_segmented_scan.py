@@ -138,3 +138,18 @@ def test_the_bidirectional_op_by_segments(device, segmented, dtype, store_out, s
     else:
         assert y.numel() == 0
     _assert_rounding_close(bidirectional_scan(*_to(args[:16], device)).cpu(), bidirectional_scan_ref(*args[:16]))
+
+
+def test_the_bidirectional_op_by_segments_gates_with_an_activated_z(device, segmented):
+    """z_silu=True (z holds silu(z): in_proj's epilogue computed it) by segments: each direction multiplies by z
+    as it is, so the output equals the reference's on the same activated z to rounding, and is not the output
+    gated by silu(silu(z))."""
+    g = torch.Generator().manual_seed(5)
+    shape = (2, 33, 13, 4)
+    fwd, bwd = _branch(*shape, torch.float32, g), _branch(*shape, torch.float32, g)
+    z = torch.nn.functional.silu(torch.randn(*shape[:3], generator=g) * 3)
+    args = (*fwd, *bwd, z, True, True)
+    y = bidirectional_scan(*_to(args, device)).cpu()
+    assert segmented == [2, 2]
+    _assert_rounding_close(y, bidirectional_scan_ref(*args))
+    assert not torch.allclose(y, bidirectional_scan_ref(*args[:16]), rtol=1e-3)

@@ -300,6 +300,44 @@ def test_bidirectional_reads_x_proj_slices_and_any_A_layout(device, N):
     torch.testing.assert_close(out.cpu(), ref, **_tol(torch.float32))
 
 
+def _silu_on_kernel(z, device):
+    """z's SiLU as the kernels compute it (``_common._silu``), on ``device``."""
+    x = z.contiguous().to(device).flatten()
+    out, unused = torch.empty_like(x), torch.empty_like(x)
+    _softplus_silu_kernel[(1,)](x, unused, out, x.numel(), BLOCK=triton.next_power_of_2(x.numel()))
+    return out.reshape(z.shape)
+
+
+@pytest.mark.parametrize("L", [6, 7])  # the middle token peeled or not
+@pytest.mark.parametrize("quant", [False, True])
+def test_bidirectional_gate_from_an_activated_z(device, L, quant):
+    """z_silu=True on the kernels' silu(z) (what in_proj's epilogue stores) equals the scan computing silu(z)
+    itself, bit for bit (stored output and codes); the references agree the same way with torch's SiLU."""
+    branches, z = _bidir_inputs(2, 40, L, 16, seed=L)
+    z = z * 4  # past SiLU's bend on both sides
+    dev = _to(branches, device)
+    qparams = (*_to(_out_qparams(40, L, seed=3), device), 8) if quant else ()
+    op, ref = (bidirectional_scan_quantize, bidirectional_scan_quantize_ref) if quant else (bidirectional_scan,
+                                                                                          bidirectional_scan_ref)
+    tail = (True,) if quant else ()  # store_out, then z_silu
+    before = op(*dev, z.to(device), True, *qparams)
+    after = op(*dev, _silu_on_kernel(z, device), True, *qparams, *tail, True)
+    for b, a in zip(*(t if quant else (t,) for t in (before, after))):
+        assert torch.equal(b, a)
+    qparams = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in qparams)
+    expect = ref(*branches, z, True, *qparams)
+    got = ref(*branches, F.silu(z), True, *qparams, *tail, True)
+    for e, g in zip(*(t if quant else (t,) for t in (expect, got))):
+        assert torch.equal(e, g)
+
+
+def test_z_silu_needs_a_z():
+    branches, _ = _bidir_inputs(1, 4, 5, 8, seed=0)
+    for op in (bidirectional_scan, bidirectional_scan_ref):
+        with pytest.raises(ValueError, match="z_silu"):
+            op(*branches, None, True, True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_bidirectional_ref_rounds_like_the_unfused_graph(dtype):
     """In fp16 / bf16 each direction's output, their sum and the average are rounded to the dtype,

@@ -53,6 +53,8 @@ def sample_args(op, batch, seed=0):
         return (*_linear_args(batch, seed), torch.float32)
     if op is fused_ops.int8_linear_softplus:  # dt_proj with the scan's delta_bias and softplus
         return (*_linear_args(batch, seed), torch.randn(N, generator=g), torch.float32)
+    if op is fused_ops.int8_linear_silu:  # in_proj with the scan's SiLU on its z half
+        return (*_linear_args(batch, seed), N // 2, torch.float32)
     if op is fused_ops.int8_linear_quantize:  # dt_proj's input: the first columns of x_proj's output
         return (*_linear_args(batch, seed), torch.float32, 0, C, *_qparams(C, seed, amax=0.5), 8)
     if op is ops.quantize_per_token:
@@ -76,6 +78,7 @@ def sample_args(op, batch, seed=0):
 
 
 ALL_OPS = [ops.quantize_per_token, ops.int8_linear, fused_ops.int8_linear_quantize, fused_ops.int8_linear_softplus,
+           fused_ops.int8_linear_silu,
            fused_ops.add_rmsnorm_quantize, fused_ops.conv1d_silu_quantize, fused_ops.conv1d_silu,
            fused_ops.bidirectional_scan, fused_ops.bidirectional_scan_quantize]
 
@@ -177,6 +180,26 @@ def test_bidirectional_scan_equals_two_scans():
     assert torch.equal(xq, codes)
 
 
+def test_silu_in_in_proj_then_the_scan_on_it_equals_the_scan_on_z():
+    """in_proj's z half through int8_linear_silu, read by the scans with z_silu=True: the int8_linear x half and the
+    scans' output (stored and quantized) equal the unfused pair's bit for bit."""
+    linear = _linear_args(3)
+    xz = torch.ops.ptq4vm.int8_linear(*linear, torch.float32)
+    xz_silu = fused_ops.int8_linear_silu(*linear, N // 2, torch.float32)
+    assert torch.equal(xz_silu[..., :N // 2], xz[..., :N // 2])
+    assert torch.equal(xz_silu[..., N // 2:], F.silu(xz[..., N // 2:]))
+    args = list(sample_args(fused_ops.bidirectional_scan_quantize, 3))
+    z = torch.randn(3, L, 2 * D, generator=_gen(7))
+    args[14] = z[..., D:].transpose(1, 2)
+    expect = fused_ops.bidirectional_scan_quantize(*args)
+    args[14] = F.silu(z[..., D:]).transpose(1, 2)  # torch's CPU SiLU rounds by layout: the slice's, as the GEMM's
+    got = fused_ops.bidirectional_scan_quantize(*args, True, True)
+    assert torch.equal(got[0], expect[0]) and torch.equal(got[1], expect[1])
+    assert torch.equal(fused_ops.bidirectional_scan(*args[:16], True), expect[0])
+    with pytest.raises(ValueError, match="z_silu"):
+        fused_ops.bidirectional_scan(*args[:14], None, True, True)
+
+
 def test_wrong_token_count_is_a_clear_error():
     xq, x_scale, x_zp, wq, w_scale, colsum, bias = _linear_args(2)
     with pytest.raises(ValueError, match="tokens"):
@@ -218,3 +241,15 @@ def test_opcheck_trailing_option_off(op):
     """The lowering's trailing options switched off (autotune=False, store_out=False): fakes still consistent."""
     torch.library.opcheck(op, (*sample_args(op, 2), False), test_utils=("test_schema", "test_faketensor",
                                                                         "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("op", [fused_ops.bidirectional_scan, fused_ops.bidirectional_scan_quantize],
+                         ids=lambda op: op._name)
+def test_opcheck_z_silu(device, op):
+    """The scans' z_silu flag (z holds silu(z)): fakes consistent; the kernel equals the reference."""
+    args = (*sample_args(op, 2), *((True,) if op is fused_ops.bidirectional_scan_quantize else ()), True)
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    expect = op(*args)
+    got = ops.CUDA_KERNELS[op._opoverload](*_to(args, device))
+    for e, g in zip(*(t if isinstance(t, tuple) else (t,) for t in (expect, got))):
+        _close(g.cpu(), e)

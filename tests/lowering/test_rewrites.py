@@ -70,7 +70,7 @@ def test_a_float_linear_is_not_fused(dropped, rewrite, fresh_counters):
     model = quantize(tiny_vim(), linears=linears)
     counts, expect, got, gm = _lowered(model, images(2))
     assert counts[rewrite] == 0
-    fused_gemms = counts["linear_quantize"] + counts["linear_softplus"]
+    fused_gemms = counts["linear_quantize"] + counts["linear_softplus"] + counts["linear_silu"]
     assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") + fused_gemms == 2 * len(linears)
     assert counts["bidirectional_scan"] == 2
     # the float conv fusion takes only the convs its quantizing form left: those feeding a float x_proj
@@ -127,7 +127,7 @@ def test_dynamic_scales_are_not_fused_with_a_reason(fresh_counters):
     """Per-row dynamic quantization: no fused kernel takes its scales (the counters say why); the
     ptq4vm ops stay, and run their own kernels, which take per-row scales (the float fusions fire)."""
     counts, expect, got, gm = _lowered(quantize(tiny_vim(), method="dynamic"), images(2))
-    assert counts == dict(NONE, **FLOAT_EXPECTED, linear_softplus=4)  # the GEMM takes per-row scales
+    assert counts == dict(NONE, **FLOAT_EXPECTED, linear_softplus=4, linear_silu=2)  # the GEMM takes per-row scales
     reason = "dynamic (per-row) activation scales"
     assert fresh_counters.skipped_counters() == {
         f"add_rmsnorm_quantize: {reason}": 2,
@@ -135,7 +135,7 @@ def test_dynamic_scales_are_not_fused_with_a_reason(fresh_counters):
         f"scan_quantize: {reason}": 2,
         f"linear_quantize: {reason}": 4,
     }
-    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") == 12 - 4
+    assert _ops_left(gm, "ptq4vm").count("ptq4vm.int8_linear") == 12 - 4 - 2
     assert_agrees(got, expect)
 
 
@@ -153,16 +153,19 @@ def test_summed_but_not_averaged_scans_are_not_fused(fresh_counters):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_a_vim_in_half_precision_lowers_completely(qvim, dtype, fresh_counters):
     """``qmodel.to(fp16 / bf16)``: norms, convs and scans run in half on an fp32 residual. Every
-    rewrite but the softplus one still fires, and the fused ops round where the model's ops round: same
-    logits. dt_proj stores delta in half, where the scan takes its softplus in fp32: the softplus stays."""
+    rewrite but the softplus and SiLU ones still fire, and the fused ops round where the model's ops round: same
+    logits. dt_proj stores delta and in_proj z in half, where the scan takes its softplus and SiLU in fp32: both
+    stay in the scan."""
     model = copy.deepcopy(qvim).to(dtype)
     counts, expect, got, gm = _lowered(model, images(3).to(dtype))
-    assert counts == dict(EXPECTED, linear_softplus=0)
-    assert _ops_left(gm, "ptq4vm") == ["ptq4vm.int8_linear"] * (GEMMS_LEFT + 4)
+    assert counts == dict(EXPECTED, linear_softplus=0, linear_silu=0)
+    assert _ops_left(gm, "ptq4vm") == ["ptq4vm.int8_linear"] * (GEMMS_LEFT + 4 + 2)
     name = str(dtype).removeprefix("torch.")
     assert fresh_counters.skipped_counters() == {
         f"linear_softplus: dt_proj's output is {name}: softplus(delta) stored in it would be rounded where the "
-        "scan keeps fp32": 2}
+        "scan keeps fp32": 2,
+        f"linear_silu: in_proj's output is {name}: silu(z) stored in it would be rounded where the scan keeps "
+        "fp32": 2}
     assert got.dtype == dtype
     assert_agrees(got, expect, min_sqnr_db=80.0)
 
