@@ -40,11 +40,12 @@ The bidirectional kernel with one channel per thread does not hold A (``ROWS``, 
 holding both directions' A took 32 of those 134 registers. The launch passes A row-major (16-byte aligned
 rows) and each step reads it as (BLOCK_D, 4) tiles joined in registers, a thread's channel's states as 16-byte
 vectors (L1 hits) in the state tile's own layout (a (N, BLOCK_D) tile with unit stride along N is laid out
-along N, over threads; a (N / 4, BLOCK_D, 4) tile too with triton 3.6, not 3.8); the channel-major A and its unspecialized pointer above stay for the other
-kernels and finer tiles. With the states summed in one FMA chain, C read at B's row + N (x_proj's output)
-and the scratch and combine addressed from an opaque per-step copy of the channel offsets (no per-thread
-64-bit addresses hoisted out of the loop), the lowered Vim-S launch takes 80 registers, no spill (25
-programs an SM: Vim-S batch 128 in one wave), 8.95 SASS and 1.0625 MUFU per element (docs/design.md).
+along N, over threads; a (N / 4, BLOCK_D, 4) tile too with triton 3.6, not 3.8); the channel-major A and its
+unspecialized pointer above stay for the other kernels and finer tiles. With the states summed in one FMA
+chain, C read at B's row + N (x_proj's output) and the scratch and combine addressed from an opaque per-step
+copy of the channel offsets (no per-thread 64-bit addresses hoisted out of the loop), the lowered Vim-S launch
+takes 80 registers, no spill (25 programs an SM: Vim-S batch 128 in one wave), 8.70 SASS and 1.0 MUFU per
+element with its z gate from in_proj's epilogue (``Z_SILU``; 8.95 and 1.0625 without; docs/design.md).
 """
 
 from __future__ import annotations

@@ -14,6 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import triton
+
+# The budgets below are triton 3.8's sm_90 code (what `make test` installs); other versions compile the same
+# kernels to other counts (triton 3.6, the GPU machine's: docs/design.md section 10), which
+# scripts/kernel_codegen.py --json reports.
+pytestmark = pytest.mark.skipif(not triton.__version__.startswith("3.8."),
+                                reason=f"codegen budgets recorded with triton 3.8, not {triton.__version__}")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kernel_codegen.py"
 # the script's scan records (LocalVim's sequence scan: the ordered kernel with z_order and scatter, one direction)
