@@ -121,6 +121,8 @@ def _halves(x):
     return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
 
 
+# y + the sum over K of h * c for h, c (D, K), one multiply-add after another; Triton JIT functions cannot
+# recurse, hence one function a width
 @triton.jit
 def _fma2(h, c, y):
     h0, h1 = _halves(h)
