@@ -13,12 +13,12 @@ sensitive VMamba); give it --output so the bundled checkpoint stays.
 from __future__ import annotations
 
 import argparse
-import ast
 import time
 
 import torch
 import torch.nn.functional as F
 
+from ptq4vm_fx.cli import model_kwarg
 from ptq4vm_fx.data.bundled import BUNDLED_MODELS, MODEL_NAME, checkpoint_path
 from ptq4vm_fx.data.digits import load_digits_splits
 from ptq4vm_fx.models import create_model
@@ -31,17 +31,6 @@ def shift_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     padded = F.pad(x, (1, 1, 1, 1), value=float(x.min()))
     dy, dx = torch.randint(0, 3, (2,), generator=gen).tolist()
     return padded[..., dy : dy + 8, dx : dx + 8]
-
-
-def model_kwarg(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` (VALUE a Python literal, as ``ptq4vm --model-kwargs`` takes) -> (key, value)."""
-    key, sep, value = text.partition("=")
-    try:
-        if not (sep and key.isidentifier()):
-            raise ValueError
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with VALUE a Python literal") from None
 
 
 def main() -> None:

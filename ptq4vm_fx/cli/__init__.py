@@ -52,7 +52,9 @@ def _count(minimum: int):
     return parse
 
 
-def _model_kwarg(text: str) -> tuple[str, object]:
+def model_kwarg(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` (VALUE a Python literal) -> (key, value): an argparse type for --model-kwargs (here and
+    scripts/train_digits.py)."""
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -60,7 +62,7 @@ def _model_kwarg(text: str) -> tuple[str, object]:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: the value must be a Python literal (a number, True, ...)"
+            f"{text!r}: expected KEY=VALUE with VALUE a Python literal (a number, True, ...)"
         ) from None
 
 
@@ -71,7 +73,7 @@ def _common(p: argparse.ArgumentParser, model_default: str | None, model_help: s
     p.add_argument(
         "--model-kwargs",
         nargs="*",
-        type=_model_kwarg,
+        type=model_kwarg,
         default=[],
         metavar="KEY=VALUE",
         help="override the model configuration, e.g. num_classes=100 img_size=224",
