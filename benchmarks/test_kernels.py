@@ -74,9 +74,13 @@ def linear_problem(model: str, linear: str, batch: int, device="cuda") -> dict:
             "w16": w.half(), "m": batch * shape.tokens, "n": n, "k": k}
 
 
+def gemm_operands(p: dict) -> tuple:
+    """int8_linear's operands before the output dtype: (xq, x_scale, x_zero_point, wq, w_scale, w_colsum, bias)."""
+    return p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"]
+
+
 def int8_fused(p: dict, autotune: bool = True) -> torch.Tensor:
-    return torch.ops.ptq4vm.int8_linear(p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"],
-                                        torch.float16, autotune)
+    return torch.ops.ptq4vm.int8_linear(*gemm_operands(p), torch.float16, autotune)
 
 
 def int_mm_unfused(p: dict) -> torch.Tensor:
@@ -193,7 +197,7 @@ def linear_quantize_calls(p: dict, dt_rank: int) -> tuple:
     """(fused, separate): the GEMM quantizing the first dt_rank columns in its epilogue, and the GEMM
     followed by the standalone quantize kernel on that column slice (what runs without the fusion)."""
     qparams = dt_quantize_args(p, dt_rank)
-    gemm_args = (p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"], torch.float16)
+    gemm_args = (*gemm_operands(p), torch.float16)
 
     def fused():
         return fused_ops.int8_linear_quantize(*gemm_args, 0, dt_rank, *qparams)
@@ -244,8 +248,23 @@ def test_bidirectional_scan(model, batch, record, benchmark, gpu):
 
 
 # --------------------------------------------------------------------------------------------
-# dt_proj's softplus in its GEMM epilogue (the lowered fp32 Vim)
+# a scan activation moved into a GEMM epilogue (the lowered fp32 Vim): dt_proj's softplus, in_proj's SiLU
 # --------------------------------------------------------------------------------------------
+
+
+def record_epilogue_pair(record, benchmark, gpu, name: str, case: str, calls: tuple, work: Work, fused: str,
+                         unfused: str) -> None:
+    """Check that ``calls`` = (in_gemm, in_scan) give the same output codes (within one code on under 0.1 % of
+    them: the GEMM's activation, compiled without FMA contraction, and the scan's may round an ulp apart), time
+    both (``fused``, ``unfused``) and record ``fused`` against ``unfused`` with the floor of ``work``."""
+    in_gemm, in_scan = calls
+    codes, codes_ref = in_gemm()[1], in_scan()[1]
+    mismatched = (codes != codes_ref).float().mean().item()
+    assert (codes.int() - codes_ref.int()).abs().max() <= 1 and mismatched < 1e-3
+    times = {fused: graphed_ms(in_gemm), unfused: graphed_ms(in_scan)}
+    benchmark.extra_info.update(times_ms=times, codes_mismatched=mismatched)
+    benchmark.pedantic(synced(in_gemm), rounds=50, warmup_rounds=5)
+    record(name, case, times, fused, (unfused,), mismatched_codes=mismatched, **with_floor(work, gpu, times[fused]))
 
 
 def dt_softplus_calls(model: str, batch: int, device="cuda") -> tuple:
@@ -253,7 +272,7 @@ def dt_softplus_calls(model: str, batch: int, device="cuda") -> tuple:
     softplus(delta + delta_bias) in the GEMMs' epilogue (the scan without it) or in the scan."""
     p = linear_problem(model, "dt_proj", batch, device)
     fwd, bwd, z, qparams = scan_problem(model, batch, torch.float32, device)
-    gemm = (p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"])
+    gemm = gemm_operands(p)
 
     def in_gemm():
         dt_f = fused_ops.int8_linear_softplus(*gemm, fwd[6], torch.float32).transpose(1, 2)
@@ -273,25 +292,13 @@ def dt_softplus_calls(model: str, batch: int, device="cuda") -> tuple:
 @pytest.mark.parametrize("batch", [1, 128])
 @pytest.mark.parametrize("model", MODELS)
 def test_dt_proj_softplus(model, batch, record, benchmark, gpu):
-    in_gemm, in_scan = dt_softplus_calls(model, batch)
-    # the same codes but where the GEMM's softplus (no FMA contraction) and the scan's round an ulp apart
-    codes, codes_ref = in_gemm()[1], in_scan()[1]
-    assert (codes.int() - codes_ref.int()).abs().max() <= 1 and (codes != codes_ref).float().mean() < 1e-3
-    times = {"softplus_in_gemm": graphed_ms(in_gemm), "softplus_in_scan": graphed_ms(in_scan)}
-    benchmark.extra_info.update(times_ms=times)
-    benchmark.pedantic(synced(in_gemm), rounds=50, warmup_rounds=5)
     shape = vim_shape(model)
     m, (k, n) = batch * shape.tokens, shape.linear("dt_proj")
     gemms = linear_work(m, n, k, out_bytes=4) + linear_work(m, n, k, out_bytes=4)
     work = gemms + Work(mufu=2 * 2 * m * n) + scan_work(batch, shape.d_inner, shape.tokens, shape.d_state,
                                                          act_bytes=4, softplus=False)
-    record("dt_proj_softplus", f"{shape.short}/b{batch}", times, "softplus_in_gemm", ("softplus_in_scan",),
-           **with_floor(work, gpu, times["softplus_in_gemm"]))
-
-
-# --------------------------------------------------------------------------------------------
-# the scan's SiLU(z) in in_proj's GEMM epilogue (the lowered fp32 Vim)
-# --------------------------------------------------------------------------------------------
+    record_epilogue_pair(record, benchmark, gpu, "dt_proj_softplus", f"{shape.short}/b{batch}",
+                         dt_softplus_calls(model, batch), work, "softplus_in_gemm", "softplus_in_scan")
 
 
 def z_silu_calls(model: str, batch: int, device="cuda") -> tuple:
@@ -299,7 +306,7 @@ def z_silu_calls(model: str, batch: int, device="cuda") -> tuple:
     quantize gated by that z, with silu(z) in the GEMM's epilogue (the scan multiplying by it) or in the scan."""
     p = linear_problem(model, "in_proj", batch, device)
     fwd, bwd, _, qparams = scan_problem(model, batch, torch.float32, device)
-    gemm, d = (p["xq"], p["x_scale"], p["zp"], p["wq"], p["w_scale"], p["colsum"], p["bias"]), vim_shape(model).d_inner
+    gemm, d = gemm_operands(p), vim_shape(model).d_inner
 
     def in_gemm():
         xz = fused_ops.int8_linear_silu(*gemm, d, torch.float32)
@@ -316,19 +323,12 @@ def z_silu_calls(model: str, batch: int, device="cuda") -> tuple:
 @pytest.mark.parametrize("batch", [1, 128])
 @pytest.mark.parametrize("model", MODELS)
 def test_in_proj_silu(model, batch, record, benchmark, gpu):
-    in_gemm, in_scan = z_silu_calls(model, batch)
-    codes, codes_ref = in_gemm()[1], in_scan()[1]
-    mismatched = (codes != codes_ref).float().mean().item()  # the same SiLU on the same value: 0 expected
-    assert (codes.int() - codes_ref.int()).abs().max() <= 1 and mismatched < 1e-3
-    times = {"silu_in_gemm": graphed_ms(in_gemm), "silu_in_scan": graphed_ms(in_scan)}
-    benchmark.extra_info.update(times_ms=times, codes_mismatched=mismatched)
-    benchmark.pedantic(synced(in_gemm), rounds=50, warmup_rounds=5)
     shape = vim_shape(model)
     m, (k, n) = batch * shape.tokens, shape.linear("in_proj")
     work = linear_work(m, n, k, out_bytes=4) + Work(mufu=2 * m * shape.d_inner) + scan_work(
         batch, shape.d_inner, shape.tokens, shape.d_state, act_bytes=4, silu=False)
-    record("in_proj_silu", f"{shape.short}/b{batch}", times, "silu_in_gemm", ("silu_in_scan",),
-           mismatched_codes=mismatched, **with_floor(work, gpu, times["silu_in_gemm"]))
+    record_epilogue_pair(record, benchmark, gpu, "in_proj_silu", f"{shape.short}/b{batch}",
+                         z_silu_calls(model, batch), work, "silu_in_gemm", "silu_in_scan")
 
 
 # --------------------------------------------------------------------------------------------
