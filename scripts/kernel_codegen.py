@@ -128,7 +128,7 @@ def compile_kernel(name: str, block_d: int, block_n: int, num_warps: int, arch: 
     constants.update(dict.fromkeys(on, True))
     unit = UNIT_STRIDES.get(name, UNIT_STRIDES["_selective_scan_kernel"])  # the segmented scan's too
     if name == "_bidirectional_scan_kernel":  # as the launch decides ROWS: A row-major (unit stride along N)
-        constants["ROWS"] = rows = constants["ROWS"] and scan.BIDIRECTIONAL_A_ROWS and block_d == 32 * num_warps
+        constants["ROWS"] = rows = constants["ROWS"] and scan.reads_a_rows(block_d, num_warps, block_n, block_n)
         unit = tuple({"s_afd": "s_afn", "s_abd": "s_abn"}.get(arg, arg) if rows else arg for arg in unit)
     for arg in unit:
         constants[arg], signature[arg] = 1, "constexpr"
@@ -213,6 +213,26 @@ def step_lengths(loop: list[tuple[int, bool, str, str]]) -> tuple[int, int]:
     return spans[0] if spans[0] is not None else (0, 0)
 
 
+def mufu_count(code: list[tuple[int, bool, str, str]]) -> int:
+    """The MUFU (special-function unit) instructions of ``code``."""
+    return sum(op.startswith("MUFU") for _, _, op, _ in code)
+
+
+def global_loads(code: list[tuple[int, bool, str, str]]) -> tuple[int, dict[str, int]]:
+    """(the LDG instructions of ``code``, their count by width: "128", "64", "32", "U8", ...)."""
+    loads = [op for _, _, op, _ in code if op.startswith("LDG")]
+    widths: dict[str, int] = {}
+    for op in loads:
+        width = next((w for w in ("128", "64", "U8", "S8", "U16", "S16") if f".{w}" in op), "32")
+        widths[width] = widths.get(width, 0) + 1
+    return len(loads), widths
+
+
+def local_memory_instructions(code: list[tuple[int, bool, str, str]]) -> int:
+    """The local-memory (spill) loads and stores of ``code``."""
+    return sum(op.startswith(("LDL", "STL")) for _, _, op, _ in code)
+
+
 def loop_stats(cubin: bytes, elements: int) -> dict:
     """Per token step of the kernel's longest loop, ``elements`` (token, state, direction) elements a
     thread: its static size, the instructions one step executes, MUFU instructions, global loads (and
@@ -226,20 +246,15 @@ def loop_stats(cubin: bytes, elements: int) -> dict:
     code = instructions(sass)
     loop = longest_loop(code)
     fewest, most = step_lengths(loop) if loop else (0, 0)
-    mufu = sum(op.startswith("MUFU") for _, _, op, _ in loop)
-    each = [(step_lengths(body)[1], sum(op.startswith("MUFU") for _, _, op, _ in body)) for body in loops(code)]
-    loads = [op for _, _, op, _ in loop if op.startswith("LDG")]
-    widths: dict[str, int] = {}
-    for op in loads:
-        width = next((w for w in ("128", "64", "U8", "S8", "U16", "S16") if f".{w}" in op), "32")
-        widths[width] = widths.get(width, 0) + 1
+    mufu = mufu_count(loop)
+    each = [(step_lengths(body)[1], mufu_count(body)) for body in loops(code)]
+    loads, widths = global_loads(loop)
     return {"loop_instructions": len(loop), "elements_per_step": elements, "step_instructions": [fewest, most],
             "sass_per_element": most / elements, "mufu_per_step": mufu, "mufu_per_element": mufu / elements,
             "loops": [{"step_instructions": n, "mufu_per_step": m} for n, m in each],
             "mean_sass_per_element": sum(n for n, _ in each) / len(each) / elements if each else 0,
             "mean_mufu_per_element": sum(m for _, m in each) / len(each) / elements if each else 0,
-            "ldg_per_step": len(loads), "ldg_bits": widths,
-            "local_memory_instructions": sum(op.startswith(("LDL", "STL")) for _, _, op, _ in code)}
+            "ldg_per_step": loads, "ldg_bits": widths, "local_memory_instructions": local_memory_instructions(code)}
 
 
 def programs_per_sm(registers: int, num_warps: int) -> int:
@@ -339,16 +354,10 @@ def conv_stats(arch: int, dtype: str = "fp32", ordered: bool = False, quant: boo
     sass = cuobjdump(cubin, "-sass")
     if sass is not None:
         code = instructions(sass)
-        mufu = sum(op.startswith("MUFU") for _, _, op, _ in code)
-        loads = [op for _, _, op, _ in code if op.startswith("LDG")]
-        widths: dict[str, int] = {}
-        for op in loads:
-            width_bits = next((w for w in ("128", "64", "U8", "S8", "U16", "S16") if f".{w}" in op), "32")
-            widths[width_bits] = widths.get(width_bits, 0) + 1
+        mufu, (loads, widths) = mufu_count(code), global_loads(code)
         out.update({"sass_instructions": len(code), "elements_per_thread": elements,
                     "sass_per_element": len(code) / elements, "mufu": mufu, "mufu_per_element": mufu / elements,
-                    "ldg": len(loads), "ldg_bits": widths,
-                    "local_memory_instructions": sum(op.startswith(("LDL", "STL")) for _, _, op, _ in code)})
+                    "ldg": loads, "ldg_bits": widths, "local_memory_instructions": local_memory_instructions(code)})
     out["launch"] = {**cfg, "num_warps": num_warps, "ordered": ordered, "quant": quant}
     return out
 

@@ -543,6 +543,12 @@ BIDIRECTIONAL_MAXNREG = None
 BIDIRECTIONAL_A_ROWS = True
 
 
+def reads_a_rows(block_d: int, num_warps: int, N: int, block_n: int) -> bool:
+    """Whether the bidirectional launch reads A as row vectors each step (the kernel's ROWS): one channel a
+    thread and N a whole block of 4, 8 or 16 states."""
+    return BIDIRECTIONAL_A_ROWS and block_d == 32 * num_warps and N == block_n and N in (4, 8, 16)
+
+
 def _aligned_rows(A: Tensor) -> Tensor:
     """(D, N) fp32 A row-major with 16-byte aligned rows (a copy unless it is so already): the bidirectional
     kernel's ROWS layout."""
@@ -753,7 +759,7 @@ def _launch_bidirectional_scan(u_f, delta_f, A_f, B_f, C_f, D_f, delta_bias_f,
     acc = token_major_empty(Bsz, Dm, L, torch.float32, dev)  # the first half's parked ungated outputs
     stored = out if store_out else u_f.new_empty((1, 1, 1))  # (unwritten without store_out: its dtype rounds)
     block_d, block_n, num_warps = _scan_config(Bsz, Dm, N)
-    rows = BIDIRECTIONAL_A_ROWS and block_d == 32 * num_warps and N == block_n and N in (4, 8, 16)
+    rows = reads_a_rows(block_d, num_warps, N, block_n)
     if rows:  # A read as row vectors each step (the kernel's ROWS)
         A_f, A_b = (_aligned_rows(A) for A in A_rows)
     grid = (Bsz, triton.cdiv(Dm, block_d))
