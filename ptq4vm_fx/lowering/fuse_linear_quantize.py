@@ -11,14 +11,12 @@ Anchored on the quantize call.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch.fx import GraphModule, Node
 
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from .fused_ops import FUSED_OPS
-from .match import is_custom_op, strip_casts, tensor
+from .match import column_slice, is_custom_op, strip_casts
 from .quantize_site import StaticQuantize, quantize_input, quantize_nodes, static_quantize
 from .rewrite import Replacement, apply_rewrite
 
@@ -49,18 +47,8 @@ def _plan(node: Node) -> None | str | Replacement:
 def _column_range(sliced: object) -> tuple[int, int] | None:
     """(start, stop) when ``sliced`` is ``y[..., start:stop]`` (or ``y[:, :, start:stop]``), a
     non-empty step-1 slice of the last dim of an ``int8_linear`` output ``y``; else None."""
-    if not (isinstance(sliced, Node) and sliced.op == "call_function" and sliced.target is operator.getitem
-            and is_custom_op(sliced.args[0], LINEAR)):
+    found = column_slice(sliced)
+    if found is None or not is_custom_op(found[0], LINEAR):
         return None
-    index, y = sliced.args[1], tensor(sliced.args[0])
-    if not isinstance(index, tuple) or not index or y is None:
-        return None
-    *lead, last = index
-    if lead != [Ellipsis] and lead != [slice(None)] * (y.dim() - 1):
-        return None
-    if not isinstance(last, slice) or last.step not in (None, 1):
-        return None
-    if not all(isinstance(b, (int, type(None))) for b in (last.start, last.stop)):
-        return None
-    start, stop, _ = last.indices(y.shape[-1])
+    _, start, stop = found
     return (start, stop) if stop > start else None

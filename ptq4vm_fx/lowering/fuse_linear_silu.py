@@ -26,7 +26,7 @@ from torch.fx import GraphModule, Node
 from .. import ops  # noqa: F401  (registers torch.ops.ptq4vm)
 from . import report
 from .fused_ops import FUSED_OPS
-from .match import bind, bind_custom, is_custom_op, norm_dim, strip_casts, tensor
+from .match import bind, bind_custom, column_slice, is_custom_op, norm_dim, strip_casts, tensor
 from .rewrite import insert_call
 
 NAME = "linear_silu"
@@ -102,12 +102,10 @@ def _last_columns(node: object) -> tuple[Node, int] | None:
     if chunks is not None:
         linear, k, size = chunks
         return (linear, (k - 1) * size) if index == k - 1 else None
-    if not is_custom_op(source, LINEAR):
+    columns = column_slice(node)
+    if columns is None or not is_custom_op(source, LINEAR) or columns[2] < tensor(source).shape[-1]:
         return None
-    columns = _last_dim_slice(source, index)
-    if columns is None or columns[1] < tensor(source).shape[-1]:
-        return None
-    return source, columns[0]
+    return source, columns[1]
 
 
 def _chunk(node: object) -> tuple[Node, int, int] | None:
@@ -127,22 +125,6 @@ def _chunk(node: object) -> tuple[Node, int, int] | None:
     return linear, chunks, size
 
 
-def _last_dim_slice(source: Node, index: object) -> tuple[int, int] | None:
-    """(start, stop) columns of ``source[index]`` when ``index`` slices only the last dim, with step 1; else
-    None."""
-    ndim, columns = tensor(source).dim(), tensor(source).shape[-1]
-    items = list(index) if isinstance(index, tuple) else [index]
-    if items and items[0] is Ellipsis:
-        items = [slice(None)] * (ndim - len(items) + 1) + items[1:]
-    if len(items) != ndim or any(item != slice(None) for item in items[:-1]) or not isinstance(items[-1], slice):
-        return None
-    last = items[-1]
-    start, stop = last.start or 0, columns if last.stop is None else last.stop
-    if last.step not in (None, 1) or not (isinstance(start, int) and isinstance(stop, int)) or start < 0:
-        return None
-    return start, min(stop, columns)
-
-
 def _columns_before(node: Node, start: int) -> bool:
     """Whether ``node`` reads only columns before ``start`` of what it indexes: an earlier chunk, or a slice of
     the last dim that stops by ``start``."""
@@ -152,8 +134,8 @@ def _columns_before(node: Node, start: int) -> bool:
     chunks = _chunk(source)
     if chunks is not None:
         return isinstance(index, int) and 0 <= index < chunks[1] - 1
-    columns = _last_dim_slice(source, index) if tensor(source) is not None else None
-    return columns is not None and columns[1] <= start
+    columns = column_slice(node)
+    return columns is not None and columns[2] <= start
 
 
 def _apply(scan: Node, packet, linear: Node, start: int) -> None:

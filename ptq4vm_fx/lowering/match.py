@@ -123,6 +123,30 @@ def tensor(node: Any) -> torch.Tensor | None:
     return v if isinstance(v, torch.Tensor) else None
 
 
+def column_slice(node: Any) -> tuple[Node, int, int] | None:
+    """(source, start, stop) when ``node`` is ``source[..., start:stop]`` (or ``source[:, :, start:stop]``: every
+    leading dim whole), a step-1 slice of the last dim with int or None bounds, normalised to source's width as
+    Python slices are (``-4:`` -> ``N-4:N``); else None."""
+    if not (isinstance(node, Node) and node.op == "call_function" and node.target is operator.getitem):
+        return None
+    source, index = node.args
+    y = tensor(source)
+    if y is None:
+        return None
+    items = list(index) if isinstance(index, tuple) else [index]
+    if items and items[0] is Ellipsis:
+        items = [slice(None)] * (y.dim() - len(items) + 1) + items[1:]
+    if len(items) != y.dim() or any(item != slice(None) for item in items[:-1]):
+        return None
+    last = items[-1]
+    if not isinstance(last, slice) or last.step not in (None, 1):
+        return None
+    if not all(isinstance(b, (int, type(None))) for b in (last.start, last.stop)):
+        return None
+    start, stop, _ = last.indices(y.shape[-1])
+    return source, start, stop
+
+
 def strip_casts(node: Any) -> Any:
     """Walk up through casts that do not change the values (same dtype, device and shape)."""
     while isinstance(node, Node) and node.op == "call_method" and node.target in _CASTS and node.args:

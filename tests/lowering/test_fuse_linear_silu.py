@@ -71,8 +71,8 @@ def test_z_read_elsewhere_keeps_the_scans_silu(qvim, fresh_counters, where):
 
 def test_z_sliced_to_the_end_is_taken_and_a_slice_into_z_is_not(qvim, fresh_counters):
     """in_proj's output split by slices (``xz[..., :D]``, ``xz[..., D:]``) instead of chunk: the same rewrite;
-    with the x slice reaching into z's columns (``xz[..., :D + 1]``), none."""
-    for x_stop, applied in ((0, 2), (1, 0)):
+    with the x slice reaching into z's columns (``xz[..., :D + 1]``, or ``xz[..., :-1]``: a negative stop), none."""
+    for x_end, applied in ((lambda d: d, 2), (lambda d: d + 1, 0), (lambda d: -1, 0)):
         gm, example_inputs = dynamo_graph(qvim, images(2))
         with torch.no_grad():
             expect = gm(*example_inputs)[0]
@@ -80,18 +80,20 @@ def test_z_sliced_to_the_end_is_taken_and_a_slice_into_z_is_not(qvim, fresh_coun
             chunk = next(iter(in_proj.users))
             d_inner = in_proj.meta["example_value"].shape[-1] // 2
             for part in list(chunk.users):
-                index = (Ellipsis, slice(None, d_inner + x_stop) if part.args[1] == 0 else slice(d_inner, None))
+                x_stop = x_end(d_inner)
+                index = (Ellipsis, slice(None, x_stop) if part.args[1] == 0 else slice(d_inner, None))
                 with gm.graph.inserting_before(part):
                     sliced = gm.graph.call_function(operator.getitem, (in_proj, index))
                 example = in_proj.meta["example_value"]
                 with example.fake_mode:
                     sliced.meta["example_value"] = example[index]
-                if x_stop:  # the conv still reads D columns
+                reaches = x_stop != d_inner and part.args[1] == 0
+                if reaches:  # the conv still reads D columns
                     with gm.graph.inserting_after(sliced):
                         cut = gm.graph.call_function(operator.getitem, (sliced, (Ellipsis, slice(None, d_inner))))
                     with example.fake_mode:
                         cut.meta["example_value"] = sliced.meta["example_value"][..., :d_inner]
-                part.replace_all_uses_with(cut if x_stop and part.args[1] == 0 else sliced)
+                part.replace_all_uses_with(cut if reaches else sliced)
                 gm.graph.erase_node(part)
             gm.graph.erase_node(chunk)
         gm.recompile()
